@@ -1,0 +1,487 @@
+"""Combinators: build models out of layers (and plain functions).
+
+Every combinator returns a :class:`~funcnet.core.Layer`. Children's keys are
+derived from the parent's with ``jax.random.fold_in(key, child_index)``, so a
+model takes one key at the top. Errors raised by a child get the
+combinator's part of the path (``serial[3]``) prepended.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcnet.core import Layer, LayerError, _apply_spec, _prepend_path, as_layer, spec_of
+
+__all__ = ["concat", "fanout", "parallel", "repeat", "residual", "serial", "shared"]
+
+
+def _call(part: str, fn: Callable, *args, **kwargs):
+    """Call ``fn``; an exception passing through gets ``part`` added to its layer path."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:
+        _prepend_path(err, part)
+        raise
+
+
+def _fold(key, i: int):
+    return None if key is None else jax.random.fold_in(key, i)
+
+
+def _children(kind: str, layers: Sequence, named: Mapping) -> tuple[list, tuple | dict]:
+    """Labels and layers of a combinator's children (positional or keyword, not both)."""
+    if layers and named:
+        raise TypeError(
+            f"{kind}: pass the layers either positionally or by keyword, not both "
+            f"(got {len(layers)} positional and keywords {sorted(named)})."
+        )
+    if not layers and not named:
+        raise ValueError(f"{kind}: needs at least one layer, got none.")
+    if named:
+        children = {k: as_layer(v) for k, v in named.items()}
+        return list(children), children
+    children = tuple(as_layer(layer) for layer in layers)
+    return list(range(len(children))), children
+
+
+def _check_container(kind: str, what: str, tree: Any, labels: list) -> None:
+    """Raise a clear error when ``params``/``state`` do not match the children."""
+    if isinstance(labels[0], str):
+        ok = isinstance(tree, Mapping) and set(tree) == set(labels)
+        expected = f"a dict with keys {labels}"
+    else:
+        ok = isinstance(tree, (tuple, list)) and len(tree) == len(labels)
+        expected = f"a tuple of {len(labels)} entries (one per layer)"
+    if not ok:
+        got = (
+            f"a dict with keys {sorted(tree)}"
+            if isinstance(tree, Mapping)
+            else f"{type(tree).__name__} of length {len(tree)}"
+            if isinstance(tree, (tuple, list))
+            else type(tree).__name__
+        )
+        raise LayerError(
+            f"expected {what} as {expected}, got {got}. Pass the {what} returned by this "
+            f"model's `init`.",
+            path=[kind],
+        )
+
+
+def _pack(labels: list, values: list):
+    return dict(zip(labels, values)) if isinstance(labels[0], str) else tuple(values)
+
+
+def _sequence(kind: str, labels: list, children: tuple | dict):
+    """init/apply running ``children`` one after another (shared by serial and residual)."""
+    layers = [children[label] for label in labels]
+    n = len(layers)
+
+    def init(key, inputs):
+        params, states, x = [], [], inputs
+        for i, (label, layer) in enumerate(zip(labels, layers)):
+            part = f"{kind}[{label}]"
+            p, s = _call(part, layer.init, _fold(key, i), x)
+            params.append(p)
+            states.append(s)
+            if i < n - 1:
+                x = _call(part, _apply_spec, layer, p, s, x)
+        return _pack(labels, params), _pack(labels, states)
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        _check_container(kind, "params", params, labels)
+        _check_container(kind, "state", state, labels)
+        states, x = [], inputs
+        for i, (label, layer) in enumerate(zip(labels, layers)):
+            x, s = _call(
+                f"{kind}[{label}]",
+                layer.apply,
+                params[label],
+                state[label],
+                x,
+                key=_fold(key, i),
+                train=train,
+            )
+            states.append(s)
+        return x, _pack(labels, states)
+
+    return init, apply
+
+
+def serial(*layers: Layer | Callable, **named_layers: Layer | Callable) -> Layer:
+    """Apply layers one after another: ``serial(f, g)(x) == g(f(x))``.
+
+    Positional children give a params tuple; keyword children a params dict
+    (the keys are the names). Plain functions are wrapped as parameterless layers.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from funcnet import Dense
+        >>> model = serial(Dense(16), jax.nn.relu, Dense(3))
+        >>> params, state = model.init(jax.random.key(0), jnp.zeros((8, 4)))
+        >>> jax.tree.map(jnp.shape, params)
+        ({'b': (16,), 'w': (4, 16)}, (), {'b': (3,), 'w': (16, 3)})
+        >>> y, state = model.apply(params, state, jnp.ones((8, 4)))
+        >>> y.shape
+        (8, 3)
+        >>> named = serial(encoder=Dense(2), decoder=Dense(4))
+        >>> jax.tree.map(jnp.shape, named.init(jax.random.key(0), jnp.zeros((1, 4)))[0])
+        {'decoder': {'b': (4,), 'w': (2, 4)}, 'encoder': {'b': (2,), 'w': (4, 2)}}
+    """
+    labels, children = _children("serial", layers, named_layers)
+    init, apply = _sequence("serial", labels, children)
+    return Layer(init, apply, "serial", children)
+
+
+def residual(*layers: Layer | Callable) -> Layer:
+    """``x + serial(*layers)(x)``: a skip connection around a block.
+
+    The block must map its input to an output of the same shape and dtype;
+    this is checked at ``init``. Params are a tuple, one entry per layer.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from funcnet import Dense
+        >>> block = residual(Dense(8), jax.nn.relu)
+        >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 8)))
+        >>> jax.tree.map(jnp.shape, params)
+        ({'b': (8,), 'w': (8, 8)}, ())
+    """
+    labels, children = _children("residual", layers, {})
+    body_init, body_apply = _sequence("residual", labels, children)
+    body = Layer(body_init, body_apply, "residual")
+
+    def init(key, inputs):
+        params, state = body_init(key, inputs)
+        out = _apply_spec(body, params, state, inputs)
+        if not _same_spec(out, inputs):
+            raise LayerError(
+                f"the block must keep its input's shape and dtype to be added to it: input "
+                f"{_fmt(inputs)}, block output {_fmt(out)}. Make the last layer of the block "
+                "produce the input's features (e.g. `Dense(d)` for inputs of width d).",
+                path=["residual"],
+            )
+        return params, state
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        y, state = body_apply(params, state, inputs, key=key, train=train)
+        return jax.tree.map(jnp.add, inputs, y), state
+
+    return Layer(init, apply, "residual", children)
+
+
+def _same_spec(a, b) -> bool:
+    """Whether two pytrees have the same structure, shapes and dtypes."""
+    a, b = spec_of(a), spec_of(b)
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    return all(
+        x.shape == y.shape and x.dtype == y.dtype
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+def _fmt(tree) -> str:
+    leaves = jax.tree.leaves(spec_of(tree))
+    if len(leaves) == 1 and not isinstance(tree, (tuple, list, dict)):
+        return f"{leaves[0].dtype}{list(leaves[0].shape)}"
+    return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", spec_of(tree)))
+
+
+def parallel(*layers: Layer | Callable) -> Layer:
+    """Apply the i-th layer to the i-th input: a tuple of n inputs gives a tuple of n outputs.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from funcnet import Dense
+        >>> both = parallel(Dense(2), jnp.tanh)
+        >>> params, state = both.init(jax.random.key(0), (jnp.zeros((1, 3)), jnp.zeros((1, 5))))
+        >>> ys, _ = both.apply(params, state, (jnp.ones((1, 3)), jnp.ones((1, 5))))
+        >>> [y.shape for y in ys]
+        [(1, 2), (1, 5)]
+    """
+    labels, children = _children("parallel", layers, {})
+    n = len(children)
+
+    def check(inputs):
+        if not isinstance(inputs, (tuple, list)) or len(inputs) != n:
+            got = (
+                f"a {type(inputs).__name__} of length {len(inputs)}"
+                if isinstance(inputs, (tuple, list))
+                else f"{type(inputs).__name__} {_fmt(inputs)}"
+            )
+            raise LayerError(
+                f"expected a tuple of {n} inputs (one per layer), got {got}.", path=["parallel"]
+            )
+
+    def init(key, inputs):
+        check(inputs)
+        pairs = [
+            _call(f"parallel[{i}]", layer.init, _fold(key, i), x)
+            for i, (layer, x) in enumerate(zip(children, inputs))
+        ]
+        return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        check(inputs)
+        _check_container("parallel", "params", params, labels)
+        outs = [
+            _call(f"parallel[{i}]", layer.apply, p, s, x, key=_fold(key, i), train=train)
+            for i, (layer, p, s, x) in enumerate(zip(children, params, state, inputs))
+        ]
+        return tuple(y for y, _ in outs), tuple(s for _, s in outs)
+
+    return Layer(init, apply, "parallel", children)
+
+
+def fanout(*layers: Layer | Callable) -> Layer:
+    """Apply every layer to the same input: one input gives a tuple of outputs.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from funcnet import Dense
+        >>> heads = fanout(Dense(2), Dense(3))
+        >>> params, state = heads.init(jax.random.key(0), jnp.zeros((4, 5)))
+        >>> ys, _ = heads.apply(params, state, jnp.ones((4, 5)))
+        >>> [y.shape for y in ys]
+        [(4, 2), (4, 3)]
+    """
+    labels, children = _children("fanout", layers, {})
+
+    def init(key, inputs):
+        pairs = [
+            _call(f"fanout[{i}]", layer.init, _fold(key, i), inputs)
+            for i, layer in enumerate(children)
+        ]
+        return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        _check_container("fanout", "params", params, labels)
+        outs = [
+            _call(f"fanout[{i}]", layer.apply, p, s, inputs, key=_fold(key, i), train=train)
+            for i, (layer, p, s) in enumerate(zip(children, params, state))
+        ]
+        return tuple(y for y, _ in outs), tuple(s for _, s in outs)
+
+    return Layer(init, apply, "fanout", children)
+
+
+def concat(*layers: Layer | Callable, axis: int = -1) -> Layer:
+    """Apply every layer to the same input and concatenate the outputs along ``axis``.
+
+    The branches' outputs must agree in every dimension but ``axis``
+    (checked at ``init``). Params are a tuple, one entry per branch.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from funcnet import Dense
+        >>> block = concat(Dense(2), Dense(3), lambda x: x)
+        >>> params, state = block.init(jax.random.key(0), jnp.zeros((4, 5)))
+        >>> block.apply(params, state, jnp.ones((4, 5)))[0].shape
+        (4, 10)
+    """
+    if not isinstance(axis, int):
+        raise TypeError(f"concat: `axis` must be an int, got {type(axis).__name__}.")
+    branches = fanout(*layers)
+
+    def init(key, inputs):
+        params, state = branches.init(key, inputs)
+        outs = _apply_spec(branches, params, state, inputs)
+        shapes = [o.shape if isinstance(o, jax.ShapeDtypeStruct) else None for o in outs]
+        ndim = len(shapes[0]) if shapes[0] is not None else 0
+        bad = any(s is None or len(s) != ndim for s in shapes) or not -ndim <= axis < ndim
+        if not bad:
+            ax = axis % ndim
+            rest = {tuple(d for j, d in enumerate(s) if j != ax) for s in shapes}
+            dtypes = {o.dtype for o in outs}
+            bad = len(rest) > 1 or len(dtypes) > 1
+        if bad:
+            raise LayerError(
+                f"cannot concatenate the branch outputs {[_fmt(o) for o in outs]} along axis "
+                f"{axis}: they must be single arrays of one dtype, equal in every other "
+                "dimension.",
+                path=["concat"],
+            )
+        return params, state
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        outs, state = branches.apply(params, state, inputs, key=key, train=train)
+        return jnp.concatenate(outs, axis=axis), state
+
+    return Layer(init, apply, f"concat(axis={axis})" if axis != -1 else "concat", branches.children)
+
+
+class _SharedSlot:
+    __slots__ = ("initializing", "key", "params", "state")
+
+    def __init__(self, params=None, state=None, key=None, initializing=False):
+        self.params, self.state, self.key, self.initializing = params, state, key, initializing
+
+
+def shared(layer: Layer | Callable, build: Callable[[Layer], Layer | Callable]) -> Layer:
+    """Use one layer's parameters in several places (weight tying).
+
+    ``build`` receives a stand-in for ``layer`` and returns the model that uses
+    it, any number of times. The parameters are created once, at the first use
+    (from the input that reaches it there), and every use reads the same
+    arrays, so their gradients add up. Params are ``{"shared": ..., "body": ...}``.
+
+    State changed by a shared layer (e.g. BatchNorm statistics) is carried from
+    one use to the next; such a layer must not be used inside ``repeat``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from funcnet import Dense, parallel
+        >>> siamese = shared(Dense(4), lambda enc: parallel(enc, enc))
+        >>> params, state = siamese.init(jax.random.key(0), (jnp.zeros((2, 3)),) * 2)
+        >>> jax.tree.map(jnp.shape, params["shared"])
+        {'b': (4,), 'w': (3, 4)}
+        >>> tied = shared(Dense(5), lambda d: serial(d, jnp.tanh, d))
+        >>> params, state = tied.init(jax.random.key(0), jnp.zeros((2, 5)))
+        >>> params["body"]
+        ((), (), ())
+    """
+    layer = as_layer(layer)
+    local = threading.local()
+
+    def current() -> _SharedSlot:
+        stack = getattr(local, "stack", None)
+        if not stack:
+            raise LayerError(
+                "this stand-in can only be used inside the model returned by `build`; it was "
+                "called outside its `shared(...)` layer.",
+                path=[f"shared {layer.name}"],
+            )
+        return stack[-1]
+
+    def push(slot):
+        if not hasattr(local, "stack"):
+            local.stack = []
+        local.stack.append(slot)
+
+    def ref_init(key, inputs):
+        del key
+        slot = current()
+        if slot.params is None:
+            slot.params, slot.state = layer.init(slot.key, inputs)
+        else:
+            want = jax.eval_shape(layer.init, slot.key, spec_of(inputs))
+            if not _same_spec(want, (slot.params, slot.state)):
+                raise LayerError(
+                    f"used with inputs {_fmt(inputs)} here, which need parameters "
+                    f"{_fmt(want[0])}, but its parameters were created at its first use as "
+                    f"{_fmt(slot.params)}. A shared layer must see compatible inputs everywhere.",
+                )
+        return (), ()
+
+    def ref_apply(params, state, inputs, *, key=None, train=False):
+        slot = current()
+        y, new_state = layer.apply(slot.params, slot.state, inputs, key=key, train=train)
+        if not slot.initializing:
+            slot.state = new_state
+        return y, state
+
+    ref = Layer(ref_init, ref_apply, f"shared {layer.name}", (layer,))
+    body = as_layer(build(ref))
+
+    def init(key, inputs):
+        slot = _SharedSlot(key=_fold(key, 0), initializing=True)
+        push(slot)
+        try:
+            body_params, body_state = _call("shared", body.init, _fold(key, 1), inputs)
+        finally:
+            local.stack.pop()
+        if slot.params is None:
+            raise LayerError(
+                "`build` returned a model that never uses the shared layer it was given.",
+                path=["shared"],
+            )
+        return {"shared": slot.params, "body": body_params}, {
+            "shared": slot.state,
+            "body": body_state,
+        }
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        for what, tree in (("params", params), ("state", state)):
+            if not isinstance(tree, Mapping) or set(tree) != {"shared", "body"}:
+                raise LayerError(
+                    f"expected {what} as a dict with keys ['body', 'shared'], got "
+                    f"{type(tree).__name__}. Pass the {what} returned by this model's `init`.",
+                    path=["shared"],
+                )
+        slot = _SharedSlot(params["shared"], state["shared"])
+        push(slot)
+        try:
+            y, body_state = _call(
+                "shared", body.apply, params["body"], state["body"], inputs, key=key, train=train
+            )
+        finally:
+            local.stack.pop()
+        return y, {"shared": slot.state, "body": body_state}
+
+    return Layer(init, apply, "shared", (body,))
+
+
+def repeat(block: Layer | Callable, n: int, *, unroll: int | bool = 1) -> Layer:
+    """Apply ``n`` copies of ``block`` (each with its own params) one after another.
+
+    The copies' params are stacked along a new leading axis of size ``n`` and
+    run with one ``jax.lax.scan``: the block is traced once, so compile time
+    does not grow with ``n``. The block must keep its input's shape and dtype
+    (checked at ``init``). Copy ``i`` gets ``fold_in(key, i)``.
+
+    Args:
+        block: the layer to repeat.
+        n: number of copies, >= 1.
+        unroll: passed to ``lax.scan``; on CPU, blocks with convolutions are
+            much faster fully unrolled (``unroll=True``), see JAX_NOTES.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from funcnet import Dense
+        >>> stack = repeat(serial(Dense(8), jax.nn.relu), 4)
+        >>> params, state = stack.init(jax.random.key(0), jnp.zeros((2, 8)))
+        >>> jax.tree.map(jnp.shape, params)
+        ({'b': (4, 8), 'w': (4, 8, 8)}, ())
+    """
+    block = as_layer(block)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"repeat: `n` must be an int >= 1, got {n!r}.")
+
+    def init(key, inputs):
+        def one(i):
+            return block.init(jax.random.fold_in(key, i), inputs)
+
+        params, state = _call("repeat", jax.vmap(one), jnp.arange(n))
+        first = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (params, state))
+        out = _call("repeat", _apply_spec, block, first[0], first[1], inputs)
+        if not _same_spec(out, inputs):
+            raise LayerError(
+                f"the block must keep its input's shape and dtype to be repeated: input "
+                f"{_fmt(inputs)}, block output {_fmt(out)}.",
+                path=["repeat"],
+            )
+        return params, state
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        for leaf in jax.tree.leaves((params, state)):
+            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
+                raise LayerError(
+                    f"expected params and state stacked with a leading axis of size {n}, got a "
+                    f"leaf of shape {jnp.shape(leaf)}. Pass the params returned by this "
+                    "model's `init`.",
+                    path=["repeat"],
+                )
+
+        def body(x, per_copy):
+            p, s, i = per_copy
+            k = None if key is None else jax.random.fold_in(key, i)
+            return _call("repeat", block.apply, p, s, x, key=k, train=train)
+
+        return jax.lax.scan(body, inputs, (params, state, jnp.arange(n)), unroll=unroll)
+
+    return Layer(init, apply, f"repeat(n={n})", (block,))

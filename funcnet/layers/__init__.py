@@ -1,0 +1,12 @@
+"""The layers: each constructor checks its hyperparameters and returns a :class:`~funcnet.Layer`."""
+
+from funcnet.layers.activations import *  # noqa: F403
+from funcnet.layers.activations import __all__ as _activations
+from funcnet.layers.dense import *  # noqa: F403
+from funcnet.layers.dense import __all__ as _dense
+from funcnet.layers.dropout import *  # noqa: F403
+from funcnet.layers.dropout import __all__ as _dropout
+from funcnet.layers.reshape import *  # noqa: F403
+from funcnet.layers.reshape import __all__ as _reshape
+
+__all__ = [*_activations, *_dense, *_reshape, *_dropout]

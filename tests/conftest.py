@@ -1,0 +1,29 @@
+"""Shared test settings: strict dtype promotion, a key fixture, a persistent compile cache."""
+
+import os
+
+import jax
+import pytest
+
+_cache = os.environ.get("FUNCNET_TEST_CACHE", os.path.join(os.path.dirname(__file__), ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", _cache)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(autouse=True)
+def strict_dtypes(request):
+    """Run each test with strict dtype promotion, so no layer promotes dtypes silently.
+
+    A test module that drives optax (whose Adam is not strict-clean) sets
+    ``STRICT_DTYPES = False``.
+    """
+    if getattr(request.module, "STRICT_DTYPES", True):
+        with jax.numpy_dtype_promotion("strict"):
+            yield
+    else:
+        yield
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
