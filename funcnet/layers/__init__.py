@@ -6,7 +6,9 @@ from funcnet.layers.dense import *  # noqa: F403
 from funcnet.layers.dense import __all__ as _dense
 from funcnet.layers.dropout import *  # noqa: F403
 from funcnet.layers.dropout import __all__ as _dropout
+from funcnet.layers.norm import *  # noqa: F403
+from funcnet.layers.norm import __all__ as _norm
 from funcnet.layers.reshape import *  # noqa: F403
 from funcnet.layers.reshape import __all__ as _reshape
 
-__all__ = [*_activations, *_dense, *_reshape, *_dropout]
+__all__ = [*_activations, *_dense, *_dropout, *_norm, *_reshape]

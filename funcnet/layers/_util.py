@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -61,7 +62,8 @@ def compute_dtype(x_dtype, param_dtype, dtype):
     if dtype is not None:
         return jnp.dtype(dtype)
     if jnp.issubdtype(x_dtype, jnp.floating):
-        return jnp.promote_types(x_dtype, param_dtype)
+        with jax.numpy_dtype_promotion("standard"):  # the lattice, also under strict mode
+            return jnp.promote_types(x_dtype, param_dtype)
     return jnp.dtype(param_dtype)
 
 
