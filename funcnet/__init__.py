@@ -10,7 +10,7 @@ Examples:
     (4, 10)
 """
 
-from funcnet import initializers
+from funcnet import callbacks, initializers, losses, metrics
 from funcnet.combinators import concat, fanout, parallel, repeat, residual, serial, shared
 from funcnet.core import (
     Layer,
@@ -25,27 +25,40 @@ from funcnet.core import (
 )
 from funcnet.layers import *  # noqa: F403
 from funcnet.layers import __all__ as _layers
+from funcnet.loop import History, evaluate, fit, predict
+from funcnet.train import TrainState, eval_step, predict_step, train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "History",
     "Layer",
     "LayerError",
     "PRNGKey",
     "Params",
     "State",
+    "TrainState",
     "__version__",
     "as_layer",
+    "callbacks",
     "concat",
+    "eval_step",
+    "evaluate",
     "fanout",
+    "fit",
     "init_spec",
     "initializers",
+    "losses",
+    "metrics",
     "output_spec",
     "parallel",
+    "predict",
+    "predict_step",
     "repeat",
     "residual",
     "serial",
     "shared",
     "spec_of",
+    "train_step",
     *_layers,
 ]

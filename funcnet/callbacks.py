@@ -1,0 +1,243 @@
+"""Callbacks for :func:`funcnet.fit`: host-side hooks called between epochs.
+
+A callback is any object with some of these methods (all optional):
+
+- ``on_train_begin(train_state) -> TrainState | None``
+- ``on_epoch_end(epoch, logs, train_state) -> TrainState | None``: ``logs`` is
+  the epoch's dict of floats (``loss``, metrics, ``val_*``, ``learning_rate``);
+  returning a ``TrainState`` replaces the one training continues from (this is
+  how a learning rate is changed or best weights restored). This is also the
+  hook for checkpointing: it sees the whole ``TrainState``.
+- ``on_train_end(train_state) -> TrainState | None``
+
+and may set ``self.stop_training = True`` to end training after this epoch.
+Subclassing :class:`Callback` is optional.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = [
+    "Callback",
+    "CSVLogger",
+    "EarlyStopping",
+    "JSONLogger",
+    "LambdaCallback",
+    "LearningRateScheduler",
+]
+
+
+class Callback:
+    """Base class with no-op hooks; see the module docstring for the protocol."""
+
+    stop_training: bool = False
+
+    def on_train_begin(self, train_state):
+        return None
+
+    def on_epoch_end(self, epoch: int, logs: dict, train_state):
+        return None
+
+    def on_train_end(self, train_state):
+        return None
+
+
+class EarlyStopping(Callback):
+    """Stop when a monitored value has stopped improving.
+
+    Args:
+        monitor: the log key to watch (``"val_loss"``, ``"val_accuracy"``, ...).
+        patience: epochs without improvement before stopping.
+        min_delta: the smallest change that counts as an improvement.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (``max`` for names containing
+            accuracy, precision, recall, f1, r2 or auc; else ``min``).
+        restore_best: at the end of training, return the ``TrainState`` of the
+            best epoch (kept on the host).
+
+    Attributes:
+        best, best_epoch, stopped_epoch: what happened (``stopped_epoch`` is
+        ``None`` when training was not stopped early).
+
+    Examples:
+        >>> stop = EarlyStopping("val_loss", patience=1)
+        >>> for epoch, v in enumerate([1.0, 0.5, 0.6, 0.7]):
+        ...     _ = stop.on_epoch_end(epoch, {"val_loss": v}, None)
+        ...     if stop.stop_training:
+        ...         break
+        >>> stop.best, stop.best_epoch, stop.stopped_epoch
+        (0.5, 1, 3)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        *,
+        patience: int = 0,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+        restore_best: bool = False,
+    ):
+        if mode not in ("min", "max", "auto"):
+            raise ValueError(f"EarlyStopping: `mode` must be 'min', 'max' or 'auto', got {mode!r}.")
+        if patience < 0 or min_delta < 0:
+            raise ValueError(
+                f"EarlyStopping: `patience` and `min_delta` must be >= 0, got {patience} and "
+                f"{min_delta}."
+            )
+        if mode == "auto":
+            bigger = ("acc", "precision", "recall", "f1", "r2", "auc")
+            mode = "max" if any(b in monitor.lower() for b in bigger) else "min"
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.mode, self.restore_best = mode, restore_best
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch, self.stopped_epoch, self.wait = None, None, 0
+        self.best_state = None
+        self.stop_training = False
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs, train_state):
+        if self.monitor not in logs:
+            raise KeyError(
+                f"EarlyStopping: monitored value {self.monitor!r} is not in the logs "
+                f"{sorted(logs)}; monitor one of them (validation values need "
+                "`validation_data` or `validation_split`)."
+            )
+        value = float(logs[self.monitor])
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best and train_state is not None:
+                self.best_state = jax.device_get(train_state)
+        else:
+            self.wait += 1
+            if self.wait > self.patience:
+                self.stop_training = True
+                self.stopped_epoch = epoch
+        return None
+
+    def on_train_end(self, train_state):
+        if self.restore_best and self.best_state is not None:
+            return jax.tree.map(jax.numpy.asarray, self.best_state)
+        return None
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the end of each epoch: ``lr = schedule(epoch + 1, lr)``.
+
+    The optimizer must expose its learning rate as a hyperparameter:
+    build it with ``optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)``.
+    (A per-step optax schedule passed as ``learning_rate`` needs no callback;
+    with ``inject_hyperparams`` its current value also shows in the logs.)
+
+    Examples:
+        >>> import optax, jax.numpy as jnp
+        >>> opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+        >>> from funcnet.train import TrainState
+        >>> ts = TrainState(jnp.array(0), {"w": jnp.ones(2)}, (), opt.init({"w": jnp.ones(2)}),
+        ...                 None)
+        >>> ts = LearningRateScheduler(lambda epoch, lr: lr / 2).on_epoch_end(0, {}, ts)
+        >>> float(ts.opt_state.hyperparams["learning_rate"])
+        0.05
+    """
+
+    def __init__(self, schedule: Callable[[int, float], float]):
+        if not callable(schedule):
+            raise TypeError("LearningRateScheduler: `schedule(epoch, lr) -> lr` must be callable.")
+        self.schedule = schedule
+
+    def on_epoch_end(self, epoch, logs, train_state):
+        hyper = getattr(train_state.opt_state, "hyperparams", None)
+        if not isinstance(hyper, dict) or "learning_rate" not in hyper:
+            raise TypeError(
+                "LearningRateScheduler: the optimizer state has no `hyperparams"
+                "['learning_rate']`; build the optimizer with "
+                "`optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)`."
+            )
+        old = hyper["learning_rate"]
+        new = self.schedule(epoch + 1, float(old))
+        hyper = {**hyper, "learning_rate": jax.numpy.asarray(new, old.dtype)}
+        return train_state._replace(opt_state=train_state.opt_state._replace(hyperparams=hyper))
+
+
+def _plain(logs: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in logs.items()}
+
+
+class CSVLogger(Callback):
+    """Write one CSV row per epoch (``epoch`` and every scalar log) to ``path``.
+
+    The file is rewritten at the start of training unless ``append=True``;
+    rows are flushed as they are written.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = False):
+        self.path, self.append = os.fspath(path), append
+        self._keys: list[str] | None = None
+
+    def on_train_begin(self, train_state):
+        if not self.append:
+            open(self.path, "w").close()
+        self._keys = None
+
+    def on_epoch_end(self, epoch, logs, train_state):
+        scalars = {k: v for k, v in logs.items() if np.ndim(v) == 0}
+        new_file = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        if self._keys is None:
+            self._keys = ["epoch", *scalars]
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._keys, extrasaction="ignore")
+            if new_file:
+                writer.writeheader()
+            writer.writerow({"epoch": epoch, **scalars})
+
+
+class JSONLogger(Callback):
+    """Append one JSON object per epoch (JSON lines) to ``path``; arrays become lists."""
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = False):
+        self.path, self.append = os.fspath(path), append
+
+    def on_train_begin(self, train_state):
+        if not self.append:
+            open(self.path, "w").close()
+
+    def on_epoch_end(self, epoch, logs, train_state):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": epoch, **_plain(logs)}) + "\n")
+
+
+class LambdaCallback(Callback):
+    """A callback made of plain functions: ``LambdaCallback(on_epoch_end=lambda e, logs, ts: ...)``.
+
+    Each given function has the signature of the hook it replaces; what it
+    returns is used as that hook's result (``None`` or a ``TrainState``).
+    """
+
+    def __init__(
+        self,
+        *,
+        on_train_begin: Callable[[Any], Any] | None = None,
+        on_epoch_end: Callable[[int, dict, Any], Any] | None = None,
+        on_train_end: Callable[[Any], Any] | None = None,
+    ):
+        for name, f in (
+            ("on_train_begin", on_train_begin),
+            ("on_epoch_end", on_epoch_end),
+            ("on_train_end", on_train_end),
+        ):
+            if f is not None:
+                if not callable(f):
+                    raise TypeError(f"LambdaCallback: `{name}` must be callable.")
+                setattr(self, name, f)

@@ -1,0 +1,267 @@
+"""fit / evaluate / predict and the callbacks."""
+
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import funcnet as fn
+from funcnet.callbacks import (
+    CSVLogger,
+    EarlyStopping,
+    JSONLogger,
+    LambdaCallback,
+    LearningRateScheduler,
+)
+
+STRICT_DTYPES = False  # optax's Adam is not strict-clean
+
+
+def blobs(n=200, seed=0, classes=3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype(np.int32)
+    centers = rng.normal(size=(classes, 5)) * 3
+    x = (centers[y] + rng.normal(size=(n, 5))).astype(np.float32)
+    return x, y
+
+
+def mlp(classes=3):
+    return fn.serial(fn.Dense(32), jax.nn.relu, fn.Dense(classes))
+
+
+def test_fit_digits_mlp_reaches_accuracy():
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    order = np.random.default_rng(0).permutation(len(x))
+    tr, te = order[:1400], order[1400:]
+    model = fn.serial(fn.Dense(64), jax.nn.relu, fn.Dropout(0.1), fn.Dense(10))
+    ts, history = fn.fit(
+        model,
+        optax.adam(3e-3),
+        "sparse_categorical_cross_entropy",
+        (x[tr], y[tr]),
+        epochs=15,
+        batch_size=64,
+        metrics=["accuracy"],
+        validation_data=(x[te], y[te]),
+        steps_per_execution=8,
+        verbose=0,
+    )
+    assert history["val_accuracy"][-1] > 0.95
+    assert history["loss"][-1] < history["loss"][0]
+    logits = fn.predict(model, ts.params, ts.state, x[te], batch_size=100)
+    np.testing.assert_allclose(
+        np.mean(np.argmax(logits, -1) == y[te]), history["val_accuracy"][-1], rtol=1e-6
+    )
+
+
+def test_steps_per_execution_matches_single_steps(key):
+    x, y = blobs()
+    kwargs = dict(epochs=2, batch_size=16, key=key, verbose=0)
+    model = fn.serial(fn.Dense(16), fn.Dropout(0.2), jax.nn.relu, fn.Dense(3))
+    a, ha = fn.fit(model, optax.adam(1e-2), "sparse_categorical_cross_entropy", (x, y), **kwargs)
+    b, hb = fn.fit(
+        model,
+        optax.adam(1e-2),
+        "sparse_categorical_cross_entropy",
+        (x, y),
+        steps_per_execution=5,
+        **kwargs,
+    )
+    assert int(a.step) == int(b.step) == 2 * (200 // 16)
+    jax.tree.map(
+        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a.params, b.params
+    )
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-5)
+
+
+def test_same_key_is_bit_identical_and_resume_equals_uninterrupted(key):
+    x, y = blobs()
+    args = (mlp(), optax.adam(1e-2), "sparse_categorical_cross_entropy", (x, y))
+    a, _ = fn.fit(*args, epochs=3, batch_size=32, key=key, verbose=0)
+    b, _ = fn.fit(*args, epochs=3, batch_size=32, key=key, verbose=0)
+    half, _ = fn.fit(*args, epochs=1, batch_size=32, key=key, verbose=0)
+    resumed, h = fn.fit(*args, epochs=3, batch_size=32, key=key, verbose=0, initial_state=half)
+    assert h.epoch == [1, 2]
+    leaves = [jax.tree.leaves((t.step, t.params, t.opt_state)) for t in (a, b, resumed)]
+    for u, v, r in zip(*leaves):
+        np.testing.assert_array_equal(u, v)
+        np.testing.assert_array_equal(u, r)
+
+
+def test_evaluate_streams_metrics_over_uneven_batches(key):
+    sk = pytest.importorskip("sklearn.metrics")
+    x, y = blobs(n=103)
+    model = mlp()
+    params, state = model.init(key, x)
+    logs = fn.evaluate(
+        model,
+        params,
+        state,
+        (x, y),
+        loss="sparse_categorical_cross_entropy",
+        metrics={"acc": "accuracy", "f1": fn.metrics.f1(3, average="macro")},
+        batch_size=10,
+    )
+    logits = np.asarray(model.apply(params, state, x)[0])
+    pred = logits.argmax(-1)
+    np.testing.assert_allclose(logs["acc"], sk.accuracy_score(y, pred), rtol=1e-6)
+    np.testing.assert_allclose(logs["f1"], sk.f1_score(y, pred, average="macro"), rtol=1e-5)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(logs["loss"], -logp[np.arange(103), y].mean(), rtol=1e-5)
+    batches = [(x[i : i + 40], y[i : i + 40]) for i in range(0, 103, 40)]
+    streamed = fn.evaluate(
+        model, params, state, batches, loss="sparse_categorical_cross_entropy", metrics=["accuracy"]
+    )
+    np.testing.assert_allclose(streamed["loss"], logs["loss"], rtol=1e-5)
+    np.testing.assert_allclose(streamed["accuracy"], logs["acc"], rtol=1e-6)
+
+
+def test_fit_on_an_iterable_and_sample_weights(key):
+    x, y = blobs()
+    batches = [(x[i : i + 50], y[i : i + 50]) for i in range(0, 200, 50)]
+    ts, h = fn.fit(
+        mlp(),
+        optax.adam(1e-2),
+        "sparse_categorical_cross_entropy",
+        batches,
+        epochs=3,
+        key=key,
+        verbose=0,
+        metrics=["accuracy"],
+    )
+    assert int(ts.step) == 12 and len(h["loss"]) == 3
+    gen = (b for b in batches)
+    with pytest.raises(ValueError, match="one-shot iterator is used up after one epoch"):
+        fn.fit(
+            mlp(), optax.adam(1e-2), "sparse_categorical_cross_entropy", gen, epochs=2, verbose=0
+        )
+    w = np.ones(200, np.float32)
+    ts, h = fn.fit(
+        mlp(),
+        optax.sgd(0.1),
+        "sparse_categorical_cross_entropy",
+        (x, y, w),
+        epochs=1,
+        batch_size=20,
+        key=key,
+        verbose=0,
+        validation_split=0.2,
+    )
+    assert "val_loss" in h.history
+
+
+def test_bad_data_errors(key):
+    x, y = blobs()
+    args = (mlp(), optax.adam(1e-2), "sparse_categorical_cross_entropy")
+    with pytest.raises(ValueError, match=r"different numbers of examples: .*200.*199"):
+        fn.fit(*args, (x, y[:-1]), verbose=0)
+    with pytest.raises(ValueError, match="the dataset is empty"):
+        fn.fit(*args, (x[:0], y[:0]), verbose=0)
+    bad = x.copy()
+    bad[7, 2] = np.nan
+    with pytest.raises(
+        ValueError, match=r"contains NaN or Inf in 1 example\(s\) \(first at index 7"
+    ):
+        fn.fit(*args, (bad, y), verbose=0)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) .* got labels in \[0, 5\]"):
+        fn.fit(*args, (x, np.where(y == 2, 5, y).astype(np.int32)), verbose=0)
+    with pytest.raises(ValueError, match="`batch_size=500` is larger than the 200 training"):
+        fn.fit(*args, (x, y), batch_size=500, verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_split=1\.0` of 200 examples"):
+        fn.fit(*args, (x, y), validation_split=1.0, verbose=0)
+    with pytest.raises(ValueError, match="not both"):
+        fn.fit(*args, (x, y), validation_split=0.1, validation_data=(x, y), verbose=0)
+    with pytest.raises(ValueError, match="`epochs` must be an int >= 0"):
+        fn.fit(*args, (x, y), epochs=-1, verbose=0)
+    with pytest.raises(TypeError, match="expected arrays `\\(x, y\\)`"):
+        fn.fit(*args, 3, verbose=0)
+
+
+def test_nonfinite_step_is_reported(key):
+    x, y = blobs()
+
+    def broken_loss(outputs, targets):
+        return jnp.log(-jnp.abs(outputs).sum() - 1.0)
+
+    with pytest.raises(FloatingPointError, match=r"NaN/Inf at step 0 \(epoch 1\)"):
+        fn.fit(mlp(), optax.sgd(0.1), broken_loss, (x, y), batch_size=50, verbose=0)
+
+
+def test_callbacks(tmp_path, key, capsys):
+    x, y = blobs()
+    seen = []
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+    stop = EarlyStopping("val_loss", patience=0, min_delta=10.0, restore_best=True)
+    ts, h = fn.fit(
+        mlp(),
+        opt,
+        "sparse_categorical_cross_entropy",
+        (x, y),
+        epochs=5,
+        batch_size=20,
+        validation_split=0.2,
+        key=key,
+        verbose=2,
+        callbacks=[
+            LearningRateScheduler(lambda epoch, lr: lr * 0.5),
+            CSVLogger(tmp_path / "log.csv"),
+            JSONLogger(tmp_path / "log.jsonl"),
+            LambdaCallback(on_epoch_end=lambda e, logs, ts: seen.append(e)),
+            stop,
+        ],
+    )
+    # min_delta=10 means nothing after the first epoch counts as an improvement
+    assert stop.best_epoch == 0 and stop.stopped_epoch == 1 and seen == [0, 1]
+    np.testing.assert_allclose(h["learning_rate"], [1e-2, 5e-3], rtol=1e-6)  # used in the epoch
+    assert int(ts.step) == 8  # restored to the end of epoch 0 (160 examples / 20)
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1] and "val_loss" in rows[0]
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert lines[1]["loss"] == pytest.approx(h["loss"][1])
+    assert "epoch 2/5" in capsys.readouterr().out
+    with pytest.raises(KeyError, match="monitored value 'val_acc' is not in the logs"):
+        fn.fit(
+            mlp(),
+            optax.adam(1e-2),
+            "sparse_categorical_cross_entropy",
+            (x, y),
+            batch_size=50,
+            verbose=0,
+            callbacks=[EarlyStopping("val_acc")],
+        )
+    with pytest.raises(TypeError, match="inject_hyperparams"):
+        fn.fit(
+            mlp(),
+            optax.adam(1e-2),
+            "sparse_categorical_cross_entropy",
+            (x, y),
+            batch_size=50,
+            verbose=0,
+            callbacks=[LearningRateScheduler(lambda e, lr: lr)],
+        )
+
+
+def test_history_plot(tmp_path, key):
+    pytest.importorskip("matplotlib")
+    x, y = blobs()
+    _, h = fn.fit(
+        mlp(),
+        optax.adam(1e-2),
+        "sparse_categorical_cross_entropy",
+        (x, y),
+        epochs=2,
+        batch_size=50,
+        validation_split=0.2,
+        metrics=["accuracy"],
+        verbose=0,
+    )
+    path = h.plot(str(tmp_path / "curves.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

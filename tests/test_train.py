@@ -1,0 +1,269 @@
+"""The pure train step against numpy gradients, its options, and custom GAN / VAE steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import funcnet as fn
+from funcnet.train import TrainState, eval_step, predict_step, train_step, tree_paths
+
+STRICT_DTYPES = False  # optax's Adam is not strict-clean
+
+
+def data(n=16, d=3, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype(np.float32), rng.normal(size=(n, k)).astype(np.float32)
+
+
+def mse_grads(w, b, x, y):
+    """Gradient of mean((x @ w + b - y)**2) over all entries, by hand."""
+    r = x @ w + b - y
+    scale = 2.0 / r.size
+    return scale * x.T @ r, scale * r.sum(0)
+
+
+def test_sgd_step_matches_numpy_gradient(key):
+    x, y = data()
+    model = fn.Dense(2)
+    ts = TrainState.create(model, optax.sgd(0.1), key, x)
+    w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])
+    step = jax.jit(train_step(model, "mean_squared_error", optax.sgd(0.1)))
+    ts2, logs = step(ts, (x, y))
+    gw, gb = mse_grads(w, b, x, y)
+    np.testing.assert_allclose(ts2.params["w"], w - 0.1 * gw, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ts2.params["b"], b - 0.1 * gb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logs["loss"], np.mean((x @ w + b - y) ** 2), rtol=1e-5)
+    assert int(ts2.step) == 1 and not bool(logs["nonfinite"])
+
+
+def test_l1_l2_apply_to_kernels_only(key):
+    x, y = data()
+    model = fn.Dense(2)
+    ts = TrainState.create(model, optax.sgd(0.1), key, x)
+    w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])
+    step = train_step(model, "mse", optax.sgd(0.1), l1=0.01, l2=0.05)
+    ts2, logs = step(ts, (x, y))
+    gw, gb = mse_grads(w, b, x, y)
+    gw = gw + 0.01 * np.sign(w) + 2 * 0.05 * w
+    np.testing.assert_allclose(ts2.params["w"], w - 0.1 * gw, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ts2.params["b"], b - 0.1 * gb, rtol=1e-5, atol=1e-6)
+    expected = np.mean((x @ w + b - y) ** 2) + 0.01 * np.abs(w).sum() + 0.05 * (w**2).sum()
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
+
+
+def test_clip_norm(key):
+    x, y = data()
+    model = fn.Dense(2)
+    ts = TrainState.create(model, optax.sgd(1.0), key, x)
+    w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])
+    ts2, _ = train_step(model, "mse", optax.sgd(1.0), clip_norm=0.01)(ts, (x, y))
+    gw, gb = mse_grads(w, b, x, y)
+    norm = np.sqrt((gw**2).sum() + (gb**2).sum())
+    assert norm > 0.01
+    np.testing.assert_allclose(ts2.params["w"], w - gw * 0.01 / norm, rtol=1e-5, atol=1e-7)
+
+
+def test_freeze_by_path(key):
+    x, y = data()
+    model = fn.serial(fn.Dense(4), jnp.tanh, fn.Dense(2))
+    assert tree_paths(TrainState.create(model, optax.adam(1e-2), key, x).params) == [
+        "0/b",
+        "0/w",
+        "2/b",
+        "2/w",
+    ]
+    opt = optax.adamw(1e-2, weight_decay=0.1)
+    ts = TrainState.create(model, opt, key, x)
+    step = jax.jit(train_step(model, "mse", opt, freeze=r"^0/"))
+    new = ts
+    for _ in range(3):
+        new, _ = step(new, (x, y))
+    np.testing.assert_array_equal(new.params[0]["w"], ts.params[0]["w"])
+    np.testing.assert_array_equal(new.params[0]["b"], ts.params[0]["b"])
+    assert not np.allclose(new.params[2]["w"], ts.params[2]["w"])
+
+
+def test_gradient_accumulation_equals_one_big_batch(key):
+    x, y = data(n=32)
+    model = fn.serial(fn.Dense(8), jnp.tanh, fn.Dense(2))
+    opt = optax.sgd(0.1)
+    ts = TrainState.create(model, opt, key, x)
+    big, logs_big = jax.jit(train_step(model, "mse", opt))(ts, (x, y))
+    acc, logs_acc = jax.jit(train_step(model, "mse", opt, accumulate_steps=4))(ts, (x, y))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), big.params, acc.params
+    )
+    np.testing.assert_allclose(logs_big["loss"], logs_acc["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="batch size 32 is not divisible by `accumulate_steps=5`"):
+        train_step(model, "mse", opt, accumulate_steps=5)(ts, (x, y))
+
+
+def test_nan_guard_skips_and_reports(key):
+    x, y = data()
+    model = fn.serial(fn.Dense(4), fn.BatchNorm(), fn.Dense(2))
+    opt = optax.adam(1e-2)
+    ts = TrainState.create(model, opt, key, x)
+    step = jax.jit(train_step(model, "mse", opt))
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    new, logs = step(ts, (bad, y))
+    assert bool(logs["nonfinite"]) and int(new.step) == 1
+    for a, b in zip(
+        jax.tree.leaves((new.params, new.state, new.opt_state)),
+        jax.tree.leaves((ts.params, ts.state, ts.opt_state)),
+    ):
+        np.testing.assert_array_equal(a, b)
+    new, logs = step(new, (x, y))
+    assert not bool(logs["nonfinite"]) and int(new.step) == 2
+
+
+def test_mixed_precision_and_loss_scale(key):
+    x, y = data()
+    model = fn.serial(fn.Dense(8), jax.nn.relu, fn.Dense(2))
+    opt = optax.sgd(0.1)
+    ts = TrainState.create(model, opt, key, x)
+    ref, ref_logs = train_step(model, "mse", opt)(ts, (x, y))
+    bf16, logs = jax.jit(train_step(model, "mse", opt, compute_dtype=jnp.bfloat16))(ts, (x, y))
+    assert bf16.params[0]["w"].dtype == jnp.float32
+    np.testing.assert_allclose(logs["loss"], ref_logs["loss"], rtol=3e-2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-2), bf16.params, ref.params)
+    f16, logs = train_step(model, "mse", opt, compute_dtype=jnp.float16, loss_scale=1024.0)(
+        ts, (x, y)
+    )
+    assert not bool(logs["nonfinite"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-2), f16.params, ref.params)
+
+
+def test_dropout_keys_differ_per_step_and_runs_are_deterministic(key):
+    x, y = data()
+    model = fn.serial(fn.Dense(16), fn.Dropout(0.5), fn.Dense(2))
+    opt = optax.adam(1e-2)
+    step = jax.jit(train_step(model, "mse", opt))
+
+    def run():
+        ts = TrainState.create(model, opt, key, x)
+        losses = []
+        for _ in range(3):
+            ts, logs = step(ts, (x, y))
+            losses.append(float(logs["loss"]))
+        return ts, losses
+
+    (a, la), (b, lb) = run(), run()
+    assert la == lb
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_sample_weights_and_eval_predict(key):
+    x, y = data()
+    model = fn.Dense(2)
+    ts = TrainState.create(model, optax.sgd(0.1), key, x)
+    w = np.zeros(16, np.float32)
+    w[:4] = 1.0
+    _, logs = train_step(model, "mse", optax.sgd(0.1))(ts, (x, y, w))
+    full = eval_step(model, "mse")(ts.params, ts.state, (x[:4], y[:4]))
+    np.testing.assert_allclose(logs["loss"], full["loss"], rtol=1e-5)
+    out = predict_step(model)(ts.params, ts.state, x)
+    np.testing.assert_allclose(out, x @ ts.params["w"] + ts.params["b"], rtol=1e-5, atol=1e-6)
+
+
+def test_argument_errors(key):
+    model = fn.Dense(2)
+    with pytest.raises(TypeError, match="must be an optax GradientTransformation"):
+        train_step(model, "mse", "adam")
+    with pytest.raises(ValueError, match="`accumulate_steps` must be an int >= 1"):
+        train_step(model, "mse", optax.sgd(0.1), accumulate_steps=0)
+    with pytest.raises(ValueError, match="`l1` and `l2` must be >= 0"):
+        train_step(model, "mse", optax.sgd(0.1), l2=-1.0)
+    with pytest.raises(ValueError, match="`clip_norm` must be > 0"):
+        train_step(model, "mse", optax.sgd(0.1), clip_norm=0.0)
+    ts = TrainState.create(model, optax.sgd(0.1), key, jnp.zeros((1, 3)))
+    with pytest.raises(TypeError, match=r"expected a batch `\(inputs, targets\)`.*got dict"):
+        train_step(model, "mse", optax.sgd(0.1))(ts, {"x": jnp.zeros((1, 3))})
+
+
+def test_gan_step_with_public_pieces(key):
+    """Two models, two optimizers, one pure step: the GAN pattern."""
+    gen = fn.serial(fn.Dense(16), jax.nn.relu, fn.Dense(2))
+    disc = fn.serial(fn.Dense(16), jax.nn.relu, fn.Dense(1))
+    g_opt, d_opt = optax.adam(1e-3), optax.adam(1e-3)
+    z0 = jnp.zeros((1, 4))
+    g = TrainState.create(gen, g_opt, jax.random.fold_in(key, 0), z0)
+    d = TrainState.create(disc, d_opt, jax.random.fold_in(key, 1), jnp.zeros((1, 2)))
+    bce = fn.losses.get("binary_cross_entropy_with_logits")
+
+    @jax.jit
+    def gan_step(g, d, real):
+        z = jax.random.normal(jax.random.fold_in(g.key, g.step), (real.shape[0], 4))
+
+        def d_loss(dp):
+            fake, _ = gen.apply(g.params, g.state, z)
+            real_logits, _ = disc.apply(dp, d.state, real)
+            fake_logits, _ = disc.apply(dp, d.state, jax.lax.stop_gradient(fake))
+            ones, zeros = jnp.ones_like(real_logits), jnp.zeros_like(fake_logits)
+            return bce(real_logits, ones) + bce(fake_logits, zeros)
+
+        def g_loss(gp):
+            fake, _ = gen.apply(gp, g.state, z)
+            logits, _ = disc.apply(d.params, d.state, fake)
+            return bce(logits, jnp.ones_like(logits))
+
+        dl, dg = jax.value_and_grad(d_loss)(d.params)
+        du, d_opt_state = d_opt.update(dg, d.opt_state, d.params)
+        d = d._replace(
+            step=d.step + 1, params=optax.apply_updates(d.params, du), opt_state=d_opt_state
+        )
+        gl, gg = jax.value_and_grad(g_loss)(g.params)
+        gu, g_opt_state = g_opt.update(gg, g.opt_state, g.params)
+        g = g._replace(
+            step=g.step + 1, params=optax.apply_updates(g.params, gu), opt_state=g_opt_state
+        )
+        return g, d, dl, gl
+
+    real = jax.random.normal(key, (256, 2)) * 0.1 + jnp.array([2.0, -1.0])
+    target = np.array([2.0, -1.0])
+    z = jax.random.normal(key, (512, 4))
+    before = np.linalg.norm(np.asarray(gen.apply(g.params, g.state, z)[0]).mean(0) - target)
+    for _ in range(300):
+        g, d, dl, gl = gan_step(g, d, real[:64])
+    assert np.isfinite(float(dl)) and np.isfinite(float(gl))
+    after = np.linalg.norm(np.asarray(gen.apply(g.params, g.state, z)[0]).mean(0) - target)
+    assert after < 0.5 * before  # the generator moved its mass towards the real data
+
+
+def test_vae_step_with_public_pieces(key):
+    """Encoder to mean/log-variance, reparameterised sample, decoder, ELBO."""
+    latent = 2
+    encoder = fn.serial(fn.Dense(32), jax.nn.relu, fn.fanout(fn.Dense(latent), fn.Dense(latent)))
+    decoder = fn.serial(fn.Dense(32), jax.nn.relu, fn.Dense(8))
+
+    def vae_init(k, x):
+        ep, es = encoder.init(jax.random.fold_in(k, 0), x)
+        dp, ds = decoder.init(jax.random.fold_in(k, 1), jnp.zeros((*x.shape[:1], latent)))
+        return {"enc": ep, "dec": dp}, {"enc": es, "dec": ds}
+
+    def vae_apply(params, state, x, *, key=None, train=False):
+        (mean, logvar), _ = encoder.apply(params["enc"], state["enc"], x)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape) if train else mean
+        recon, _ = decoder.apply(params["dec"], state["dec"], z)
+        return (recon, mean, logvar), state
+
+    vae = fn.Layer(vae_init, vae_apply, "VAE")
+
+    def elbo_loss(outputs, x):
+        recon, mean, logvar = outputs
+        rec = jnp.sum((recon - x) ** 2, -1)
+        kl = -0.5 * jnp.sum(1 + logvar - mean**2 - jnp.exp(logvar), -1)
+        return jnp.mean(rec + kl)
+
+    x = jax.random.normal(key, (128, 8)) @ jax.random.normal(jax.random.key(3), (8, 8)) * 0.3
+    opt = optax.adam(3e-3)
+    ts = TrainState.create(vae, opt, key, x)
+    step = jax.jit(train_step(vae, elbo_loss, opt))
+    first = None
+    for _ in range(200):
+        ts, logs = step(ts, (x, x))
+        first = float(logs["loss"]) if first is None else first
+    assert float(logs["loss"]) < 0.6 * first
