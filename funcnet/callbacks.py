@@ -8,6 +8,8 @@ A callback is any object with some of these methods (all optional):
   returning a ``TrainState`` replaces the one training continues from (this is
   how a learning rate is changed or best weights restored). This is also the
   hook for checkpointing: it sees the whole ``TrainState``.
+- ``on_steps_end(step, train_state)``: after every compiled call of ``fit`` (every
+  ``steps_per_execution`` steps); the return value is ignored.
 - ``on_train_end(train_state) -> TrainState | None``
 
 and may set ``self.stop_training = True`` to end training after this epoch.
@@ -45,6 +47,9 @@ class Callback:
         return None
 
     def on_epoch_end(self, epoch: int, logs: dict, train_state):
+        return None
+
+    def on_steps_end(self, step: int, train_state):
         return None
 
     def on_train_end(self, train_state):

@@ -441,6 +441,8 @@ def fit(
     shuffle: bool = True,
     unroll: int | bool | None = None,
     verbose: int = 1,
+    checkpoint=None,
+    checkpoint_every: int | None = None,
     **step_options,
 ) -> tuple[TrainState, History]:
     """Train ``model`` for ``epochs`` epochs; return the final ``TrainState`` and a ``History``.
@@ -477,6 +479,16 @@ def fit(
             model contains a convolution (XLA:CPU computes convolution
             gradients inside a rolled loop very slowly), else rolled.
         verbose: 0 silent, 1 a progress bar and a line per epoch, 2 a line per epoch.
+        checkpoint: a :class:`funcnet.checkpoint.CheckpointManager` (or a
+            directory for one). Training starts from its latest checkpoint when
+            there is one, and saves at the end of every epoch (with the epoch's
+            logs, for ``best_metric``) and every ``checkpoint_every`` steps. A
+            run killed at any moment and started again with the same arguments
+            ends with the same parameters as one that never stopped (the
+            interrupted epoch's logged loss covers only the steps after the
+            restart).
+        checkpoint_every: also save every this many steps (a multiple of
+            ``steps_per_execution``; fused steps are saved together).
         **step_options: passed to :func:`funcnet.train.train_step` (``l2``,
             ``clip_norm``, ``freeze``, ``accumulate_steps``, ``compute_dtype``, ...).
 
@@ -531,6 +543,9 @@ def fit(
         ts = jax.tree.map(jnp.copy, initial_state)
     else:
         ts = TrainState.create(model, optimizer, key, example)
+    manager = _checkpoint_manager(checkpoint, checkpoint_every, steps_per_execution)
+    if manager is not None and manager.latest_step() is not None:
+        ts = manager.restore(manager.latest_step(), like=ts)
     evaluator = None
     if validation_data is not None and _in_memory(validation_data):
         vx, vy, vw, vn = _check_arrays(validation_data, "fit (validation_data)")
@@ -540,17 +555,28 @@ def fit(
     for cb in callbacks:
         ts = _hook(cb, "on_train_begin", ts) or ts
 
+    def after_steps(ts, done):
+        for cb in callbacks:
+            _hook(cb, "on_steps_end", int(ts.step), ts)
+        if manager is not None and checkpoint_every and int(ts.step) % checkpoint_every == 0:
+            if done:  # the epoch-end save (with its logs) follows
+                return
+            manager.save(int(ts.step), ts)
+
     if in_memory:
         data = jax.device_put((x, y, w))
         steps = n // batch_size
         run = _fused_runner(step, metrics, batch_size, unroll, _has_conv(model))
-        start_epoch = int(ts.step) // steps
     else:
         jstep = jax.jit(step, donate_argnums=0)
-        start_epoch = 0
+        steps = None
+        if int(ts.step) > 0:  # resuming: the epoch length is needed to know where to restart
+            steps = sum(1 for _ in _iterate(train_data, "fit"))
+    start_epoch, skip = divmod(int(ts.step), steps) if steps else (0, 0)
 
     for epoch in range(start_epoch, epochs):
         acc = _acc_init(metrics)
+        first = skip if epoch == start_epoch else 0
         if in_memory:
             perm = (
                 jax.random.permutation(jax.random.fold_in(key, 1_000_003 + epoch), n)
@@ -558,9 +584,12 @@ def fit(
                 else jnp.arange(n)
             )
             bar = _progress(steps, epoch, epochs, verbose)
-            for begin in range(0, steps, steps_per_execution):
+            if bar is not None and first:
+                bar.update(first)
+            for begin in range(first, steps, steps_per_execution):
                 k = min(steps_per_execution, steps - begin)
                 ts, acc = run(ts, acc, data, perm, jnp.int32(begin), k)
+                after_steps(ts, begin + k == steps)
                 if bar is not None:
                     bar.update(k)
                     bar.set_postfix_str(f"loss {float(acc['loss_total'] / acc['loss_count']):.4g}")
@@ -570,10 +599,13 @@ def fit(
                 bar.close()
         else:
             count = 0
-            for batch in _iterate(train_data, "fit"):
+            for i, batch in enumerate(_iterate(train_data, "fit")):
+                count += 1
+                if i < first:
+                    continue
                 ts, logs = jstep(ts, batch)
                 acc = _acc_add(metrics, acc, logs, 1.0, ts.step - 1)
-                count += 1
+                after_steps(ts, steps is not None and i + 1 == steps)
             if count == 0:
                 raise ValueError(
                     f"fit: `train_data` yielded no batches in epoch {epoch + 1}; a one-shot "
@@ -607,6 +639,8 @@ def fit(
         if lr is not None:
             logs["learning_rate"] = lr
         history.append(epoch, logs)
+        if manager is not None:
+            manager.save(int(ts.step), ts, metrics=logs)
         if verbose:
             print(f"epoch {epoch + 1}/{epochs}  {_format(logs)}")
         for cb in callbacks:
@@ -616,6 +650,24 @@ def fit(
     for cb in callbacks:
         ts = _hook(cb, "on_train_end", ts) or ts
     return ts, history
+
+
+def _checkpoint_manager(checkpoint, every, steps_per_execution):
+    if every is not None:
+        if checkpoint is None:
+            raise ValueError("fit: `checkpoint_every` needs `checkpoint` (a CheckpointManager).")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"fit: `checkpoint_every` must be an int >= 1, got {every!r}.")
+        if every % steps_per_execution:
+            raise ValueError(
+                f"fit: `checkpoint_every={every}` must be a multiple of "
+                f"`steps_per_execution={steps_per_execution}` (fused steps are saved together)."
+            )
+    if checkpoint is None or hasattr(checkpoint, "save"):
+        return checkpoint
+    from funcnet.checkpoint import CheckpointManager
+
+    return CheckpointManager(checkpoint)
 
 
 def _hook(cb, name, *args):
