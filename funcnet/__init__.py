@@ -10,7 +10,7 @@ Examples:
     (4, 10)
 """
 
-from funcnet import callbacks, initializers, losses, metrics
+from funcnet import augment, callbacks, data, datasets, initializers, losses, metrics
 from funcnet.combinators import concat, fanout, parallel, repeat, residual, serial, shared
 from funcnet.core import (
     Layer,
@@ -40,8 +40,11 @@ __all__ = [
     "TrainState",
     "__version__",
     "as_layer",
+    "augment",
     "callbacks",
     "concat",
+    "data",
+    "datasets",
     "eval_step",
     "evaluate",
     "fanout",
