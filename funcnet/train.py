@@ -167,6 +167,8 @@ def train_step(
     compute_dtype=None,
     loss_scale: float = 1.0,
     nan_guard: bool = True,
+    augment: Callable | None = None,
+    augment_targets: bool = False,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Build the pure update ``(train_state, batch) -> (train_state, logs)``.
 
@@ -205,6 +207,11 @@ def train_step(
             (params, model state and optimizer state stay as they were) and set
             ``logs["nonfinite"]``; ``train_state.step`` still advances so the
             step is reported, and ``fit`` raises naming it.
+        augment: a data augmentation ``(key, inputs) -> inputs`` (see
+            :mod:`funcnet.augment`) applied to each training batch inside the
+            compiled step, with its own key; never in ``eval_step``.
+        augment_targets: call ``augment(key, (inputs, targets))`` and use the
+            pair it returns (for :func:`funcnet.augment.mixup`).
 
     Returns:
         ``step(train_state, batch) -> (train_state, logs)`` with
@@ -237,6 +244,11 @@ def train_step(
         raise ValueError(f"train_step: `clip_norm` must be > 0, got {clip_norm}.")
     if loss_scale <= 0:
         raise ValueError(f"train_step: `loss_scale` must be > 0, got {loss_scale}.")
+    if augment is not None and not callable(augment):
+        raise TypeError(
+            f"train_step: `augment` must be a function `(key, inputs) -> inputs`, got "
+            f"{type(augment).__name__}; call the factory, e.g. `augment.random_flip()`."
+        )
     clipper = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else None
 
     def penalty(params):
@@ -299,6 +311,12 @@ def train_step(
     def step(train_state: TrainState, batch) -> tuple[TrainState, dict]:
         x, y, w = _unpack(batch, "train_step")
         key = jax.random.fold_in(train_state.key, train_state.step)
+        if augment is not None:
+            key, aug_key = jax.random.split(key)
+            if augment_targets:
+                x, y = augment(aug_key, (x, y))
+            else:
+                x = augment(aug_key, x)
         params = train_state.params
         grads, total, outputs, new_state = gradients(params, train_state.state, x, y, w, key)
         if loss_scale != 1.0:

@@ -267,3 +267,27 @@ def test_vae_step_with_public_pieces(key):
         ts, logs = step(ts, (x, x))
         first = float(logs["loss"]) if first is None else first
     assert float(logs["loss"]) < 0.6 * first
+
+
+def test_augment_runs_inside_the_step(key):
+    from funcnet import augment
+
+    x = np.zeros((8, 4, 4, 1), np.float32)
+    y = np.eye(2, dtype=np.float32)[np.arange(8) % 2]
+
+    def spy(outputs, targets):
+        return jnp.mean(outputs**2) + 0.0 * jnp.sum(targets)
+
+    model = fn.serial(fn.Flatten(), fn.Dense(2, w_init="ones"))
+    opt = optax.sgd(0.0)
+    ts = TrainState.create(model, opt, key, x)
+    noisy = train_step(model, spy, opt, augment=augment.gaussian_noise(1.0))
+    _, logs = noisy(ts, (x, y))
+    assert float(logs["loss"]) > 1.0  # zeros + noise: sum of 16 N(0,1) per output
+    mixed = train_step(
+        model, "categorical_cross_entropy", opt, augment=augment.mixup(0.4), augment_targets=True
+    )
+    _, logs = jax.jit(mixed)(ts, (x, y))
+    assert np.isfinite(float(logs["loss"]))
+    with pytest.raises(TypeError, match="call the factory"):
+        train_step(model, "mse", opt, augment=3)
