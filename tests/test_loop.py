@@ -265,3 +265,17 @@ def test_history_plot(tmp_path, key):
     path = h.plot(str(tmp_path / "curves.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wrong_target_shape_and_logged_schedule(key):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 3), np.float32), rng.random(64, np.float32)
+    with pytest.raises(
+        ValueError, match=r"must have the same shape, got outputs \(32, 1\) and tar"
+    ):
+        fn.fit(fn.Dense(1), optax.sgd(0.1), "mse", (x, y), verbose=0)
+    schedule = optax.exponential_decay(0.1, transition_steps=2, decay_rate=0.5)
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
+    _, h = fn.fit(fn.Dense(1), opt, "mse", (x, y[:, None]), epochs=3, batch_size=32, verbose=0)
+    # the value after each epoch's last update (2 steps per epoch)
+    np.testing.assert_allclose(h["learning_rate"], [schedule(s) for s in (1, 3, 5)], rtol=1e-5)
