@@ -10,7 +10,19 @@ Examples:
     (4, 10)
 """
 
-from funcnet import augment, callbacks, data, datasets, initializers, losses, metrics
+from funcnet import (
+    augment,
+    callbacks,
+    checkpoint,
+    data,
+    datasets,
+    distributed,
+    export,
+    initializers,
+    losses,
+    metrics,
+)
+from funcnet.checkpoint import CheckpointManager
 from funcnet.combinators import concat, fanout, parallel, repeat, residual, serial, shared
 from funcnet.core import (
     Layer,
@@ -23,14 +35,17 @@ from funcnet.core import (
     output_spec,
     spec_of,
 )
+from funcnet.export import load_exported
 from funcnet.layers import *  # noqa: F403
 from funcnet.layers import __all__ as _layers
 from funcnet.loop import History, evaluate, fit, predict
+from funcnet.summaries import param_count, summary
 from funcnet.train import TrainState, eval_step, predict_step, train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointManager",
     "History",
     "Layer",
     "LayerError",
@@ -42,18 +57,23 @@ __all__ = [
     "as_layer",
     "augment",
     "callbacks",
+    "checkpoint",
     "concat",
     "data",
     "datasets",
+    "distributed",
     "eval_step",
     "evaluate",
+    "export",
     "fanout",
     "fit",
     "init_spec",
     "initializers",
+    "load_exported",
     "losses",
     "metrics",
     "output_spec",
+    "param_count",
     "parallel",
     "predict",
     "predict_step",
@@ -62,6 +82,7 @@ __all__ = [
     "serial",
     "shared",
     "spec_of",
+    "summary",
     "train_step",
     *_layers,
 ]

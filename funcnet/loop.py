@@ -33,7 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from funcnet import distributed
 from funcnet import losses as losses_lib
 from funcnet import metrics as metrics_lib
 from funcnet.core import Layer, as_layer, output_spec, spec_of
@@ -252,10 +255,9 @@ def _padded_batches(tree, n: int, batch_size: int):
     return jax.tree.map(fix, tree), mask.reshape(nb, batch_size)
 
 
-def _make_evaluator(model, loss_fn, metrics, batch_size):
+def _make_evaluator(model, loss_fn, metrics, batch_size, mesh=None):
     step = eval_step(model, loss_fn, metrics=metrics)
 
-    @jax.jit
     def run(params, state, x, y, w, n_mask):
         def body(acc, inputs):
             xb, yb, wb, mb = inputs
@@ -273,12 +275,126 @@ def _make_evaluator(model, loss_fn, metrics, batch_size):
         acc, _ = jax.lax.scan(body, _acc_init(metrics), (x, y, w, n_mask))
         return acc
 
+    if mesh is not None:
+        return _mesh_evaluator(run, batch_size, mesh)
+    run = jax.jit(run)
+
     def evaluate_arrays(params, state, x, y, w, n):
         bs = min(batch_size, n)
         (xb, yb, wb), mask = _padded_batches((x, y, w), n, bs)
         return run(params, state, xb, yb, wb, mask)
 
     return evaluate_arrays
+
+
+# ----------------------------------------------------------------------------- many devices
+
+
+def _mesh_batch_size(batch_size: int, n: int, mesh) -> int:
+    """``min(batch_size, n)`` rounded up to a multiple of the devices the batch is split over."""
+    parts = distributed._batch_devices(mesh)
+    return -(-min(batch_size, n) // parts) * parts
+
+
+def _host_padded_batches(tree, n: int, batch_size: int):
+    """:func:`_padded_batches` on the host (numpy), for placing on a mesh."""
+    nb = math.ceil(n / batch_size)
+    pad = nb * batch_size - n
+
+    def fix(a):
+        a = np.asarray(a)
+        if pad:
+            a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
+        return a.reshape(nb, batch_size, *a.shape[1:])
+
+    mask = np.arange(nb * batch_size) < n
+    return jax.tree.map(fix, tree), mask.reshape(nb, batch_size)
+
+
+def _stacked_sharding(mesh) -> NamedSharding:
+    """``(batches, batch, ...)`` arrays: the batch axis (1) split over the mesh's batch axes."""
+    return NamedSharding(mesh, P(None, *distributed.batch_spec(mesh)))
+
+
+def _mesh_evaluator(run, batch_size, mesh):
+    run = jax.jit(run, out_shardings=NamedSharding(mesh, P()))
+
+    def evaluate_arrays(params, state, x, y, w, n):
+        bs = _mesh_batch_size(batch_size, n, mesh)
+        data, mask = _host_padded_batches((x, y, w), n, bs)
+        xb, yb, wb, mask = jax.device_put((*data, mask), _stacked_sharding(mesh))
+        params, state = distributed._on_mesh((params, state), mesh)
+        return run(params, state, xb, yb, wb, mask)
+
+    return evaluate_arrays
+
+
+def _fit_mesh(mesh, param_sharding):
+    """fit's internal mesh (Auto axes) after checking the arguments; None without a mesh."""
+    if param_sharding not in ("replicated", "fsdp"):
+        raise ValueError(
+            f"fit: `param_sharding` must be 'replicated' or 'fsdp', got {param_sharding!r}."
+        )
+    if mesh is None:
+        if param_sharding != "replicated":
+            raise ValueError(
+                f"fit: `param_sharding={param_sharding!r}` needs a `mesh`; pass e.g. "
+                "`mesh=distributed.make_mesh(fsdp=4)`."
+            )
+        return None
+    return distributed._auto_mesh(distributed._check_mesh(mesh, "fit"))
+
+
+def _create_on_mesh(model, optimizer, key, example, mesh, param_sharding):
+    """``TrainState.create`` compiled straight into its shardings (FSDP never holds it whole)."""
+    impl = jax.random.key_impl(key)
+
+    def create(key_data):
+        return TrainState.create(
+            model, optimizer, jax.random.wrap_key_data(key_data, impl=impl), example
+        )
+
+    key_data = np.asarray(jax.random.key_data(key))
+    shardings = distributed.state_shardings(jax.eval_shape(create, key_data), mesh, param_sharding)
+    return jax.jit(create, out_shardings=shardings)(key_data), shardings
+
+
+def _shard_rows(tree, mesh):
+    """Host arrays placed with their rows split over the mesh (padded to a multiple of it)."""
+    parts = distributed._batch_devices(mesh)
+    sharding = distributed.batch_sharding(mesh)
+
+    def put(a):
+        a = np.asarray(a)
+        pad = -len(a) % parts
+        if pad:
+            a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
+        return jax.device_put(a, sharding)
+
+    return jax.tree.map(put, tree)
+
+
+def _pad_batch(batch, mesh):
+    """An evaluation batch padded (weight 0) to a multiple of this process's batch devices."""
+    x, y, *rest = batch
+    w = rest[0] if rest else None
+    parts = max(1, distributed._batch_devices(mesh) // jax.process_count())
+    n = jax.tree.leaves(x)[0].shape[0]
+    pad = -n % parts
+
+    def fix(a):
+        a = np.asarray(a)
+        return np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
+
+    mask = np.arange(n + pad) < n
+    if w is None:
+        weights = mask
+    else:
+        w = np.asarray(w)
+        weights = np.where(mask.reshape(mask.shape + (1,) * (w.ndim - 1)), fix(w), 0).astype(
+            w.dtype
+        )
+    return (*jax.tree.map(fix, (x, y)), weights), mask
 
 
 def evaluate(
@@ -290,6 +406,7 @@ def evaluate(
     loss: str | Callable | None = None,
     metrics=None,
     batch_size: int = 256,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """Loss and metrics of the model (inference mode) over a whole dataset.
 
@@ -298,6 +415,12 @@ def evaluate(
     example counts exactly once and only one shape is compiled; metrics are
     streamed (a confusion matrix over the whole dataset, not a mean of batch
     ratios).
+
+    With ``mesh`` (see :func:`funcnet.distributed.make_mesh`) every batch is
+    split over the mesh's batch axes: for arrays the batch size is rounded up
+    to a multiple of that device count (the padding is masked); batches of an
+    iterable are this process's rows (padded and masked likewise) and are
+    assembled into global arrays. The results equal those without a mesh.
 
     Returns:
         ``{"loss": float, name: value, ...}`` (no ``"loss"`` without ``loss``).
@@ -315,9 +438,26 @@ def evaluate(
     loss_fn = _resolve_loss(loss) if loss is not None else None
     metrics = _metric_dict(metrics)
     _check_batch_size(batch_size, "evaluate")
+    if mesh is not None:
+        mesh = distributed._auto_mesh(distributed._check_mesh(mesh, "evaluate"))
     if _in_memory(data):
         x, y, w, n = _check_arrays(data, "evaluate")
-        acc = _make_evaluator(model, loss_fn, metrics, batch_size)(params, state, x, y, w, n)
+        acc = _make_evaluator(model, loss_fn, metrics, batch_size, mesh)(params, state, x, y, w, n)
+    elif mesh is not None:
+        step = jax.jit(
+            eval_step(model, loss_fn, metrics=metrics), out_shardings=NamedSharding(mesh, P())
+        )
+        params, state = distributed._on_mesh((params, state), mesh)
+        acc = distributed.place(_acc_init(metrics), NamedSharding(mesh, P()))
+        for i, batch in enumerate(_iterate(data, "evaluate")):
+            batch, mask = _pad_batch(batch, mesh)
+            batch, mask = distributed._global_batch((batch, mask), mesh, "evaluate")
+            logs = step(params, state, batch)
+            if loss_fn is None:
+                logs["loss"] = jnp.zeros((), jnp.float32)
+            acc = _acc_add(metrics, acc, logs, jnp.sum(mask.astype(jnp.float32)))
+            if i % 8 == 7:  # jax 0.10 on CPU can deadlock with many multi-device calls queued
+                jax.block_until_ready(acc)
     else:
         step = jax.jit(eval_step(model, loss_fn, metrics=metrics))
         acc = _acc_init(metrics)
@@ -330,11 +470,22 @@ def evaluate(
     return _acc_compute(metrics, acc, with_loss=loss_fn is not None)
 
 
-def predict(model: Layer | Callable, params, state, x, *, batch_size: int = 256):
+def predict(
+    model: Layer | Callable,
+    params,
+    state,
+    x,
+    *,
+    batch_size: int = 256,
+    mesh: jax.sharding.Mesh | None = None,
+):
     """The model's outputs (inference mode) for every example of ``x`` (arrays or a pytree).
 
     Runs in batches of ``batch_size`` (the last one padded, one compile) inside
-    one compiled call.
+    one compiled call. With ``mesh`` each batch is split over the mesh's batch
+    axes (``batch_size`` rounded up to a multiple of their device count) and
+    the outputs are returned replicated (with several processes, every process
+    passes the same ``x`` and gets all outputs).
 
     Examples:
         >>> import jax, jax.numpy as jnp, numpy as np
@@ -346,9 +497,24 @@ def predict(model: Layer | Callable, params, state, x, *, batch_size: int = 256)
     model = as_layer(model)
     _check_batch_size(batch_size, "predict")
     n = jax.tree.leaves(x)[0].shape[0]
+    fn_ = predict_step(model)
+    if mesh is not None:
+        user_mesh = distributed._check_mesh(mesh, "predict")
+        mesh = distributed._auto_mesh(user_mesh)
+        xb, _ = _host_padded_batches(x, n, _mesh_batch_size(batch_size, n, mesh))
+        xb = jax.device_put(xb, _stacked_sharding(mesh))
+        params, state = distributed._on_mesh((params, state), mesh)
+
+        def run_all(params, state, xb):
+            out = jax.lax.map(lambda b: fn_(params, state, b), xb)
+            return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)
+
+        out = jax.jit(run_all, out_shardings=NamedSharding(mesh, P()))(params, state, xb)
+        if user_mesh is not mesh:  # on the caller's (Explicit) mesh
+            out = distributed.place(out, NamedSharding(user_mesh, P()))
+        return out
     bs = min(batch_size, n)
     xb, _ = _padded_batches(x, n, bs)
-    fn_ = predict_step(model)
 
     @jax.jit
     def run(params, state, xb):
@@ -443,6 +609,8 @@ def fit(
     verbose: int = 1,
     checkpoint=None,
     checkpoint_every: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    param_sharding: str = "replicated",
     **step_options,
 ) -> tuple[TrainState, History]:
     """Train ``model`` for ``epochs`` epochs; return the final ``TrainState`` and a ``History``.
@@ -489,6 +657,26 @@ def fit(
             restart).
         checkpoint_every: also save every this many steps (a multiple of
             ``steps_per_execution``; fused steps are saved together).
+        mesh: train data-parallel on this :class:`jax.sharding.Mesh` (see
+            :func:`funcnet.distributed.make_mesh`; ``Auto`` or ``Explicit``
+            axes): every batch is split over its ``"data"`` (and ``"fsdp"``)
+            axes, the train state is replicated (or sharded, see
+            ``param_sharding``) and the compiled step (also the on-device epoch
+            and ``steps_per_execution`` fusion) averages the gradients over the
+            devices, so the parameters equal those of a one-device run with the
+            same ``batch_size`` (the global batch) up to float rounding.
+            ``batch_size`` must be divisible by the number of devices the batch
+            is split over. Arrays are stored with their rows split over the
+            devices. BatchNorm needs no ``axis_name`` here: its statistics are
+            those of the global batch. With several processes
+            (:func:`funcnet.distributed.initialize`) every process passes the
+            same arrays, or an iterable of its own rows of each global batch
+            (:func:`funcnet.distributed.local_batches`).
+        param_sharding: ``"replicated"`` (default) or ``"fsdp"``: params,
+            model state and optimizer state split over the mesh's ``"fsdp"``
+            axis (``"data"`` without one), each array along its largest
+            divisible dimension (see :func:`funcnet.distributed.state_shardings`
+            for the memory saved); the results equal the replicated ones.
         **step_options: passed to :func:`funcnet.train.train_step` (``l2``,
             ``clip_norm``, ``freeze``, ``accumulate_steps``, ``compute_dtype``, ...).
 
@@ -513,6 +701,7 @@ def fit(
             raise ValueError(f"fit: `{name}` must be an int >= {low}, got {value!r}.")
     if validation_split and validation_data is not None:
         raise ValueError("fit: give `validation_data` or `validation_split`, not both.")
+    user_mesh, mesh = mesh, _fit_mesh(mesh, param_sharding)
     key = jax.random.key(0) if key is None else key
     step = train_step(model, loss_fn, optimizer, metrics=metrics, **step_options)
 
@@ -530,6 +719,8 @@ def fit(
                 f"fit: `batch_size={batch_size}` is larger than the {n} training examples; use "
                 f"a batch size <= {n}."
             )
+        if mesh is not None:
+            distributed._check_divisible(batch_size, mesh, "fit", "`batch_size`")
         example = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x
         )
@@ -539,17 +730,25 @@ def fit(
             raise ValueError("fit: `train_data` yielded no batches.")
         example = spec_of(first[0])
 
-    if initial_state is not None:  # copied: the fused step donates (deletes) its input
+    ts_shardings = None
+    if mesh is not None and initial_state is None:
+        ts, ts_shardings = _create_on_mesh(model, optimizer, key, example, mesh, param_sharding)
+    elif initial_state is not None:  # copied: the fused step donates (deletes) its input
         ts = jax.tree.map(jnp.copy, initial_state)
     else:
         ts = TrainState.create(model, optimizer, key, example)
+    if mesh is not None and ts_shardings is None:
+        ts_shardings = distributed.state_shardings(ts, mesh, param_sharding)
+        ts = distributed.place(ts, ts_shardings)
     manager = _checkpoint_manager(checkpoint, checkpoint_every, steps_per_execution)
     if manager is not None and manager.latest_step() is not None:
         ts = manager.restore(manager.latest_step(), like=ts)
+        if mesh is not None:
+            ts = distributed.place(ts, ts_shardings)
     evaluator = None
     if validation_data is not None and _in_memory(validation_data):
         vx, vy, vw, vn = _check_arrays(validation_data, "fit (validation_data)")
-        evaluator = _make_evaluator(model, loss_fn, metrics, validation_batch_size)
+        evaluator = _make_evaluator(model, loss_fn, metrics, validation_batch_size, mesh)
 
     history = History()
     for cb in callbacks:
@@ -563,10 +762,21 @@ def fit(
                 return
             manager.save(int(ts.step), ts)
 
+    replicated = None if mesh is None else NamedSharding(mesh, P())
+    # jax 0.10 on CPU can deadlock with many multi-device steps queued: block every few calls
+    block_every = 16 if mesh is None else max(1, 8 // steps_per_execution)
     if in_memory:
-        data = jax.device_put((x, y, w))
+        data = jax.device_put((x, y, w)) if mesh is None else _shard_rows((x, y, w), mesh)
         steps = n // batch_size
-        run = _fused_runner(step, metrics, batch_size, unroll, _has_conv(model))
+        shardings = None
+        if mesh is not None:
+            shardings = (ts_shardings, distributed.batch_sharding(mesh), replicated)
+        run = _fused_runner(step, metrics, batch_size, unroll, _has_conv(model), shardings)
+    elif mesh is not None:
+        jstep = jax.jit(step, donate_argnums=0, out_shardings=(ts_shardings, replicated))
+        steps = None
+        if int(ts.step) > 0:
+            steps = sum(1 for _ in _iterate(train_data, "fit"))
     else:
         jstep = jax.jit(step, donate_argnums=0)
         steps = None
@@ -576,6 +786,8 @@ def fit(
 
     for epoch in range(start_epoch, epochs):
         acc = _acc_init(metrics)
+        if mesh is not None:
+            acc = distributed.place(acc, replicated)
         first = skip if epoch == start_epoch else 0
         if in_memory:
             perm = (
@@ -583,6 +795,8 @@ def fit(
                 if shuffle
                 else jnp.arange(n)
             )
+            if mesh is not None:
+                perm = distributed.place(perm, replicated)
             bar = _progress(steps, epoch, epochs, verbose)
             if bar is not None and first:
                 bar.update(first)
@@ -593,7 +807,7 @@ def fit(
                 if bar is not None:
                     bar.update(k)
                     bar.set_postfix_str(f"loss {float(acc['loss_total'] / acc['loss_count']):.4g}")
-                elif (begin // steps_per_execution) % 16 == 15:
+                elif (begin // steps_per_execution) % block_every == block_every - 1:
                     jax.block_until_ready(acc)
             if bar is not None:
                 bar.close()
@@ -603,9 +817,13 @@ def fit(
                 count += 1
                 if i < first:
                     continue
+                if mesh is not None:
+                    batch = distributed._global_batch(batch, mesh, "fit")
                 ts, logs = jstep(ts, batch)
                 acc = _acc_add(metrics, acc, logs, 1.0, ts.step - 1)
                 after_steps(ts, steps is not None and i + 1 == steps)
+                if mesh is not None and i % 8 == 7:
+                    jax.block_until_ready(acc)
             if count == 0:
                 raise ValueError(
                     f"fit: `train_data` yielded no batches in epoch {epoch + 1}; a one-shot "
@@ -633,6 +851,7 @@ def fit(
                     loss=loss_fn,
                     metrics=metrics,
                     batch_size=validation_batch_size,
+                    mesh=mesh,
                 )
             logs.update({f"val_{k}": v for k, v in val.items()})
         lr = _learning_rate(ts.opt_state)
@@ -649,6 +868,10 @@ def fit(
             break
     for cb in callbacks:
         ts = _hook(cb, "on_train_end", ts) or ts
+    if user_mesh is not None and user_mesh is not mesh:  # back on the caller's (Explicit) mesh
+        ts = distributed.place(
+            ts, jax.tree.map(lambda a: NamedSharding(user_mesh, a.sharding.spec), ts)
+        )
     return ts, history
 
 
@@ -675,8 +898,11 @@ def _hook(cb, name, *args):
     return fn_(*args) if fn_ is not None else None
 
 
-def _fused_runner(step, metrics, batch_size, unroll, has_conv):
-    """``run(ts, acc, data, perm, begin, k)``: k steps from ``perm[begin*bs:]`` in one call."""
+def _fused_runner(step, metrics, batch_size, unroll, has_conv, shardings=None):
+    """``run(ts, acc, data, perm, begin, k)``: k steps from ``perm[begin*bs:]`` in one call.
+
+    ``shardings``: ``(train_state, batch, replicated)`` shardings on a mesh, or None.
+    """
     if unroll is None:
         unroll = has_conv and jax.default_backend() == "cpu"
 
@@ -685,6 +911,8 @@ def _fused_runner(step, metrics, batch_size, unroll, has_conv):
             ts, acc = carry
             idx = jax.lax.dynamic_slice_in_dim(perm, (begin + i) * batch_size, batch_size)
             x, y, w = _take(data, idx)
+            if shardings is not None:  # the gathered rows, split over the devices
+                x, y, w = jax.lax.with_sharding_constraint((x, y, w), shardings[1])
             batch = (x, y) if w is None else (x, y, w)
             ts, logs = step(ts, batch)
             return (ts, _acc_add(metrics, acc, logs, 1.0, ts.step - 1)), None
@@ -697,4 +925,11 @@ def _fused_runner(step, metrics, batch_size, unroll, has_conv):
         )
         return ts, acc
 
+    if shardings is not None:
+        return jax.jit(
+            run,
+            static_argnums=5,
+            donate_argnums=(0, 1),
+            out_shardings=(shardings[0], shardings[2]),
+        )
     return jax.jit(run, static_argnums=5, donate_argnums=(0, 1))

@@ -22,7 +22,7 @@ Examples:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -152,6 +152,96 @@ def _resolve_loss(loss):
     return losses_lib.get(loss) if isinstance(loss, str) else loss
 
 
+# ----------------------------------------------------------------------------- mapped axes
+
+
+def _check_axis_name(axis_name, where: str):
+    """``axis_name`` as None, one name, or a tuple of names (several mesh axes)."""
+    if axis_name is None:
+        return None
+    if isinstance(axis_name, (tuple, list)):
+        names = tuple(axis_name)
+        if names and all(isinstance(a, Hashable) and not isinstance(a, tuple) for a in names):
+            return names
+    elif isinstance(axis_name, Hashable):
+        return axis_name
+    raise TypeError(
+        f"{where}: `axis_name` must be a mapped axis name (e.g. 'data') or a tuple of names, got "
+        f"{axis_name!r}."
+    )
+
+
+def _axes(axis_name) -> tuple:
+    return axis_name if isinstance(axis_name, tuple) else (axis_name,)
+
+
+def _varying(x) -> frozenset:
+    """The mapped axes ``x`` varies over (shard_map's ``check_vma`` types; empty elsewhere)."""
+    aval = jax.typeof(x)
+    kind = getattr(aval, "manual_axis_type", None)
+    if kind is not None:
+        return frozenset(kind.varying)
+    return frozenset(getattr(aval, "vma", ()) or ())
+
+
+def _to_varying(x, axes: tuple):
+    """Mark ``x`` as varying over ``axes`` (a no-op at run time)."""
+    missing = tuple(a for a in axes if a not in _varying(x))
+    if not missing:
+        return x
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, missing, to="varying")
+    return jax.lax.pvary(x, missing)  # pragma: no cover - older JAX
+
+
+def _tracks_variance(axis_name) -> bool:
+    """True inside ``jax.shard_map(check_vma=True)``, where JAX types values as varying/invariant.
+
+    There the gradient of a device's loss w.r.t. an *invariant* (replicated)
+    input is summed over the devices by JAX itself; elsewhere (``jax.pmap``,
+    ``check_vma=False``, ``jax.vmap``) it is the device's own gradient.
+    """
+    return bool(set(_axes(axis_name)) & _varying(jax.lax.axis_index(axis_name)))
+
+
+def _share(w, axis_name):
+    """A device's share of the global loss: its batch's total weight over the axis' total.
+
+    Without weights every device has the same share (equal batch sizes).
+    """
+    weight = jnp.ones((), jnp.float32) if w is None else jnp.sum(jnp.asarray(w, jnp.float32))
+    total = jax.lax.psum(weight, axis_name)
+    return jnp.where(total > 0, weight / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def _gather_merge(metric, state, axis_name):
+    """``metric.merge`` of the states of every device on the axis (the same on every device).
+
+    The states are gathered with a ``psum`` of one-hot placements (invariant
+    under ``shard_map``'s type checks) and merged in device order, so metrics
+    whose state is not a sum (R²) merge correctly too.
+    """
+    n = jax.lax.axis_size(axis_name)
+    index = jax.lax.axis_index(axis_name)
+
+    def gather(a):
+        slots = jnp.zeros((n, *a.shape), a.dtype).at[index].set(a)
+        return jax.lax.psum(slots, axis_name)
+
+    stacked = jax.tree.map(gather, state)
+    merged = jax.tree.map(lambda a: a[0], stacked)
+    for i in range(1, n):
+        merged = metric.merge(merged, jax.tree.map(lambda a, i=i: a[i], stacked))
+    return merged
+
+
+def _reduce_logs(metrics, logs, axis_name):
+    """Metric states of the whole mapped axis, merged (see :func:`_gather_merge`)."""
+    for name, metric in (metrics or {}).items():
+        logs[name] = _gather_merge(metric, logs[name], axis_name)
+    return logs
+
+
 def train_step(
     model: Layer | Callable,
     loss: str | Callable,
@@ -169,6 +259,7 @@ def train_step(
     nan_guard: bool = True,
     augment: Callable | None = None,
     augment_targets: bool = False,
+    axis_name: Hashable | tuple | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Build the pure update ``(train_state, batch) -> (train_state, logs)``.
 
@@ -212,6 +303,24 @@ def train_step(
             compiled step, with its own key; never in ``eval_step``.
         augment_targets: call ``augment(key, (inputs, targets))`` and use the
             pair it returns (for :func:`funcnet.augment.mixup`).
+        axis_name: only for explicit collectives: the mapped axis (or tuple
+            of axes) the batch is split over when the step runs inside
+            ``jax.shard_map`` or ``jax.pmap`` (each device gets its part of the
+            global batch). Gradients are then summed over the axis with each
+            device's loss weighted by its share of the global batch, so the
+            update equals the one for the whole batch on one device, under
+            ``shard_map`` (where JAX already sums the gradient w.r.t.
+            replicated params: the step marks them as per-device first, so
+            nothing is counted twice) and under ``pmap`` alike; the logged
+            loss is the global one and metric states are merged over the axis
+            (``merge``, so R² is right too). BatchNorm statistics are global
+            only with ``BatchNorm(axis_name=...)``. Each device's random key
+            is folded with its axis index, so dropout masks differ between
+            devices (and from a single-device run). Weighted batches assume a
+            loss that is a weighted mean ``sum(w * l) / sum(w)``, as
+            funcnet's losses are. Not needed (leave None) with ``jax.jit`` and
+            sharded arrays, e.g. ``fit(..., mesh=...)``: there the compiler
+            averages the gradients.
 
     Returns:
         ``step(train_state, batch) -> (train_state, logs)`` with
@@ -249,6 +358,7 @@ def train_step(
             f"train_step: `augment` must be a function `(key, inputs) -> inputs`, got "
             f"{type(augment).__name__}; call the factory, e.g. `augment.random_flip()`."
         )
+    axis_name = _check_axis_name(axis_name, "train_step")
     clipper = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else None
 
     def penalty(params):
@@ -262,7 +372,7 @@ def train_step(
             total = total + l1 * jnp.sum(jnp.abs(p)) + l2 * jnp.sum(p * p)
         return total
 
-    def forward(params, state, x, y, w, key):
+    def forward(params, state, x, y, w, key, share=None):
         compute_params = _cast_floats(params, compute_dtype)
         outputs, new_state = model.apply(
             compute_params, state, _cast_floats(x, compute_dtype), key=key, train=True
@@ -271,13 +381,14 @@ def train_step(
             outputs = _cast_floats(outputs, jnp.float32)
         data_loss = loss_fn(outputs, y, weights=w) if w is not None else loss_fn(outputs, y)
         total = data_loss + penalty(params)
-        return total * loss_scale, (total, outputs, new_state)
+        objective = total * loss_scale if share is None else total * (loss_scale * share)
+        return objective, (total, outputs, new_state)
 
     grad_fn = jax.grad(forward, has_aux=True)
 
-    def gradients(params, state, x, y, w, key):
+    def gradients(params, state, x, y, w, key, share=None):
         if accumulate_steps == 1:
-            grads, (total, outputs, new_state) = grad_fn(params, state, x, y, w, key)
+            grads, (total, outputs, new_state) = grad_fn(params, state, x, y, w, key, share)
             return grads, total, outputs, new_state
 
         def split(a):
@@ -295,7 +406,9 @@ def train_step(
         def body(carry, inputs):
             grad_sum, loss_sum, st = carry
             (mx, my, mw), i = inputs
-            g, (total, outputs, st) = grad_fn(params, st, mx, my, mw, jax.random.fold_in(key, i))
+            g, (total, outputs, st) = grad_fn(
+                params, st, mx, my, mw, jax.random.fold_in(key, i), share
+            )
             return (jax.tree.map(jnp.add, grad_sum, g), loss_sum + total, st), outputs
 
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -311,6 +424,8 @@ def train_step(
     def step(train_state: TrainState, batch) -> tuple[TrainState, dict]:
         x, y, w = _unpack(batch, "train_step")
         key = jax.random.fold_in(train_state.key, train_state.step)
+        if axis_name is not None:  # a different dropout / augmentation draw on every device
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         if augment is not None:
             key, aug_key = jax.random.split(key)
             if augment_targets:
@@ -318,7 +433,20 @@ def train_step(
             else:
                 x = augment(aug_key, x)
         params = train_state.params
-        grads, total, outputs, new_state = gradients(params, train_state.state, x, y, w, key)
+        if axis_name is None:
+            grads, total, outputs, new_state = gradients(params, train_state.state, x, y, w, key)
+        else:
+            # Each device differentiates its share of the global loss w.r.t. params marked as
+            # per-device, then the gradients are summed: right under pmap and shard_map alike.
+            share = _share(w, axis_name)
+            local_params = params
+            if _tracks_variance(axis_name):
+                local_params = jax.tree.map(lambda p: _to_varying(p, _axes(axis_name)), params)
+            grads, total, outputs, new_state = gradients(
+                local_params, train_state.state, x, y, w, key, share
+            )
+            grads = jax.lax.psum(grads, axis_name)
+            total = jax.lax.psum(total * share, axis_name)
         if loss_scale != 1.0:
             grads = jax.tree.map(lambda g: g / loss_scale, grads)
         frozen = _mask(params, freeze) if freeze is not None else None
@@ -346,6 +474,8 @@ def train_step(
             new_opt_state = keep(new_opt_state, train_state.opt_state)
             logs["nonfinite"] = ~finite
         logs.update(_batch_metrics(metrics, outputs, y, w))
+        if axis_name is not None:
+            logs = _reduce_logs(metrics, logs, axis_name)
         return (
             TrainState(train_state.step + 1, new_params, new_state, new_opt_state, train_state.key),
             logs,
@@ -360,11 +490,17 @@ def eval_step(
     *,
     metrics: Mapping[str, Any] | None = None,
     compute_dtype=None,
+    axis_name: Hashable | tuple | None = None,
 ) -> Callable[[Params, State, Any], dict]:
     """Build ``(params, state, batch) -> logs``: the model in inference mode on one batch.
 
     ``logs`` has ``"loss"`` (when a loss is given) and each metric's state
     for the batch; merge them over batches with the metrics' ``merge``.
+
+    With ``axis_name`` (inside ``jax.shard_map`` / ``jax.pmap``, the batch
+    split over that axis) the loss is the global batch's (each device's loss
+    weighted by its share of the batch) and the metric states are merged over
+    the axis, as in :func:`train_step`.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -378,6 +514,7 @@ def eval_step(
     """
     model = as_layer(model)
     loss_fn = _resolve_loss(loss) if loss is not None else None
+    axis_name = _check_axis_name(axis_name, "eval_step")
 
     def step(params, state, batch) -> dict:
         x, y, w = _unpack(batch, "eval_step")
@@ -388,7 +525,12 @@ def eval_step(
         logs = {}
         if loss_fn is not None:
             logs["loss"] = loss_fn(outputs, y, weights=w) if w is not None else loss_fn(outputs, y)
+            if axis_name is not None:
+                share = _share(w, axis_name)
+                logs["loss"] = jax.lax.psum(logs["loss"] * share, axis_name)
         logs.update(_batch_metrics(metrics, outputs, y, w))
+        if axis_name is not None:
+            logs = _reduce_logs(metrics, logs, axis_name)
         return logs
 
     return step

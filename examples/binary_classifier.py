@@ -1,0 +1,169 @@
+"""Binary classification, twice: with ``fn.fit`` and with a hand-written ``jax.grad`` + optax loop.
+
+The Keras tutorial's first model, ``Dense(10, relu) -> Dense(1, sigmoid)`` with
+binary cross-entropy, Adam and accuracy, on a generated task with 20 features
+that a linear model cannot solve: ``x ~ N(0, I_20)`` and the label is whether
+``x`` lies on the same side of two random hyperplanes through the origin (an
+XOR of two directions hidden among 20 features), with 5% of the labels flipped
+at random. The flipped labels cannot be predicted, so the best possible test
+accuracy is 0.95 (logistic regression gets about 0.57).
+
+The same model is trained twice from the same initial parameters:
+
+1. with :func:`funcnet.fit` (shuffling, batching, fused steps, validation and
+   streaming metrics done for you), then evaluated with :func:`funcnet.evaluate`;
+2. with a plain JAX loop: ``jax.value_and_grad`` of the loss, an optax update,
+   ``jax.jit``, batches from :func:`funcnet.data.batches`.
+
+Run (about 5 s on a 2-core CPU)::
+
+    python examples/binary_classifier.py
+
+It prints, for both, a line like ``fit: test accuracy 0.928`` and ends with
+``test accuracy: 0.9280`` (the ``fit`` model). Expected: both about 0.93
+(0.928 and 0.932 with the defaults), within 2-3 points of the 0.95 ceiling.
+``--smoke`` runs a few epochs in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import funcnet as fn
+
+FEATURES = 20
+FLIP = 0.05  # fraction of labels flipped: the best possible accuracy is 1 - FLIP
+
+
+def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` examples ``x`` float32 ``(n, 20)`` and labels ``y`` float32 ``(n, 1)`` in {0, 1}."""
+    rng = np.random.default_rng(seed)
+    directions = np.random.default_rng(1234).normal(size=(FEATURES, 2))  # fixed task
+    x = rng.normal(size=(n, FEATURES)).astype(np.float32)
+    side = x @ directions > 0
+    y = side[:, 0] == side[:, 1]
+    y ^= rng.random(n) < FLIP
+    return x, y.astype(np.float32)[:, None]
+
+
+def make_model() -> fn.Layer:
+    """``Dense(10, relu) -> Dense(1, sigmoid)``: outputs are probabilities."""
+    return fn.serial(fn.Dense(10), fn.Relu(), fn.Dense(1), fn.Sigmoid())
+
+
+def train_with_fit(model, train, val, test, *, epochs, batch_size, lr, seed):
+    """The Keras way: ``fit`` then ``evaluate``. Returns the test accuracy."""
+    state, history = fn.fit(
+        model,
+        optax.adam(lr),
+        "binary_cross_entropy",  # on probabilities, as Keras' "binary_crossentropy"
+        train,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=val,
+        metrics=["accuracy"],
+        steps_per_execution=8,
+        key=jax.random.key(seed),
+        verbose=0,
+    )
+    print(
+        f"fit: {epochs} epochs, final loss {history['loss'][-1]:.4f}, "
+        f"val accuracy {history['val_accuracy'][-1]:.4f}"
+    )
+    logs = fn.evaluate(
+        model, state.params, state.state, test, loss="binary_cross_entropy", metrics=["accuracy"]
+    )
+    return logs["accuracy"]
+
+
+def train_by_hand(model, train, test, *, epochs, batch_size, lr, seed):
+    """The PyTorch way, in JAX: an explicit loop over epochs and batches. Returns the test accuracy.
+
+    The parameters start from the same values as ``fit``'s (``TrainState.create``
+    initialises with ``fold_in(key, 0)``).
+    """
+    key = jax.random.key(seed)
+    params, state = model.init(jax.random.fold_in(key, 0), train[0][:1])
+    optimizer = optax.adam(lr)
+    opt_state = optimizer.init(params)
+
+    def loss_fn(params, state, x, y):
+        probs, state = model.apply(params, state, x, train=True)
+        return fn.losses.binary_cross_entropy(probs, y), state
+
+    @jax.jit
+    def step(params, state, opt_state, x, y):
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), state, opt_state, loss
+
+    @jax.jit
+    def accuracy(params, state, x, y):
+        probs, _ = model.apply(params, state, x)
+        return jnp.mean((probs > 0.5) == (y > 0.5))
+
+    for epoch in range(epochs):
+        shuffle_key = jax.random.fold_in(key, 1_000 + epoch)
+        for xb, yb in fn.data.batches(
+            train, batch_size, key=shuffle_key, shuffle=True, drop_remainder=True
+        ):
+            params, state, opt_state, loss = step(params, state, opt_state, xb, yb)
+    print(f"by hand: {epochs} epochs, last batch loss {float(loss):.4f}")
+    return float(accuracy(params, state, *test))
+
+
+def main(
+    *,
+    epochs: int = 40,
+    n_train: int = 20000,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> dict:
+    """Train both ways; return ``{"fit_accuracy", "manual_accuracy", "best_possible"}``."""
+    x, y = make_data(n_train + 2000, seed)
+    train, val, test = fn.data.train_val_test_split(
+        (x, y), val_size=1000, test_size=1000, seed=seed, stratify=y[:, 0]
+    )
+    model = make_model()
+    print(f"model: {model}  ({len(train[0])} train, {len(val[0])} val, {len(test[0])} test)")
+
+    start = time.perf_counter()
+    fit_acc = train_with_fit(
+        model, train, val, test, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+    )
+    print(f"fit: test accuracy {fit_acc:.4f}  ({time.perf_counter() - start:.1f} s)")
+
+    start = time.perf_counter()
+    manual_acc = train_by_hand(
+        model, train, test, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+    )
+    print(f"by hand: test accuracy {manual_acc:.4f}  ({time.perf_counter() - start:.1f} s)")
+
+    print(f"best possible (labels flipped with probability {FLIP}): {1 - FLIP:.2f}")
+    print(f"test accuracy: {fit_acc:.4f}")
+    return {"fit_accuracy": fit_acc, "manual_accuracy": manual_acc, "best_possible": 1 - FLIP}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--n-train", type=int, default=20000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="a few epochs, runs in seconds")
+    args = parser.parse_args()
+    main(
+        epochs=5 if args.smoke else args.epochs,
+        n_train=args.n_train,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )

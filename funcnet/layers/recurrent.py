@@ -1,0 +1,966 @@
+"""Recurrent layers: cells (SimpleRNNCell, LSTMCell, GRUCell), RNN and Bidirectional.
+
+A *cell* is one time step, a :class:`RecurrentCell` of pure functions::
+
+    params, () = cell.init(key, x_t)            # x_t: one step, (N, F), only shape/dtype read
+    carry = cell.initial_carry(N, jnp.float32)  # zeros
+    carry, y_t = cell.apply(params, carry, x_t)  # (N, F) -> (N, H)
+
+so a cell can drive a hand-written ``jax.lax.scan``. :func:`RNN` turns a cell
+into a :class:`~funcnet.core.Layer` that runs it over the time axis of
+batch-major ``(N, T, F)`` inputs with one ``lax.scan``.
+
+**Inputs with several arrays** (shared with the attention layers): a plain
+array means ``{"x": array}``; otherwise the inputs are one dict with fixed
+keys -- ``"x"`` the main input ``(N, T, F)``, ``"lengths"`` ``(N,)`` integer
+per-sequence lengths, ``"mask"`` ``(N, T)`` bool (True = valid step) and
+``"carry"`` an initial carry (as ``cell.initial_carry(N)``). Other keys are an
+error. A step is *valid* when ``t < lengths[n]`` and ``mask[n, t]``; invalid
+steps are skipped: the carry passes through them unchanged and the output
+there is zero.
+
+**Weights map one-to-one to PyTorch** (gate order and equations are
+PyTorch's; for a layer ``l`` of ``torch.nn.LSTM``/``GRU``/``RNN``)::
+
+    params["wi"] = weight_ih_l0.T         # (F, G*H), G gates stacked along the last axis
+    params["wh"] = weight_hh_l0.T         # (H, G*H)
+    params["b"]  = bias_ih_l0 + bias_hh_l0   # LSTMCell, SimpleRNNCell
+    params["bi"], params["bh"] = bias_ih_l0, bias_hh_l0   # GRUCell (kept apart, see its equations)
+
+Keras' ``LSTM`` uses the same gate order (``kernel`` = ``wi``,
+``recurrent_kernel`` = ``wh``, ``bias`` = ``b``); Keras' ``GRU``
+(``reset_after=True``) orders its gates ``z, r, h``: swap the first two blocks.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnet import initializers
+from funcnet.core import Layer, LayerError, _prepend_path, spec_of
+from funcnet.layers._util import check_positive_int, compute_dtype, fmt_shape
+
+__all__ = ["Bidirectional", "GRUCell", "LSTMCell", "RNN", "RecurrentCell", "SimpleRNNCell"]
+
+_KEYS = ("x", "lengths", "mask", "carry")
+_MERGES = ("concat", "sum", "mul", "ave", None)
+
+
+class RecurrentCell(NamedTuple):
+    """One step of a recurrent network, as pure functions; :func:`RNN` runs it over time.
+
+    Attributes:
+        init: ``(key, x_t) -> (params, ())``; ``x_t`` is one time step of shape
+            ``(N, F)`` (an array or :class:`jax.ShapeDtypeStruct`: only its
+            shape and dtype are read).
+        apply: ``(params, carry, x_t) -> (carry, y_t)``, pure, for ``x_t`` of
+            shape ``(N, F)`` (any leading axes work); no key, no ``train``.
+        initial_carry: ``(batch_size, dtype=jnp.float32) -> carry``, the zero
+            carry for ``batch_size`` sequences (an int or a tuple of leading axes).
+        features: the hidden size ``H`` (the size of ``y_t``).
+        name: a short description (``"LSTMCell(32)"``), used in layer names and errors.
+
+    A user-written cell is these functions; errors about bad inputs should be
+    :class:`~funcnet.core.LayerError`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> cell = LSTMCell(4)
+        >>> params, _ = cell.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 3), jnp.float32))
+        >>> xs = jnp.ones((5, 2, 3))  # time-major for a hand-written scan
+        >>> step = lambda carry, x_t: cell.apply(params, carry, x_t)
+        >>> (h, c), ys = jax.lax.scan(step, cell.initial_carry(2), xs)
+        >>> h.shape, ys.shape
+        ((2, 4), (5, 2, 4))
+    """
+
+    init: Callable
+    apply: Callable
+    initial_carry: Callable
+    features: int
+    name: str
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_cell_args(owner: str, features, dtype, w_init, recurrent_init, b_init):
+    features = check_positive_int(owner, "features", features)
+    if dtype is not None:
+        dtype = jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"{owner}: `dtype` must be a floating dtype or None, got {dtype}.")
+    inits = tuple(initializers.get(i) for i in (w_init, recurrent_init, b_init))
+    return features, dtype, inits
+
+
+def _batch_shape(batch_size) -> tuple[int, ...]:
+    dims = tuple(batch_size) if isinstance(batch_size, (tuple, list)) else (batch_size,)
+    if not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims
+    ):
+        raise ValueError(
+            f"initial_carry: `batch_size` must be an int >= 0 or a tuple of them, got "
+            f"{batch_size!r}."
+        )
+    return tuple(int(d) for d in dims)
+
+
+def _step_input(name: str, x_t, in_features: int | None = None):
+    """Shape and dtype of one time step ``x_t``; LayerError (path: the cell) when it is wrong."""
+    if not hasattr(x_t, "shape") or not hasattr(x_t, "dtype"):
+        raise LayerError(
+            f"expected one time step `x_t` as an array (N, F), got {type(x_t).__name__}.",
+            path=[name],
+        )
+    shape, dtype = tuple(x_t.shape), jnp.dtype(x_t.dtype)
+    if len(shape) < 1:
+        raise LayerError(f"expected `x_t` of shape (N, F), got shape {shape}.", path=[name])
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise LayerError(
+            f"expected floating-point `x_t`, got dtype {dtype}. Cast with `x.astype(jnp.float32)`.",
+            path=[name],
+        )
+    if in_features is not None and shape[-1] != in_features:
+        raise LayerError(
+            f"expected `x_t` with last dimension {in_features} (the input size of the params), "
+            f"got shape {fmt_shape(shape)}.",
+            path=[name],
+        )
+    return shape, dtype
+
+
+def _check_carry_leaves(name: str, leaves, x_shape, features: int, pair: bool) -> None:
+    expected = (*x_shape[:-1], features)
+    for leaf in leaves:
+        if not hasattr(leaf, "shape") or tuple(leaf.shape) != expected:
+            got = fmt_shape(leaf.shape) if hasattr(leaf, "shape") else type(leaf).__name__
+            like = "(h, c)" if pair else "one array"
+            raise LayerError(
+                f"expected a carry of {like} with shape {expected} for `x_t` of shape "
+                f"{fmt_shape(x_shape)}, got {got}. Make it with `cell.initial_carry(batch_size)`.",
+                path=[name],
+            )
+
+
+def _gate_weights(init, key, rows: int, features: int, gates: int, dtype):
+    """``(rows, gates * features)``: each gate's ``(rows, features)`` block drawn on its own."""
+    keys = jax.random.split(key, gates)
+    dtype = jnp.dtype(dtype)
+    # Draw half-precision weights in float32 (orthogonal needs a QR, which has no bfloat16 kernel).
+    draw = jnp.float32 if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4 else dtype
+    blocks = [init(k, (rows, features), draw).astype(dtype) for k in keys]
+    return jnp.concatenate(blocks, axis=1)
+
+
+def _build_cell(
+    name: str,
+    features: int,
+    gates: int,
+    projected_apply: Callable,
+    inits: tuple,
+    dtype,
+    param_dtype,
+    *,
+    pair: bool = False,
+    two_biases: bool = False,
+    forget_bias: float = 0.0,
+) -> RecurrentCell:
+    """The parts the cells share: params ``wi``, ``wh`` and biases, the carry, the projection."""
+    wi_init, wh_init, bias_init = inits
+    b_key = "bi" if two_biases else "b"
+
+    def init(key, x_t):
+        shape, _ = _step_input(name, x_t)
+        k_i, k_h, k_b, k_bh = jax.random.split(key, 4)
+        params = {
+            "wi": _gate_weights(wi_init, k_i, shape[-1], features, gates, param_dtype),
+            "wh": _gate_weights(wh_init, k_h, features, features, gates, param_dtype),
+            b_key: bias_init(k_b, (gates * features,), param_dtype),
+        }
+        if two_biases:
+            params["bh"] = bias_init(k_bh, (gates * features,), param_dtype)
+        if forget_bias:  # the LSTM's second block
+            b = params[b_key]
+            params[b_key] = b.at[features : 2 * features].add(jnp.asarray(forget_bias, b.dtype))
+        return params, ()
+
+    def initial_carry(batch_size, dtype=jnp.float32):
+        zeros = jnp.zeros((*_batch_shape(batch_size), features), dtype)
+        return (zeros, zeros) if pair else zeros
+
+    def project(params, x):
+        dt = compute_dtype(jnp.dtype(x.dtype), params["wi"].dtype, dtype)
+        return jnp.matmul(x.astype(dt), params["wi"].astype(dt)) + params[b_key].astype(dt)
+
+    def apply(params, carry, x_t):
+        shape, _ = _step_input(name, x_t, params["wi"].shape[0])
+        if pair:
+            if not isinstance(carry, (tuple, list)) or len(carry) != 2:
+                raise LayerError(
+                    f"expected the carry as a pair `(h, c)`, got {type(carry).__name__}. Make "
+                    "it with `cell.initial_carry(batch_size)`.",
+                    path=[name],
+                )
+            carry = tuple(carry)
+        _check_carry_leaves(name, carry if pair else [carry], shape, features, pair)
+        return projected_apply(params, carry, project(params, x_t))
+
+    return RecurrentCell(init, apply, initial_carry, features, name)
+
+
+def SimpleRNNCell(
+    features: int,
+    *,
+    activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+    w_init: str | initializers.Initializer = "glorot_uniform",
+    recurrent_init: str | initializers.Initializer = "orthogonal",
+    b_init: str | initializers.Initializer = "zeros",
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> RecurrentCell:
+    """The Elman cell: ``h' = activation(x W_i + h W_h + b)``; ``y_t = h'``.
+
+    One step maps ``x_t (N, F)`` and the carry ``h (N, H)`` to ``(h', h')``.
+    Params ``{"wi": (F, H), "wh": (H, H), "b": (H,)}``. PyTorch's ``nn.RNN``
+    (``nonlinearity="tanh"``): ``wi = weight_ih_l0.T``, ``wh = weight_hh_l0.T``,
+    ``b = bias_ih_l0 + bias_hh_l0``.
+
+    Args:
+        features: the hidden size ``H``.
+        activation: the nonlinearity (``jnp.tanh``; ``jax.nn.relu`` for PyTorch's
+            ``nonlinearity="relu"``).
+        w_init: initializer of ``wi`` (Glorot-uniform, as Keras).
+        recurrent_init: initializer of ``wh`` (orthogonal, as Keras).
+        b_init: initializer of ``b``.
+        dtype: computation dtype; default: the promotion of the inputs' and the params' dtypes.
+        param_dtype: dtype of the params.
+
+    Returns:
+        A :class:`RecurrentCell`; wrap it in :func:`RNN` for a layer.
+
+    Raises:
+        ValueError: for ``features < 1`` or a non-floating ``dtype``.
+        TypeError: for an ``activation`` that is not callable.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> cell = SimpleRNNCell(4)
+        >>> params, _ = cell.init(jax.random.key(0), jnp.zeros((2, 3)))
+        >>> jax.tree.map(jnp.shape, params)
+        {'b': (4,), 'wh': (4, 4), 'wi': (3, 4)}
+        >>> h, y = cell.apply(params, cell.initial_carry(2), jnp.ones((2, 3)))
+        >>> h.shape, bool((h == y).all())
+        ((2, 4), True)
+    """
+    owner = "SimpleRNNCell"
+    features, dtype, inits = _check_cell_args(
+        owner, features, dtype, w_init, recurrent_init, b_init
+    )
+    if not callable(activation):
+        raise TypeError(f"{owner}: `activation` must be a function, got {activation!r}.")
+    act_name = getattr(activation, "__name__", None) or type(activation).__name__
+    name = f"{owner}({features})" if activation is jnp.tanh else f"{owner}({features}, {act_name})"
+
+    def projected_apply(params, carry, xp_t):
+        dt = xp_t.dtype
+        h = activation(xp_t + jnp.matmul(carry.astype(dt), params["wh"].astype(dt)))
+        return h, h
+
+    return _build_cell(name, features, 1, projected_apply, inits, dtype, param_dtype)
+
+
+def LSTMCell(
+    features: int,
+    *,
+    forget_bias: float = 1.0,
+    w_init: str | initializers.Initializer = "glorot_uniform",
+    recurrent_init: str | initializers.Initializer = "orthogonal",
+    b_init: str | initializers.Initializer = "zeros",
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> RecurrentCell:
+    """Long short-term memory, with PyTorch's gate order ``i, f, g, o``.
+
+    The carry is the pair ``(h, c)``, each ``(N, H)``; one step computes::
+
+        z = x_t @ wi + h @ wh + b          # (N, 4H) = [i | f | g | o]
+        i, f, o = sigmoid(z_i), sigmoid(z_f), sigmoid(z_o)
+        g = tanh(z_g)
+        c' = f * c + i * g
+        h' = o * tanh(c')                  # carry (h', c'), output y_t = h'
+
+    Params ``{"wi": (F, 4H), "wh": (H, 4H), "b": (4H,)}``, the gates stacked
+    along the last axis in the order ``i, f, g, o``. From ``torch.nn.LSTM``:
+    ``wi = weight_ih_l0.T`` (torch ``(4H, F)``), ``wh = weight_hh_l0.T``,
+    ``b = bias_ih_l0 + bias_hh_l0``; PyTorch's carry ``(h_0, c_0)`` is ours
+    without its leading layer axis. Keras' ``LSTM`` has the same order:
+    ``kernel``, ``recurrent_kernel``, ``bias``.
+
+    Args:
+        features: the hidden size ``H``.
+        forget_bias: added to the forget gate's slice of ``b`` at *initialization*
+            (default 1.0, as Keras' ``unit_forget_bias=True``, after Jozefowicz et
+            al. 2015, so gradients flow through ``c`` early in training); 0.0 for
+            a plain ``b_init``. It is a value in the params, not a constant of the
+            step, so imported weights are used as they are.
+        w_init: initializer of ``wi`` (Glorot-uniform), drawn per gate ``(F, H)``.
+        recurrent_init: initializer of ``wh`` (orthogonal), drawn per gate
+            ``(H, H)``, so each gate's recurrent matrix is orthogonal.
+        b_init: initializer of ``b`` (zeros).
+        dtype: computation dtype; default: the promotion of the inputs' and the params' dtypes.
+        param_dtype: dtype of the params.
+
+    Returns:
+        A :class:`RecurrentCell`; wrap it in :func:`RNN` for a layer.
+
+    Raises:
+        ValueError: for ``features < 1``, a non-number ``forget_bias`` or a
+            non-floating ``dtype``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> cell = LSTMCell(4)
+        >>> params, _ = cell.init(jax.random.key(0), jnp.zeros((2, 3)))
+        >>> jax.tree.map(jnp.shape, params)
+        {'b': (16,), 'wh': (4, 16), 'wi': (3, 16)}
+        >>> params["b"][4:8]  # the forget gate
+        Array([1., 1., 1., 1.], dtype=float32)
+        >>> (h, c), y = cell.apply(params, cell.initial_carry(2), jnp.ones((2, 3)))
+        >>> h.shape, c.shape, y.shape
+        ((2, 4), (2, 4), (2, 4))
+    """
+    owner = "LSTMCell"
+    features, dtype, inits = _check_cell_args(
+        owner, features, dtype, w_init, recurrent_init, b_init
+    )
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.number)):
+        raise ValueError(f"{owner}: `forget_bias` must be a number, got {forget_bias!r}.")
+
+    def projected_apply(params, carry, xp_t):
+        h, c = carry
+        dt = xp_t.dtype
+        z = xp_t + jnp.matmul(h.astype(dt), params["wh"].astype(dt))
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c.astype(dt) + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (h, c), h
+
+    return _build_cell(
+        f"{owner}({features})",
+        features,
+        4,
+        projected_apply,
+        inits,
+        dtype,
+        param_dtype,
+        pair=True,
+        forget_bias=float(forget_bias),
+    )
+
+
+def GRUCell(
+    features: int,
+    *,
+    w_init: str | initializers.Initializer = "glorot_uniform",
+    recurrent_init: str | initializers.Initializer = "orthogonal",
+    b_init: str | initializers.Initializer = "zeros",
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> RecurrentCell:
+    """Gated recurrent unit, with PyTorch's equations and gate order ``r, z, n``.
+
+    The carry is ``h (N, H)``; one step computes::
+
+        [a_r | a_z | a_n] = x_t @ wi + bi  # (N, 3H)
+        [u_r | u_z | u_n] = h @ wh + bh    # (N, 3H)
+        r = sigmoid(a_r + u_r)
+        z = sigmoid(a_z + u_z)
+        n = tanh(a_n + r * u_n)            # r gates W_hn h + b_hn, bias included
+        h' = (1 - z) * n + z * h           # carry h', output y_t = h'
+
+    Params ``{"wi": (F, 3H), "wh": (H, 3H), "bi": (3H,), "bh": (3H,)}``. The two
+    biases stay apart because ``bh``'s ``n`` block is multiplied by ``r``. From
+    ``torch.nn.GRU``: ``wi = weight_ih_l0.T`` (torch ``(3H, F)``), ``wh =
+    weight_hh_l0.T``, ``bi = bias_ih_l0``, ``bh = bias_hh_l0``. Keras' ``GRU``
+    with ``reset_after=True`` (its default) is the same cell with the blocks in
+    the order ``z, r, n`` and ``bias = [bi, bh]``.
+
+    Args:
+        features: the hidden size ``H``.
+        w_init: initializer of ``wi`` (Glorot-uniform), drawn per gate ``(F, H)``.
+        recurrent_init: initializer of ``wh`` (orthogonal), drawn per gate ``(H, H)``.
+        b_init: initializer of ``bi`` and ``bh`` (zeros).
+        dtype: computation dtype; default: the promotion of the inputs' and the params' dtypes.
+        param_dtype: dtype of the params.
+
+    Returns:
+        A :class:`RecurrentCell`; wrap it in :func:`RNN` for a layer.
+
+    Raises:
+        ValueError: for ``features < 1`` or a non-floating ``dtype``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> cell = GRUCell(4)
+        >>> params, _ = cell.init(jax.random.key(0), jnp.zeros((2, 3)))
+        >>> jax.tree.map(jnp.shape, params)
+        {'bh': (12,), 'bi': (12,), 'wh': (4, 12), 'wi': (3, 12)}
+        >>> h, y = cell.apply(params, cell.initial_carry(2), jnp.ones((2, 3)))
+        >>> h.shape
+        (2, 4)
+    """
+    owner = "GRUCell"
+    features, dtype, inits = _check_cell_args(
+        owner, features, dtype, w_init, recurrent_init, b_init
+    )
+
+    def projected_apply(params, carry, xp_t):
+        dt = xp_t.dtype
+        h = carry.astype(dt)
+        u = jnp.matmul(h, params["wh"].astype(dt)) + params["bh"].astype(dt)
+        a_r, a_z, a_n = jnp.split(xp_t, 3, axis=-1)
+        u_r, u_z, u_n = jnp.split(u, 3, axis=-1)
+        r = jax.nn.sigmoid(a_r + u_r)
+        z = jax.nn.sigmoid(a_z + u_z)
+        n = jnp.tanh(a_n + r * u_n)
+        h = (1 - z) * n + z * h
+        return h, h
+
+    name = f"{owner}({features})"
+    return _build_cell(
+        name, features, 3, projected_apply, inits, dtype, param_dtype, two_biases=True
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+class _Parts(NamedTuple):
+    x: Any
+    lengths: Any
+    mask: Any
+    carry: Any
+    passthrough: dict | None  # the keys handed on to the next layer; None for array inputs
+
+
+def _fmt_spec(tree) -> str:
+    leaves = jax.tree.leaves(spec_of(tree))
+    if len(leaves) == 1 and not isinstance(tree, (tuple, list, dict)):
+        return f"{leaves[0].dtype}{list(leaves[0].shape)}"
+    return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", spec_of(tree)))
+
+
+def _is_array(a) -> bool:
+    return hasattr(a, "shape") and hasattr(a, "dtype")
+
+
+def _read_inputs(inputs) -> _Parts:
+    """Split the inputs by the dict convention and check every shape and dtype (static)."""
+    if isinstance(inputs, Mapping):
+        unknown = [k for k in inputs if k not in _KEYS]
+        if unknown:
+            raise LayerError(
+                f"unknown input keys {sorted(map(str, unknown))}; the allowed keys are "
+                f"{list(_KEYS)} (`x` (N, T, F), `lengths` (N,) int, `mask` (N, T) bool, "
+                "`carry` the initial carry)."
+            )
+        if inputs.get("x") is None:
+            raise LayerError(
+                f"a dict input needs the key 'x' (N, T, F), got keys {sorted(inputs)}."
+            )
+        parts = dict(inputs)
+    elif _is_array(inputs):
+        parts = {"x": inputs}
+    else:
+        raise LayerError(
+            f"expected inputs as an array (N, T, F) or a dict with keys {list(_KEYS)}, got "
+            f"{type(inputs).__name__}."
+        )
+    x = parts["x"]
+    if not _is_array(x):
+        raise LayerError(f"expected `x` to be an array (N, T, F), got {type(x).__name__}.")
+    shape, x_dtype = tuple(x.shape), jnp.dtype(x.dtype)
+    if len(shape) != 3:
+        raise LayerError(
+            f"expected `x` of shape (N, T, F) (batch, time, features), got shape "
+            f"{fmt_shape(shape)}. Add the missing axis, e.g. `x[..., None]` for one feature."
+        )
+    if not jnp.issubdtype(x_dtype, jnp.floating):
+        raise LayerError(
+            f"expected floating-point `x`, got dtype {x_dtype}. Embed integer ids first "
+            "(`Embedding`) or cast with `x.astype(jnp.float32)`."
+        )
+    n, t, _ = shape
+    lengths, mask = parts.get("lengths"), parts.get("mask")
+    if lengths is not None and (
+        not _is_array(lengths)
+        or tuple(lengths.shape) != (n,)
+        or not jnp.issubdtype(jnp.dtype(lengths.dtype), jnp.integer)
+    ):
+        got = _fmt_spec(lengths) if _is_array(lengths) else type(lengths).__name__
+        raise LayerError(
+            f"expected `lengths` as an integer array of shape ({n},) (one length per sequence "
+            f"of `x` {fmt_shape(shape)}), got {got}."
+        )
+    if mask is not None and (
+        not _is_array(mask)
+        or tuple(mask.shape) != (n, t)
+        or jnp.dtype(mask.dtype) != jnp.dtype(bool)
+    ):
+        got = _fmt_spec(mask) if _is_array(mask) else type(mask).__name__
+        raise LayerError(
+            f"expected `mask` as a bool array of shape ({n}, {t}) (True = valid step of `x` "
+            f"{fmt_shape(shape)}), got {got}."
+        )
+    passthrough = None
+    if isinstance(inputs, Mapping):
+        passthrough = {k: parts[k] for k in ("lengths", "mask") if parts.get(k) is not None}
+    return _Parts(x, lengths, mask, parts.get("carry"), passthrough)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNN
+# ---------------------------------------------------------------------------------------------
+
+
+class _RNNConfig(NamedTuple):
+    cell: Any
+    return_sequences: bool
+    return_state: bool
+    reverse: bool
+    unroll: int | bool
+
+
+# The configuration of every layer built by RNN, keyed by its (wrapped) apply function, so that
+# Bidirectional can check and rebuild its children.
+_RNN_CONFIGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _check_cell(cell) -> None:
+    if isinstance(cell, RecurrentCell):
+        return
+    if isinstance(cell, type) or any(cell is c for c in (SimpleRNNCell, LSTMCell, GRUCell)):
+        name = getattr(cell, "__name__", "the cell")
+        raise TypeError(f"RNN: got `{name}` itself; call it to build the cell, e.g. `{name}(32)`.")
+    if isinstance(cell, Layer) or not all(
+        callable(getattr(cell, attr, None)) for attr in ("init", "apply", "initial_carry")
+    ):
+        raise TypeError(
+            "RNN: `cell` must be a RecurrentCell (e.g. `LSTMCell(32)`) with `init`, `apply` and "
+            f"`initial_carry`, got {type(cell).__name__}."
+        )
+
+
+def _check_bool(owner: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}: `{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def RNN(
+    cell: RecurrentCell,
+    *,
+    return_sequences: bool = True,
+    return_state: bool = False,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+) -> Layer:
+    """Run a recurrent cell over the time axis with one ``jax.lax.scan``.
+
+    Inputs are batch-major: ``x`` of shape ``(N, T, F)``, or the dict
+    ``{"x": x, "lengths": (N,) int, "mask": (N, T) bool, "carry": carry}``
+    with any of the optional keys (see the module docs). Invalid steps
+    (``t >= lengths[n]`` or ``mask[n, t]`` False; lengths are effectively
+    clipped to ``[0, T]``) leave the carry unchanged and give zero outputs.
+    ``"carry"`` is the initial carry, shaped as ``cell.initial_carry(N)``
+    (default: that, zeros).
+
+    Outputs:
+
+    - ``return_sequences=True``: the outputs of every step, ``(N, T, H)``. When
+      the inputs were a dict the outputs are one too, ``{"x": (N, T, H)}`` with
+      the inputs' ``"lengths"`` and ``"mask"`` handed on (not ``"carry"``), so
+      stacked RNNs in :func:`~funcnet.serial` respect the lengths. Take
+      ``lambda d: d["x"]`` before a layer that wants an array.
+    - ``return_sequences=False``: each sequence's output at its last valid step,
+      ``(N, H)`` (zeros for a sequence without valid steps), always an array.
+    - ``return_state=True``: the pair ``(outputs, final_carry)``; the final
+      carry is the one after each sequence's last valid step (for ``LSTMCell``,
+      ``(h, c)``).
+
+    ``reverse=True`` scans from ``t = T - 1`` down to 0, with the outputs kept
+    at their time positions. Since padded steps are skipped, each sequence is
+    read backwards *from its own last valid step*, as the backward direction
+    of PyTorch's packed sequences; with ``return_sequences=False`` the output
+    is the one at ``t = 0``, the last step processed.
+
+    Params are the cell's params, unnested (``{"wi", "wh", "b"}`` for an
+    LSTM); no state; no key (``train`` is ignored).
+
+    Args:
+        cell: a :class:`RecurrentCell`, e.g. ``LSTMCell(32)``.
+        return_sequences: return the outputs of every step, else only the last valid one.
+        return_state: also return the final carry.
+        reverse: run the sequences backwards (see above).
+        unroll: steps per iteration of the scan (``lax.scan``'s ``unroll``;
+            ``True`` unrolls fully). Larger values can be faster for short
+            sequences, at the cost of compile time.
+
+    Raises:
+        TypeError: in the constructor, for a ``cell`` that is not a cell or a
+            flag that is not a bool.
+        ValueError: in the constructor, for ``unroll < 1``.
+        LayerError: for inputs that are not ``(N, T, F)`` floats, features that
+            do not match the params, ``lengths``/``mask``/``carry`` of the wrong
+            shape or dtype, or unknown dict keys.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> layer = RNN(LSTMCell(8))
+        >>> x = jnp.ones((2, 5, 3))
+        >>> params, state = layer.init(jax.random.key(0), x)
+        >>> jax.tree.map(jnp.shape, params)
+        {'b': (32,), 'wh': (8, 32), 'wi': (3, 32)}
+        >>> layer.apply(params, state, x)[0].shape
+        (2, 5, 8)
+
+        Variable lengths, the final carry, and a stack:
+
+        >>> inputs = {"x": x, "lengths": jnp.array([5, 2])}
+        >>> (ys, (h, c)), _ = RNN(LSTMCell(8), return_state=True).apply(params, state, inputs)
+        >>> ys["x"].shape, bool((ys["x"][1, 2:] == 0).all()), bool((ys["x"][1, 1] == h[1]).all())
+        ((2, 5, 8), True, True)
+        >>> from funcnet.combinators import serial
+        >>> model = serial(RNN(GRUCell(8)), RNN(GRUCell(4), return_sequences=False))
+        >>> params, state = model.init(jax.random.key(0), inputs)
+        >>> model.apply(params, state, inputs)[0].shape
+        (2, 4)
+    """
+    _check_cell(cell)
+    return_sequences = _check_bool("RNN", "return_sequences", return_sequences)
+    return_state = _check_bool("RNN", "return_state", return_state)
+    reverse = _check_bool("RNN", "reverse", reverse)
+    if not (unroll is True or unroll is False):
+        unroll = check_positive_int("RNN", "unroll", unroll)
+    cell_name = getattr(cell, "name", type(cell).__name__)
+    extras = {"return_sequences": return_sequences, "return_state": return_state}
+    extras |= {"reverse": reverse, "unroll": unroll}
+    defaults = {"return_sequences": True, "return_state": False, "reverse": False, "unroll": 1}
+    name = ", ".join(
+        [str(cell_name)]
+        + [
+            f"{k}={v!r}"
+            for k, v in extras.items()
+            if (type(v), v) != (type(defaults[k]), defaults[k])
+        ]
+    )
+    name = f"RNN({name})"
+
+    def in_cell(fn, *args):
+        """Call a cell function; a LayerError from the cell gets this layer's name in its path."""
+        try:
+            return fn(*args)
+        except LayerError as err:
+            if err.path:
+                err.prepend(name)
+            else:
+                err.prepend(f"{name} {cell_name}")
+            raise
+
+    def step_spec(params, parts: _Parts):
+        n, _, f = parts.x.shape
+        x_t = jax.ShapeDtypeStruct((n, f), parts.x.dtype)
+        carry = jax.eval_shape(lambda: cell.initial_carry(n, x_t.dtype))
+        return in_cell(jax.eval_shape, cell.apply, spec_of(params), carry, x_t)
+
+    def check_carry(carry, carry_spec, n):
+        leaves, spec_leaves = jax.tree.leaves(carry), jax.tree.leaves(carry_spec)
+        ok = len(leaves) == len(spec_leaves) and all(
+            _is_array(a)
+            and tuple(a.shape) == s.shape
+            and jnp.issubdtype(jnp.dtype(a.dtype), jnp.floating)
+            for a, s in zip(leaves, spec_leaves)
+        )
+        if not ok:
+            got = _fmt_spec(carry) if all(map(_is_array, leaves)) else type(carry).__name__
+            raise LayerError(
+                f"expected `carry` like `cell.initial_carry({n})`: {_fmt_spec(carry_spec)} "
+                f"(floating), got {got}."
+            )
+
+    def init(key, inputs):
+        parts = _read_inputs(inputs)
+        n, _, f = parts.x.shape
+        params, _ = in_cell(cell.init, key, jax.ShapeDtypeStruct((n, f), parts.x.dtype))
+        if parts.carry is not None:
+            carry_spec, _ = step_spec(params, parts)
+            check_carry(parts.carry, carry_spec, n)
+        return params, ()
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        del key, train
+        parts = _read_inputs(inputs)
+        x = parts.x
+        n, t, _ = x.shape
+        carry_spec, _ = step_spec(params, parts)
+        spec_leaves, carry_def = jax.tree.flatten(carry_spec)
+        if parts.carry is None:
+            first = spec_leaves[0].dtype if spec_leaves else x.dtype
+            carry = cell.initial_carry(n, first)
+        else:
+            check_carry(parts.carry, carry_spec, n)
+            carry = parts.carry
+        carry = jax.tree.unflatten(
+            carry_def, [a.astype(s.dtype) for a, s in zip(jax.tree.leaves(carry), spec_leaves)]
+        )
+
+        valid = None
+        if parts.lengths is not None:
+            lengths = jnp.asarray(parts.lengths).astype(jnp.int32)
+            valid = jnp.arange(t, dtype=jnp.int32)[None, :] < lengths[:, None]
+        if parts.mask is not None:
+            valid = parts.mask if valid is None else valid & parts.mask
+        carry, out = in_cell(run, params, carry, x, valid)
+        if return_sequences and parts.passthrough is not None:
+            out = {**parts.passthrough, "x": out}
+        return ((out, carry) if return_state else out), state
+
+    @jax.jit  # one compiled scan per layer and shape, also when `apply` is called eagerly
+    def run(params, carry, x, valid):
+        # The input projection stays inside the step: on XLA:CPU hoisting it out of the loop (one
+        # big matmul before the scan) measured 1.5-2x slower, forward and backward.
+        xs = jnp.swapaxes(x, 0, 1)  # time-major (T, N, F)
+        step_fn = cell.apply
+        scanned = xs if valid is None else (xs, jnp.swapaxes(valid, 0, 1))
+
+        def body(loop, inp):
+            carry, last = loop
+            x_t, v = (inp, None) if valid is None else inp
+            new_carry, y = step_fn(params, carry, x_t)
+            if v is not None:
+                new_carry = _where(v, new_carry, carry)
+                y = _where(v, y, jax.tree.map(jnp.zeros_like, y))
+            if return_sequences:
+                return (new_carry, last), y
+            last = y if v is None else _where(v, y, last)
+            return (new_carry, last), None
+
+        last = None
+        if not return_sequences:
+            x_t = jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype)
+            _, y_spec = jax.eval_shape(step_fn, params, carry, x_t)
+            last = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), y_spec)
+        (carry, last), ys = jax.lax.scan(
+            body, (carry, last), scanned, reverse=reverse, unroll=unroll
+        )
+        if return_sequences:
+            return carry, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), ys)
+        return carry, last
+
+    layer = Layer(init, apply, name)
+    _RNN_CONFIGS[layer.apply] = _RNNConfig(cell, return_sequences, return_state, reverse, unroll)
+    return layer
+
+
+def _where(v, new, old):
+    """``new`` where the step is valid (``v`` of shape (N,)), else ``old``, leaf by leaf."""
+
+    def pick(a, b):
+        return jnp.where(v.reshape(v.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, new, old)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bidirectional
+# ---------------------------------------------------------------------------------------------
+
+
+def _rnn_config(layer, which: str) -> _RNNConfig:
+    config = _RNN_CONFIGS.get(getattr(layer, "apply", None)) if isinstance(layer, Layer) else None
+    if config is None:
+        raise TypeError(
+            f"Bidirectional: `{which}` must be a layer made by `RNN(...)`, e.g. "
+            f"`RNN(LSTMCell(32))`, got {layer!r}."
+        )
+    return config
+
+
+def _merge_fn(merge):
+    if merge == "concat":
+        return lambda a, b: jnp.concatenate([a, b], axis=-1)
+    if merge == "sum":
+        return jnp.add
+    if merge == "mul":
+        return jnp.multiply
+    return lambda a, b: (a + b) * 0.5  # "ave"
+
+
+def Bidirectional(
+    forward: Layer,
+    backward: Layer | None = None,
+    *,
+    merge: str | None = "concat",
+) -> Layer:
+    """Run one RNN forwards and one backwards over the same inputs and merge their outputs.
+
+    Both directions get the same inputs (an array or the dict of :func:`RNN`;
+    lengths and masks are respected, so the backward direction starts at each
+    sequence's last valid step). An initial carry is given per direction:
+    ``{"x": x, "carry": {"forward": c_f, "backward": c_b}}``.
+
+    Outputs: the two RNNs' outputs merged over the last axis by ``merge``:
+    ``"concat"`` (``(..., H_f + H_b)``), ``"sum"``, ``"mul"``, ``"ave"`` (the
+    mean), or ``None`` for the tuple ``(forward_outputs, backward_outputs)``
+    unmerged. Dict outputs (``return_sequences=True`` on dict inputs) stay
+    dicts with ``"x"`` merged. With ``return_state=True`` the outputs are
+    ``(merged, {"forward": carry_f, "backward": carry_b})``. With
+    ``return_sequences=False`` the backward output is the one at ``t = 0``
+    (as the backward half of PyTorch's ``h_n``).
+
+    Params ``{"forward": ..., "backward": ...}`` (each an RNN's params); no
+    state; no key.
+
+    Args:
+        forward: an ``RNN(...)`` layer with ``reverse=False``.
+        backward: an ``RNN(...)`` layer with ``reverse=True`` and the same
+            ``return_sequences`` and ``return_state``; default: ``forward``'s
+            cell and options with ``reverse=True`` (its own params).
+        merge: how to combine the two directions (see above).
+
+    Raises:
+        TypeError: if ``forward`` or ``backward`` is not made by :func:`RNN`.
+        ValueError: for an unknown ``merge``, a ``forward`` that runs in
+            reverse, a ``backward`` that does not, different
+            ``return_sequences``/``return_state``, or different sizes with an
+            elementwise merge.
+        LayerError: for bad inputs (see :func:`RNN`) or a ``carry`` that is not
+            ``{"forward": ..., "backward": ...}``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> bi = Bidirectional(RNN(LSTMCell(8)), RNN(LSTMCell(8), reverse=True))
+        >>> inputs = {"x": jnp.ones((2, 5, 3)), "lengths": jnp.array([5, 3])}
+        >>> params, state = bi.init(jax.random.key(0), inputs)
+        >>> jax.tree.map(jnp.shape, params["backward"])
+        {'b': (32,), 'wh': (8, 32), 'wi': (3, 32)}
+        >>> bi.apply(params, state, inputs)[0]["x"].shape
+        (2, 5, 16)
+        >>> summed = Bidirectional(RNN(GRUCell(8), return_sequences=False), merge="sum")
+        >>> params, state = summed.init(jax.random.key(0), inputs)
+        >>> summed.apply(params, state, inputs)[0].shape
+        (2, 8)
+    """
+    if merge not in _MERGES:
+        raise ValueError(f"Bidirectional: `merge` must be one of {list(_MERGES)}, got {merge!r}.")
+    f_cfg = _rnn_config(forward, "forward")
+    if f_cfg.reverse:
+        raise ValueError(
+            "Bidirectional: the `forward` layer must run forwards; build it with "
+            "`reverse=False` (the default)."
+        )
+    if backward is None:
+        backward = RNN(
+            f_cfg.cell,
+            return_sequences=f_cfg.return_sequences,
+            return_state=f_cfg.return_state,
+            reverse=True,
+            unroll=f_cfg.unroll,
+        )
+    b_cfg = _rnn_config(backward, "backward")
+    if not b_cfg.reverse:
+        raise ValueError(
+            "Bidirectional: the `backward` layer must run backwards; build it with "
+            f"`RNN(..., reverse=True)`, got {backward!r}."
+        )
+    for option in ("return_sequences", "return_state"):
+        if getattr(f_cfg, option) != getattr(b_cfg, option):
+            raise ValueError(
+                f"Bidirectional: `forward` and `backward` must have the same `{option}`, got "
+                f"{getattr(f_cfg, option)} and {getattr(b_cfg, option)}."
+            )
+    h_f, h_b = getattr(f_cfg.cell, "features", None), getattr(b_cfg.cell, "features", None)
+    if merge in ("sum", "mul", "ave") and h_f is not None and h_b is not None and h_f != h_b:
+        raise ValueError(
+            f"Bidirectional: `merge={merge!r}` needs both directions of the same size, got "
+            f"{h_f} and {h_b}; use `merge='concat'` or cells of the same `features`."
+        )
+    return_state = f_cfg.return_state
+    children = {"forward": forward, "backward": backward}
+    combine = _merge_fn(merge)
+
+    def split(inputs):
+        """The inputs of each direction: the same, but with its own part of ``carry``."""
+        if not isinstance(inputs, Mapping) or inputs.get("carry") is None:
+            return inputs, inputs
+        carry = inputs["carry"]
+        if not isinstance(carry, Mapping) or set(carry) != {"forward", "backward"}:
+            got = (
+                f"a dict with keys {sorted(carry)}"
+                if isinstance(carry, Mapping)
+                else (type(carry).__name__)
+            )
+            raise LayerError(
+                "expected `carry` as a dict {'forward': carry, 'backward': carry} (one initial "
+                f"carry per direction), got {got}."
+            )
+        return (
+            {**inputs, "carry": carry["forward"]},
+            {**inputs, "carry": carry["backward"]},
+        )
+
+    def call(which, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as err:
+            _prepend_path(err, f"Bidirectional[{which}]")
+            raise
+
+    def init(key, inputs):
+        in_f, in_b = split(inputs)
+        p_f, _ = call("forward", forward.init, jax.random.fold_in(key, 0), in_f)
+        p_b, _ = call("backward", backward.init, jax.random.fold_in(key, 1), in_b)
+        return {"forward": p_f, "backward": p_b}, ()
+
+    def merged(y_f, y_b):
+        if merge is None:
+            return y_f, y_b
+        if isinstance(y_f, Mapping):
+            return {**y_f, "x": combine(y_f["x"], y_b["x"])}
+        return combine(y_f, y_b)
+
+    def apply(params, state, inputs, *, key=None, train=False):
+        del key, train
+        if not isinstance(params, Mapping) or set(params) != {"forward", "backward"}:
+            got = (
+                f"a dict with keys {sorted(params)}"
+                if isinstance(params, Mapping)
+                else (type(params).__name__)
+            )
+            raise LayerError(
+                f"expected params as a dict with keys ['backward', 'forward'], got {got}. Pass "
+                "the params returned by this layer's `init`."
+            )
+        in_f, in_b = split(inputs)
+        out_f, _ = call("forward", forward.apply, params["forward"], (), in_f)
+        out_b, _ = call("backward", backward.apply, params["backward"], (), in_b)
+        if return_state:
+            (y_f, c_f), (y_b, c_b) = out_f, out_b
+            return (merged(y_f, y_b), {"forward": c_f, "backward": c_b}), state
+        return merged(out_f, out_b), state
+
+    return Layer(init, apply, "Bidirectional", children)
