@@ -644,8 +644,10 @@ def fit(
             decides the first epoch when it is a multiple of the epoch length).
         shuffle: reshuffle the arrays every epoch.
         unroll: unrolling of the fused scan; default: fully unrolled when the
-            model contains a convolution (XLA:CPU computes convolution
-            gradients inside a rolled loop very slowly), else rolled.
+            model contains a convolution on CPU (XLA:CPU computes convolution
+            gradients inside a loop ~10x slower), else rolled. Unrolled steps
+            compile one by one (~1 s each for a small CNN), so fuse only a few
+            (``steps_per_execution`` 4-16) for convolutional models.
         verbose: 0 silent, 1 a progress bar and a line per epoch, 2 a line per epoch.
         checkpoint: a :class:`funcnet.checkpoint.CheckpointManager` (or a
             directory for one). Training starts from its latest checkpoint when
@@ -741,6 +743,7 @@ def fit(
         ts_shardings = distributed.state_shardings(ts, mesh, param_sharding)
         ts = distributed.place(ts, ts_shardings)
     manager = _checkpoint_manager(checkpoint, checkpoint_every, steps_per_execution)
+    _check_best_metric(manager, metrics, validation_data is not None)
     if manager is not None and manager.latest_step() is not None:
         ts = manager.restore(manager.latest_step(), like=ts)
         if mesh is not None:
@@ -754,12 +757,13 @@ def fit(
     for cb in callbacks:
         ts = _hook(cb, "on_train_begin", ts) or ts
 
-    def after_steps(ts, done):
+    def after_steps(ts, acc, epoch, done):
         for cb in callbacks:
             _hook(cb, "on_steps_end", int(ts.step), ts)
         if manager is not None and checkpoint_every and int(ts.step) % checkpoint_every == 0:
             if done:  # the epoch-end save (with its logs) follows
                 return
+            _check_finite(acc, epoch)  # never save a diverged model
             manager.save(int(ts.step), ts)
 
     replicated = None if mesh is None else NamedSharding(mesh, P())
@@ -803,7 +807,7 @@ def fit(
             for begin in range(first, steps, steps_per_execution):
                 k = min(steps_per_execution, steps - begin)
                 ts, acc = run(ts, acc, data, perm, jnp.int32(begin), k)
-                after_steps(ts, begin + k == steps)
+                after_steps(ts, acc, epoch, begin + k == steps)
                 if bar is not None:
                     bar.update(k)
                     bar.set_postfix_str(f"loss {float(acc['loss_total'] / acc['loss_count']):.4g}")
@@ -821,7 +825,7 @@ def fit(
                     batch = distributed._global_batch(batch, mesh, "fit")
                 ts, logs = jstep(ts, batch)
                 acc = _acc_add(metrics, acc, logs, 1.0, ts.step - 1)
-                after_steps(ts, steps is not None and i + 1 == steps)
+                after_steps(ts, acc, epoch, steps is not None and i + 1 == steps)
                 if mesh is not None and i % 8 == 7:
                     jax.block_until_ready(acc)
             if count == 0:
@@ -830,13 +834,7 @@ def fit(
                     "iterator is used up after one epoch. Pass a list or a function that "
                     "returns a fresh iterator."
                 )
-        bad_step = int(acc["nonfinite_step"])
-        if bad_step >= 0:
-            raise FloatingPointError(
-                f"fit: the loss or a gradient was NaN/Inf at step {bad_step} (epoch {epoch + 1}); "
-                "that update was skipped. Check the inputs for NaN/Inf, lower the learning rate, "
-                "or clip gradients (`clip_norm=1.0`)."
-            )
+        _check_finite(acc, epoch)
         logs = _acc_compute(metrics, acc)
         if validation_data is not None:
             if evaluator is not None:
@@ -893,9 +891,35 @@ def _checkpoint_manager(checkpoint, every, steps_per_execution):
     return CheckpointManager(checkpoint)
 
 
+def _check_best_metric(manager, metrics: dict, validation: bool) -> None:
+    """Fail before training, not after the first epoch, when the best metric is never logged."""
+    best = getattr(manager, "best_metric", None)
+    if best is None or best == "learning_rate":
+        return
+    logged = ["loss", *metrics]
+    if validation:
+        logged += [f"val_{name}" for name in logged]
+    if best not in logged:
+        raise ValueError(
+            f"fit: the checkpoint manager's `best_metric={best!r}` is not among the epoch logs "
+            f"{logged}; pass it in `metrics=` (and `validation_data=` for a 'val_' name) or "
+            "choose one of these."
+        )
+
+
 def _hook(cb, name, *args):
     fn_ = getattr(cb, name, None)
     return fn_(*args) if fn_ is not None else None
+
+
+def _check_finite(acc: dict, epoch: int) -> None:
+    bad_step = int(acc["nonfinite_step"])
+    if bad_step >= 0:
+        raise FloatingPointError(
+            f"fit: the loss was NaN/Inf at step {bad_step} (epoch {epoch + 1}). Check the "
+            "inputs for NaN/Inf, lower the learning rate, or clip gradients "
+            "(`clip_norm=1.0`); `nan_guard='skip'` skips non-finite updates instead."
+        )
 
 
 def _fused_runner(step, metrics, batch_size, unroll, has_conv, shardings=None):
@@ -917,12 +941,12 @@ def _fused_runner(step, metrics, batch_size, unroll, has_conv, shardings=None):
             ts, logs = step(ts, batch)
             return (ts, _acc_add(metrics, acc, logs, 1.0, ts.step - 1)), None
 
-        (ts, acc), _ = jax.lax.scan(
-            body,
-            (ts, acc),
-            jnp.arange(k, dtype=jnp.int32),
-            unroll=k if unroll is True else (unroll or 1),
-        )
+        if unroll is True or k == 1:  # straight-line code: no loop at all (see `unroll`)
+            carry = (ts, acc)
+            for i in range(k):
+                carry, _ = body(carry, jnp.int32(i))
+            return carry
+        (ts, acc), _ = jax.lax.scan(body, (ts, acc), jnp.arange(k, dtype=jnp.int32), unroll=unroll)
         return ts, acc
 
     if shardings is not None:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from funcnet import losses as losses_lib
-from funcnet.core import Layer, Params, PRNGKey, State, as_layer
+from funcnet.core import Layer, Params, PRNGKey, State, as_layer, spec_of
 
 __all__ = ["TrainState", "eval_step", "path_str", "predict_step", "train_step", "tree_paths"]
 
@@ -76,14 +76,43 @@ class TrainState(NamedTuple):
             ((3, 2), 0)
         """
         model = as_layer(model)
-        params, state = model.init(jax.random.fold_in(key, 0), inputs)
-        return cls(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            state=state,
-            opt_state=optimizer.init(params),
-            key=jax.random.fold_in(key, 1),
-        )
+        spec = spec_of(inputs)
+
+        def build(key):
+            params, state = model.init(jax.random.fold_in(key, 0), spec)
+            return cls(
+                step=jnp.zeros((), jnp.int32),
+                params=params,
+                state=state,
+                opt_state=optimizer.init(params),
+                key=jax.random.fold_in(key, 1),
+            )
+
+        # One compiled program: an eager init would compile every small op separately.
+        return jax.jit(build)(key)
+
+    def apply_gradients(
+        self, optimizer: optax.GradientTransformation, grads: Params, **changes
+    ) -> TrainState:
+        """One optimizer update: the state with new params, opt_state and ``step + 1``.
+
+        For hand-written steps (a GAN's two players, a VAE's ELBO) where
+        :func:`train_step` does not fit. ``optimizer`` is the one given to
+        :meth:`create`; ``changes`` replace other fields (e.g. ``state=``).
+
+        Examples:
+            >>> import jax, jax.numpy as jnp, optax
+            >>> from funcnet import Dense
+            >>> opt = optax.sgd(0.5)
+            >>> ts = TrainState.create(Dense(1), opt, jax.random.key(0), jnp.zeros((1, 2)))
+            >>> grads = jax.tree.map(jnp.ones_like, ts.params)
+            >>> ts = ts.apply_gradients(opt, grads)
+            >>> int(ts.step), ts.params["b"].tolist()
+            (1, [-0.5])
+        """
+        updates, opt_state = optimizer.update(grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, updates)
+        return self._replace(step=self.step + 1, params=params, opt_state=opt_state, **changes)
 
 
 def path_str(path: Sequence) -> str:
@@ -256,7 +285,7 @@ def train_step(
     accumulate_steps: int = 1,
     compute_dtype=None,
     loss_scale: float = 1.0,
-    nan_guard: bool = True,
+    nan_guard: str | bool = "report",
     augment: Callable | None = None,
     augment_targets: bool = False,
     axis_name: Hashable | tuple | None = None,
@@ -292,12 +321,19 @@ def train_step(
             gradients and the optimizer stay float32; outputs are cast back to
             float32 for the loss.
         loss_scale: multiply the loss before differentiating and divide the
-            gradient after (static loss scaling, for ``float16``; with the NaN
-            guard an overflowing step is skipped).
-        nan_guard: when the loss or a gradient is NaN/Inf, skip the update
-            (params, model state and optimizer state stay as they were) and set
-            ``logs["nonfinite"]``; ``train_state.step`` still advances so the
-            step is reported, and ``fit`` raises naming it.
+            gradient after (static loss scaling, for ``float16``; with
+            ``nan_guard="skip"`` an overflowing step is skipped).
+        nan_guard: what to do about a NaN/Inf loss. ``"report"`` (default)
+            sets ``logs["nonfinite"]`` when the loss is not finite, and
+            ``fit`` raises at the end of that epoch naming the first such
+            step; the update is applied as computed. ``"skip"`` also checks
+            every gradient and skips a non-finite update (params, model state
+            and optimizer state stay as they were; ``train_state.step`` still
+            advances): use it with ``loss_scale`` for float16, where
+            overflowing steps are expected. It costs a select over every
+            parameter, which keeps XLA from updating the optimizer state in
+            place (up to ~2x per step for tiny models). ``False``: no check
+            and no ``"nonfinite"`` log.
         augment: a data augmentation ``(key, inputs) -> inputs`` (see
             :mod:`funcnet.augment`) applied to each training batch inside the
             compiled step, with its own key; never in ``eval_step``.
@@ -359,6 +395,10 @@ def train_step(
             f"{type(augment).__name__}; call the factory, e.g. `augment.random_flip()`."
         )
     axis_name = _check_axis_name(axis_name, "train_step")
+    if nan_guard not in ("report", "skip", False):
+        raise ValueError(
+            f"train_step: `nan_guard` must be 'report', 'skip' or False, got {nan_guard!r}."
+        )
     clipper = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else None
 
     def penalty(params):
@@ -459,12 +499,10 @@ def train_step(
             updates = jax.tree.map(lambda u, f: jnp.zeros_like(u) if f else u, updates, frozen)
         new_params = optax.apply_updates(params, updates)
         logs = {"loss": total}
-        if nan_guard:
-            finite = jnp.isfinite(total) & jnp.all(
-                jnp.stack(
-                    [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [jnp.bool_(True)]
-                )
-            )
+        if nan_guard == "skip":
+            finite = jnp.isfinite(total)
+            for g in jax.tree.leaves(grads):
+                finite &= jnp.all(jnp.isfinite(g))
 
             def keep(new, old):
                 return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
@@ -473,6 +511,8 @@ def train_step(
             new_state = keep(new_state, train_state.state)
             new_opt_state = keep(new_opt_state, train_state.opt_state)
             logs["nonfinite"] = ~finite
+        elif nan_guard == "report":
+            logs["nonfinite"] = ~jnp.isfinite(total)
         logs.update(_batch_metrics(metrics, outputs, y, w))
         if axis_name is not None:
             logs = _reduce_logs(metrics, logs, axis_name)

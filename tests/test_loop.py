@@ -194,6 +194,54 @@ def test_nonfinite_step_is_reported(key):
         fn.fit(mlp(), optax.sgd(0.1), broken_loss, (x, y), batch_size=50, verbose=0)
 
 
+def test_diverged_model_is_not_checkpointed(tmp_path):
+    x, y = blobs()
+
+    def broken_loss(outputs, targets):
+        return jnp.log(-jnp.abs(outputs).sum() - 1.0)
+
+    with pytest.raises(FloatingPointError, match=r"NaN/Inf at step 0"):
+        fn.fit(
+            mlp(),
+            optax.sgd(0.1),
+            broken_loss,
+            (x, y),
+            batch_size=50,
+            verbose=0,
+            checkpoint=str(tmp_path),
+            checkpoint_every=1,
+        )
+    assert fn.CheckpointManager(str(tmp_path)).latest_step() is None
+
+
+def test_best_metric_that_is_never_logged_fails_before_training(tmp_path):
+    x, y = blobs()
+    manager = fn.CheckpointManager(str(tmp_path), best_metric="val_accuracy", best_mode="max")
+    with pytest.raises(ValueError, match=r"best_metric='val_accuracy'.*\['loss', 'accuracy'\]"):
+        fn.fit(
+            mlp(),
+            optax.sgd(0.1),
+            "sparse_categorical_cross_entropy",
+            (x, y),
+            metrics=["accuracy"],
+            checkpoint=manager,
+            verbose=0,
+        )
+    assert manager.latest_step() is None
+    fn.fit(
+        mlp(),
+        optax.sgd(0.1),
+        "sparse_categorical_cross_entropy",
+        (x, y),
+        epochs=1,
+        metrics=["accuracy"],
+        validation_split=0.2,
+        checkpoint=manager,
+        verbose=0,
+    )
+    assert manager.best_step() is not None
+
+
 def test_callbacks(tmp_path, key, capsys):
     x, y = blobs()
     seen = []

@@ -100,12 +100,24 @@ def test_gradient_accumulation_equals_one_big_batch(key):
         train_step(model, "mse", opt, accumulate_steps=5)(ts, (x, y))
 
 
+def test_apply_gradients_matches_numpy_sgd(key):
+    x, y = data()
+    opt = optax.sgd(0.1)
+    ts = TrainState.create(fn.Dense(2), opt, key, x)
+    w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])
+    gw, gb = mse_grads(w, b, x, y)
+    new = ts.apply_gradients(opt, {"w": jnp.asarray(gw), "b": jnp.asarray(gb)})
+    np.testing.assert_allclose(new.params["w"], w - 0.1 * gw, rtol=1e-6)
+    np.testing.assert_allclose(new.params["b"], b - 0.1 * gb, rtol=1e-6)
+    assert int(new.step) == 1 and new.key is ts.key
+
+
 def test_nan_guard_skips_and_reports(key):
     x, y = data()
     model = fn.serial(fn.Dense(4), fn.BatchNorm(), fn.Dense(2))
     opt = optax.adam(1e-2)
     ts = TrainState.create(model, opt, key, x)
-    step = jax.jit(train_step(model, "mse", opt))
+    step = jax.jit(train_step(model, "mse", opt, nan_guard="skip"))
     bad = x.copy()
     bad[3, 1] = np.nan
     new, logs = step(ts, (bad, y))
@@ -119,6 +131,23 @@ def test_nan_guard_skips_and_reports(key):
     assert not bool(logs["nonfinite"]) and int(new.step) == 2
 
 
+def test_nan_guard_report_applies_the_update_and_false_drops_the_log(key):
+    x, y = data()
+    model = fn.Dense(2)
+    opt = optax.sgd(0.1)
+    ts = TrainState.create(model, opt, key, x)
+    bad = x.copy()
+    bad[0, 0] = np.inf
+    new, logs = jax.jit(train_step(model, "mse", opt))(ts, (bad, y))
+    assert bool(logs["nonfinite"]) and not np.all(np.isfinite(new.params["w"]))
+    new, logs = jax.jit(train_step(model, "mse", opt))(ts, (x, y))
+    assert not bool(logs["nonfinite"])
+    _, logs = train_step(model, "mse", opt, nan_guard=False)(ts, (bad, y))
+    assert "nonfinite" not in logs
+    with pytest.raises(ValueError, match="`nan_guard` must be 'report', 'skip' or False, got True"):
+        train_step(model, "mse", opt, nan_guard=True)
+
+
 def test_mixed_precision_and_loss_scale(key):
     x, y = data()
     model = fn.serial(fn.Dense(8), jax.nn.relu, fn.Dense(2))
@@ -129,9 +158,10 @@ def test_mixed_precision_and_loss_scale(key):
     assert bf16.params[0]["w"].dtype == jnp.float32
     np.testing.assert_allclose(logs["loss"], ref_logs["loss"], rtol=3e-2)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-2), bf16.params, ref.params)
-    f16, logs = train_step(model, "mse", opt, compute_dtype=jnp.float16, loss_scale=1024.0)(
-        ts, (x, y)
+    f16_step = train_step(
+        model, "mse", opt, compute_dtype=jnp.float16, loss_scale=1024.0, nan_guard="skip"
     )
+    f16, logs = f16_step(ts, (x, y))
     assert not bool(logs["nonfinite"])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-2), f16.params, ref.params)
 
