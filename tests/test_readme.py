@@ -15,6 +15,6 @@ def test_readme_block_runs(index, capsys):
     pytest.importorskip("sklearn")
     namespace = {}
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), namespace)
-    if "history" in namespace:
+    if "val_accuracy" in BLOCKS[index]:  # the digits example states its accuracy
         assert max(namespace["history"]["val_accuracy"]) > 0.9
         assert namespace["test"]["accuracy"] > 0.9
