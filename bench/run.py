@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` and `funcnet` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import harness
+from bench import harness, scaling
 from bench import impls as impls_lib
 from bench.workloads import NAMES, get
 
@@ -59,6 +59,14 @@ def main(argv=None) -> int:
         help="repeat compile-time depths (default 2 8 32; none with --quick; "
         "'--depths' alone: skip)",
     )
+    parser.add_argument(
+        "--scaling",
+        nargs="*",
+        type=int,
+        default=None,
+        help="device counts of the data-parallel scaling run (default 1 2 4; none with --quick; "
+        "'--scaling' alone: skip)",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--window", type=float, default=None, help="seconds per timing window")
     parser.add_argument(
@@ -78,6 +86,8 @@ def main(argv=None) -> int:
     if impls_lib.REFERENCE not in impl_names:
         impl_names = [impls_lib.REFERENCE, *impl_names]
     depths = args.depths if args.depths is not None else ([] if args.quick else [2, 8, 32])
+
+    device_counts = args.scaling if args.scaling is not None else ([] if args.quick else [1, 2, 4])
 
     start = time.perf_counter()
     info = harness.machine_info()
@@ -107,7 +117,15 @@ def main(argv=None) -> int:
         print(f"[repeat] compile time vs depth {depths}")
         depth_rows = harness.repeat_depth(tuple(depths))
 
+    scaling_rows = []
+    if device_counts:
+        print(f"[scaling] data-parallel step vs device count {device_counts}")
+        names, rounds = (["mlp"], 1) if args.quick else (["mlp", "cnn"], 3)
+        scaling_rows = scaling.measure(names, device_counts, rounds=rounds)
+
     harness.write_results(args.out, info, peak, rows, depth_rows, settings)
+    if scaling_rows:
+        scaling.append_results(args.out, scaling_rows)
     print(f"wrote {args.out / 'RESULTS.md'} and results.json in {time.perf_counter() - start:.0f}s")
     return 0
 

@@ -29,6 +29,9 @@ def test_bench_quick_smoke(tmp_path):
         *impls,
         "--rounds",
         "2",
+        "--depths",
+        "--scaling",
+        "2",
         "--out",
         str(tmp_path),
     ]
@@ -47,3 +50,6 @@ def test_bench_quick_smoke(tmp_path):
     assert payload["matmul_peak"]["gflops"] > 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets" in text and "### tiny_mlp" in text
+    assert {(r["workload"], r["devices"]) for r in payload["scaling"]} == {("mlp", 2)}
+    assert all(r["step_ms"] > 0 for r in payload["scaling"])
+    assert "## Data-parallel scaling" in text
