@@ -144,12 +144,25 @@ def lecun_normal() -> Initializer:
 def orthogonal(scale: float = 1.0) -> Initializer:
     """A (semi-)orthogonal matrix times ``scale``, over the last axis; for recurrent weights.
 
+    Half-precision matrices (``bfloat16``, ``float16``) are drawn in float32,
+    which has the QR decomposition they lack, then cast.
+
     Examples:
         >>> w = orthogonal()(jax.random.key(0), (4, 4))
         >>> bool(jnp.allclose(w.T @ w, jnp.eye(4), atol=1e-5))
         True
+        >>> orthogonal()(jax.random.key(0), (4, 4), jnp.bfloat16).dtype
+        dtype(bfloat16)
     """
-    return jax.nn.initializers.orthogonal(scale)
+    draw = jax.nn.initializers.orthogonal(scale)
+
+    def init(key, shape, dtype=None, out_sharding=None):
+        floating = dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+        if floating and jnp.dtype(dtype).itemsize < 4:  # no QR below float32
+            return draw(key, shape, jnp.float32, out_sharding).astype(dtype)
+        return draw(key, shape, dtype, out_sharding)
+
+    return init
 
 
 xavier_uniform = glorot_uniform

@@ -22,29 +22,6 @@ from funcnet.layers.attention import (
 F32, I32 = jnp.float32, jnp.int32
 
 
-def S(*shape, dtype=F32):
-    return jax.ShapeDtypeStruct(shape, dtype)
-
-
-# Entries for the shared layer table (tests/test_layer_table.py).
-TABLE = [
-    ("MultiHeadAttention-rope", lambda: MultiHeadAttention(2, 4, rope=True), S(2, 5, 6)),
-    (
-        "MultiHeadAttention-masked",
-        lambda: MultiHeadAttention(2, causal=True, drop_rate=0.3),
-        {"x": S(2, 5, 4), "mask": S(2, 5, dtype=jnp.bool_)},
-    ),
-    (
-        "MultiHeadAttention-cross",
-        lambda: MultiHeadAttention(2, 4, value_size=3, out_features=5, return_weights=True),
-        {"x": S(2, 5, 4), "memory": S(2, 6, 3), "memory_mask": S(2, 6, dtype=jnp.bool_)},
-    ),
-    ("PositionalEmbedding", lambda: PositionalEmbedding(8), S(2, 5, 4)),
-    ("SinusoidalEncoding", lambda: SinusoidalEncoding(), S(2, 5, 4)),
-    ("RotaryEmbedding", lambda: RotaryEmbedding(), S(2, 5, 2, 4)),
-]
-
-
 # ---------------------------------------------------------------------------------------------
 # numpy references, written independently of the library
 

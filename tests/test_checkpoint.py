@@ -1,5 +1,6 @@
 """Checkpoints: format, round trips, corrupt files, templates, atomic saves, manager, resume."""
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -411,7 +412,7 @@ def test_missing_file_and_file_shrinking_while_read(tmp_path, monkeypatch):
         def __init__(self, st):
             self.st_size = st.st_size + 8
 
-    monkeypatch.setattr(ckpt.os, "fstat", lambda fd: Stat(real_fstat(fd)))
+    monkeypatch.setattr(os, "fstat", lambda fd: Stat(real_fstat(fd)))
     raw = good.read_bytes()
     good.write_bytes(raw[:-8])  # 8 bytes short, but fstat claims the full size
     with pytest.raises(CheckpointError, match=r"truncated: read 56 of 64 bytes of data"):
@@ -620,7 +621,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     def broken(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt.os, "fsync", broken)
+    monkeypatch.setattr(os, "fsync", broken)
     with pytest.raises(OSError, match="disk full"):
         save(path, {"w": jnp.ones(3)})
     monkeypatch.undo()
@@ -659,6 +660,20 @@ def _wait_for_line(proc, text: str, timeout: float) -> None:
     raise AssertionError(f"the subprocess did not print {text!r} (returncode {proc.poll()})")
 
 
+@contextlib.contextmanager
+def _killed_at_the_end(proc):
+    """SIGKILL ``proc`` when the block ends (also when it fails) and check that it died of it."""
+    try:
+        yield
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
 def test_killed_during_save_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "big.safetensors"
     proc = subprocess.Popen(
@@ -667,7 +682,7 @@ def test_killed_during_save_leaves_the_previous_checkpoint(tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
-    try:
+    with _killed_at_the_end(proc):  # in the middle of writing the temp file
         _wait_for_line(proc, "ready", 60)
         time.sleep(0.05)
         deadline = time.monotonic() + 30
@@ -675,13 +690,6 @@ def test_killed_during_save_leaves_the_previous_checkpoint(tmp_path):
             assert time.monotonic() < deadline, "no save in progress was seen"
             assert proc.poll() is None
             time.sleep(0.0005)
-        proc.send_signal(signal.SIGKILL)  # in the middle of writing the temp file
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
     tree = load(path)  # verifies the checksum
     version = read_metadata(path)["metadata"]["version"]
     assert tree["v"] == version
@@ -822,15 +830,8 @@ def test_fit_killed_mid_epoch_resumes_bit_exact(tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
-    try:
+    with _killed_at_the_end(proc):
         _wait_for_line(proc, "paused", 120)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
     steps = CheckpointManager(run_dir, max_to_keep=2).all_steps()
     assert steps == [6, 8]  # killed in epoch 2 (6 steps per epoch), 2 steps after its start
     assert not (tmp_path / "x").exists()

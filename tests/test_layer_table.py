@@ -3,6 +3,10 @@
 For each entry: the output spec from ``output_spec`` equals the real output;
 ``jit(apply)`` equals ``apply``; ``vmap`` over the batch axis equals the batched
 call; gradients are finite; ``eval_shape(init)`` matches the real ``init``.
+
+Each entry's layer, inputs and params are made once and shared by the checks.
+Apart from the eager side of "jit equals eager" the checks run compiled: eager
+code compiles every small op on its own, which made up most of their time.
 """
 
 import jax
@@ -12,7 +16,7 @@ import pytest
 
 import funcnet as fn
 
-F32, I32 = jnp.float32, jnp.int32
+F32, I32, BOOL = jnp.float32, jnp.int32, jnp.bool_
 
 
 def S(*shape, dtype=F32):
@@ -78,6 +82,59 @@ TABLE = [
         ),
         S(2, 6, 6, 1),
     ),
+    # Sequence layers: few entries, each covering much, on tiny inputs of one size (batch 2,
+    # time 3, width 4), so that the small ops compiled for one entry serve the next ones too.
+    (
+        "RNN-stack-lengths-mask-carry-state",
+        lambda: fn.serial(
+            fn.RNN(fn.SimpleRNNCell(3)),
+            fn.RNN(fn.GRUCell(3), reverse=True),
+            fn.RNN(fn.LSTMCell(3), return_sequences=False, return_state=True),
+        ),
+        {
+            "x": S(2, 3, 4),
+            "lengths": S(2, dtype=I32),
+            "mask": S(2, 3, dtype=BOOL),
+            "carry": S(2, 3),
+        },
+    ),
+    (
+        "Bidirectional",
+        lambda: fn.Bidirectional(fn.RNN(fn.LSTMCell(3)), fn.RNN(fn.GRUCell(2), reverse=True)),
+        {"x": S(2, 3, 4), "lengths": S(2, dtype=I32)},
+    ),
+    (  # the reference path: weights returned, dropout on them
+        "MultiHeadAttention-cross",
+        lambda: fn.MultiHeadAttention(
+            2, 2, value_size=3, out_features=5, drop_rate=0.3, return_weights=True
+        ),
+        {
+            "x": S(2, 3, 4),
+            "memory": S(2, 4, 3),
+            "mask": S(2, 3, 4, dtype=BOOL),
+            "memory_mask": S(2, 4, dtype=BOOL),
+        },
+    ),
+    (
+        "positional-encodings",
+        lambda: fn.serial(fn.PositionalEmbedding(5), fn.SinusoidalEncoding(), fn.RotaryEmbedding()),
+        S(2, 3, 4),
+    ),
+    (  # a repeat stack of encoder blocks: masked causal rotary self-attention
+        "transformer_encoder",
+        lambda: fn.transformer_encoder(2, 2, mlp_ratio=1, drop_rate=0.1, causal=True, rope=True),
+        {"x": S(2, 3, 4), "mask": S(2, 3, dtype=BOOL)},
+    ),
+    (
+        "TransformerDecoderBlock-post",
+        lambda: fn.TransformerDecoderBlock(2, norm="post", mlp_ratio=1),
+        {
+            "x": S(2, 3, 4),
+            "memory": S(2, 3, 4),
+            "mask": S(2, 3, dtype=BOOL),
+            "memory_mask": S(2, 3, dtype=BOOL),
+        },
+    ),
 ]
 
 IDS = [name for name, *_ in TABLE]
@@ -89,18 +146,22 @@ def make_inputs(spec, seed=0):
     arrays = [
         jnp.asarray(rng.integers(0, 10, s.shape), s.dtype)
         if jnp.issubdtype(s.dtype, jnp.integer)
+        else jnp.asarray(rng.random(s.shape) < 0.75)
+        if s.dtype == BOOL
         else jnp.asarray(rng.normal(size=s.shape), s.dtype)
         for s in leaves
     ]
     return jax.tree.unflatten(treedef, arrays)
 
 
-@pytest.fixture(params=TABLE, ids=IDS)
+@pytest.fixture(params=TABLE, ids=IDS, scope="module")
 def case(request):
+    """One layer, inputs, params and state per entry, shared by the checks (layers are pure)."""
     _, make, spec = request.param
-    layer = fn.as_layer(make())
-    x = make_inputs(spec)
-    params, state = layer.init(jax.random.key(0), x)
+    with jax.numpy_dtype_promotion("strict"):  # as every test (conftest.py), also for init
+        layer = fn.as_layer(make())
+        x = make_inputs(spec)
+        params, state = jax.jit(layer.init)(jax.random.key(0), x)
     return layer, spec, x, params, state
 
 
@@ -131,7 +192,7 @@ def test_vmap_over_batch_is_consistent(case):
         y, _ = layer.apply(params, state, jax.tree.map(lambda a: a[None], xi))
         return jax.tree.map(lambda a: a[0], y)
 
-    allclose(jax.vmap(one)(x), layer.apply(params, state, x)[0])
+    allclose(jax.jit(jax.vmap(one))(x), layer.apply(params, state, x)[0])
 
 
 def test_gradients_are_finite(case):
@@ -142,7 +203,7 @@ def test_gradients_are_finite(case):
         return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(y))
 
     float_inputs = all(jnp.issubdtype(a.dtype, jnp.floating) for a in jax.tree.leaves(x))
-    grads = jax.grad(loss, argnums=(0, 1) if float_inputs else 0)(params, x)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1) if float_inputs else 0))(params, x)
     for g in jax.tree.leaves(grads):
         assert np.isfinite(np.asarray(g)).all()
     if jax.tree.leaves(params):

@@ -28,43 +28,6 @@ def S(*shape, dtype=F32):
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-# Entries for the shared layer table (tests/test_layer_table.py).
-TABLE = [
-    ("RNN-SimpleRNNCell", lambda: RNN(SimpleRNNCell(5)), S(2, 4, 3)),
-    ("RNN-LSTMCell-last", lambda: RNN(LSTMCell(5), return_sequences=False), S(2, 4, 3)),
-    (
-        "RNN-GRUCell-reverse-lengths",
-        lambda: RNN(GRUCell(4), reverse=True),
-        {"x": S(3, 5, 2), "lengths": S(3, dtype=I32)},
-    ),
-    (
-        "RNN-LSTMCell-state-carry",
-        lambda: rnn("lstm", return_sequences=False, return_state=True),
-        {"x": S(2, 4, 3), "carry": (S(2, 4), S(2, 4))},
-    ),
-    (
-        "RNN-GRUCell-mask",
-        lambda: RNN(GRUCell(3), unroll=2),
-        {"x": S(2, 4, 3), "mask": S(2, 4, dtype=jnp.bool_)},
-    ),
-    (
-        "Bidirectional-LSTMCell",
-        lambda: Bidirectional(RNN(LSTMCell(3)), RNN(LSTMCell(4), reverse=True)),
-        {"x": S(3, 5, 2), "lengths": S(3, dtype=I32)},
-    ),
-    (
-        "Bidirectional-GRUCell-sum-last",
-        lambda: Bidirectional(RNN(GRUCell(3), return_sequences=False), merge="sum"),
-        S(2, 4, 3),
-    ),
-    (
-        "RNN-stack",
-        lambda: serial(RNN(LSTMCell(4)), RNN(GRUCell(3), return_sequences=False), Dense(2)),
-        {"x": S(3, 5, 2), "lengths": S(3, dtype=I32)},
-    ),
-]
-
-
 # ---------------------------------------------------------------------------------------------
 # Independent numpy references, in PyTorch's weight layout (weight_ih (G*H, F), ...)
 # ---------------------------------------------------------------------------------------------

@@ -21,36 +21,7 @@ from funcnet.layers.transformer import (
     transformer_encoder,
 )
 
-F32, BOOL = jnp.float32, jnp.bool_
-
-
-def S(*shape, dtype=F32):
-    return jax.ShapeDtypeStruct(shape, dtype)
-
-
-# Entries for the shared layer table (tests/test_layer_table.py).
-TABLE = [
-    (
-        "TransformerEncoderBlock",
-        lambda: TransformerEncoderBlock(2, mlp_ratio=2, drop_rate=0.1, attention_drop_rate=0.1),
-        S(2, 5, 8),
-    ),
-    (
-        "TransformerDecoderBlock-post",
-        lambda: TransformerDecoderBlock(2, norm="post", drop_rate=0.1),
-        {
-            "x": S(2, 5, 8),
-            "memory": S(2, 6, 4),
-            "mask": S(2, 5, dtype=BOOL),
-            "memory_mask": S(2, 6, dtype=BOOL),
-        },
-    ),
-    (
-        "repeat-TransformerEncoderBlock-causal-rope",
-        lambda: fn.repeat(TransformerEncoderBlock(2, causal=True, rope=True, drop_rate=0.1), 2),
-        {"x": S(2, 5, 8), "mask": S(2, 5, dtype=BOOL)},
-    ),
-]
+F32 = jnp.float32
 
 
 # ---------------------------------------------------------------------------------------------

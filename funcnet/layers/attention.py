@@ -28,13 +28,17 @@ import numpy as np
 
 from funcnet import initializers
 from funcnet.core import Layer, LayerError
-from funcnet.layers._util import (
-    array_of,
-    check_floating,
-    check_positive_int,
-    check_rate,
-    compute_dtype,
-    fmt_shape,
+from funcnet.layers._sequence import at_least_float32, sequence_of, split_inputs
+from funcnet.layers._util import array_of, check_positive_int, check_rate, compute_dtype, fmt_shape
+
+# The positional layers live in funcnet.layers.positional; they are exported here as well.
+from funcnet.layers.positional import (
+    PositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalEncoding,
+    _check_base,
+    apply_rope,
+    sinusoidal_encoding,
 )
 
 __all__ = [
@@ -46,63 +50,6 @@ __all__ = [
     "dot_product_attention",
     "sinusoidal_encoding",
 ]
-
-_INPUT_KEYS = ("x", "memory", "mask", "memory_mask")
-
-
-# ---------------------------------------------------------------------------------------------
-# The dict convention (shared with transformer.py)
-
-
-def _split_inputs(inputs, allowed=_INPUT_KEYS, *, require=("x",)) -> tuple[dict, bool]:
-    """``(entries, is_dict)``: a plain array as ``{"x": array}``; ``None`` entries dropped.
-
-    Raises a bare :class:`LayerError` for anything but an array or a dict, for
-    keys outside ``allowed`` and for missing ``require``-d keys.
-    """
-    if isinstance(inputs, Mapping):
-        unknown = sorted((str(k) for k in inputs if k not in allowed), key=str)
-        if unknown:
-            raise LayerError(
-                f"unknown input keys {unknown}; this layer accepts a dict with keys "
-                f"{list(allowed)} (or a plain array for 'x')."
-            )
-        entries = {k: v for k, v in inputs.items() if v is not None}
-        missing = [k for k in require if k not in entries]
-        if missing:
-            raise LayerError(
-                f"the input dict needs the keys {missing}, got keys {sorted(entries)}; "
-                f"accepted keys: {list(allowed)}."
-            )
-        return entries, True
-    if hasattr(inputs, "shape") and hasattr(inputs, "dtype"):
-        if "x" not in require or len(require) > 1:
-            raise LayerError(
-                f"expected a dict with keys {list(require)} (accepted keys: {list(allowed)}), "
-                f"got a single array of shape {fmt_shape(inputs.shape)}."
-            )
-        return {"x": inputs}, False
-    raise LayerError(
-        f"expected an array (N, T, D) or a dict with keys {list(allowed)}, got "
-        f"{type(inputs).__name__}."
-    )
-
-
-def _replace_x(inputs, is_dict: bool, y):
-    """The output for ``inputs``: ``y`` itself, or the input dict with ``"x"`` replaced."""
-    return {**inputs, "x": y} if is_dict else y
-
-
-def _sequence_of(x, what: str = "'x'") -> tuple[tuple[int, ...], jnp.dtype]:
-    """Shape and dtype of a floating ``(N, T, D)`` array; LayerError otherwise."""
-    shape, dtype = array_of(x, what)
-    if len(shape) != 3:
-        raise LayerError(
-            f"expected {what} of shape (N, T, D) (batch, time, features), got shape "
-            f"{fmt_shape(shape)}."
-        )
-    check_floating(dtype, what)
-    return shape, dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,11 +117,6 @@ def _causal_mask(tq: int, tk: int) -> np.ndarray:
 # Scaled dot-product attention
 
 
-def _logits_dtype(dtype) -> jnp.dtype:
-    dtype = jnp.dtype(dtype)
-    return dtype if dtype.itemsize > 4 else jnp.dtype(jnp.float32)
-
-
 def dot_product_attention(
     query: jax.typing.ArrayLike,
     key: jax.typing.ArrayLike,
@@ -239,7 +181,7 @@ def dot_product_attention(
     if rate > 0 and dropout_key is None:
         raise ValueError("dot_product_attention: `drop_rate > 0` needs a `dropout_key`.")
     tq, tk = query.shape[1], key.shape[1]
-    lt = _logits_dtype(query.dtype)
+    lt = at_least_float32(query.dtype)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     logits = jnp.einsum("nqhk,nshk->nhqs", query, key, preferred_element_type=lt) * scale
     allowed = None if mask is None else jnp.asarray(mask, bool)
@@ -259,258 +201,6 @@ def dot_product_attention(
         used = jnp.where(keep, weights / (1.0 - rate), jnp.zeros((), lt))
     out = jnp.einsum("nhqs,nshv->nqhv", used.astype(value.dtype), value)
     return out, weights.astype(value.dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rotary position embeddings
-
-
-def _check_base(owner: str, base) -> float:
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
-        raise ValueError(f"{owner}: `base` must be a number > 1, got {base!r}.")
-    return float(base)
-
-
-def apply_rope(
-    x: jax.typing.ArrayLike,
-    positions: jax.typing.ArrayLike | None = None,
-    *,
-    base: float = 10000.0,
-) -> jax.Array:
-    """Rotary position embedding (RoPE, Su et al. 2021) of batch-major ``x`` ``(N, T, ..., D)``.
-
-    The last axis (``D`` even) is split into **two halves** ``[x1, x2]``
-    (the "rotate-half" layout of GPT-NeoX and Hugging Face LLaMA, not the
-    interleaved pairs of the paper) and pair ``i`` is rotated by the angle
-    ``p * base**(-2i/D)`` at position ``p``::
-
-        out = [x1 * cos - x2 * sin,  x2 * cos + x1 * sin]
-
-    Applied to queries and keys, the dot product of a query at position ``m``
-    and a key at ``n`` depends only on ``n - m``.
-
-    Args:
-        x: ``(N, T, D)`` or ``(N, T, H, D)`` (any axes between time and the
-            last are broadcast over).
-        positions: ``(T,)`` or ``(N, T)`` positions; default ``0 .. T-1``.
-        base: the frequency base.
-
-    Returns:
-        An array of ``x``'s shape and dtype (computed in at least float32).
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> x = jnp.ones((1, 3, 2))
-        >>> apply_rope(x)[0]  # position 0 unchanged; then rotations by 1 and 2 radians
-        Array([[ 1.        ,  1.        ],
-               [-0.30116868,  1.3817732 ],
-               [-1.3254442 ,  0.49315056]], dtype=float32)
-    """
-    x = jnp.asarray(x)
-    base = _check_base("apply_rope", base)
-    if x.ndim < 3 or x.shape[-1] % 2:
-        raise ValueError(
-            f"apply_rope: expected x of shape (N, T, ..., D) with an even D, got shape {x.shape}."
-        )
-    n, t, d = x.shape[0], x.shape[1], x.shape[-1]
-    ct = _logits_dtype(x.dtype)
-    inv_freq = base ** (-np.arange(d // 2, dtype=np.float64) * 2.0 / d)
-    static = positions is None or isinstance(positions, np.ndarray)
-    pos = np.arange(t) if positions is None else positions if static else jnp.asarray(positions)
-    if pos.ndim not in (1, 2) or pos.shape[-1] != t or (pos.ndim == 2 and pos.shape[0] != n):
-        raise ValueError(
-            f"apply_rope: expected positions of shape ({t},) or ({n}, {t}), got {pos.shape}."
-        )
-    if static:  # exact angles, computed in float64 at trace time
-        angles = np.asarray(pos, np.float64)[..., None] * inv_freq
-        cos, sin = jnp.asarray(np.cos(angles), ct), jnp.asarray(np.sin(angles), ct)
-    else:
-        angles = pos.astype(ct)[..., None] * jnp.asarray(inv_freq, ct)
-        cos, sin = jnp.cos(angles), jnp.sin(angles)
-    if cos.ndim == 2:
-        cos, sin = cos[None], sin[None]
-    extra = (1,) * (x.ndim - 3)
-    cos = cos.reshape(cos.shape[0], t, *extra, d // 2)
-    sin = sin.reshape(sin.shape[0], t, *extra, d // 2)
-    x1, x2 = jnp.split(x.astype(ct), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
-
-
-def RotaryEmbedding(*, base: float = 10000.0) -> Layer:
-    """:func:`apply_rope` as a layer, for queries/keys in a user-written attention.
-
-    Inputs ``(N, T, ..., D)`` with ``D`` even (or the dict form, ``"x"``
-    rotated and the other entries passed through); outputs the same shape.
-    No params, state or key. Inside :func:`MultiHeadAttention` pass
-    ``rope=True`` instead: RoPE must rotate the projected queries and keys,
-    not the layer's input.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> rope = RotaryEmbedding()
-        >>> q = jnp.ones((2, 5, 4, 8))  # (N, T, H, K)
-        >>> params, state = rope.init(jax.random.key(0), q)
-        >>> rope.apply(params, state, q)[0].shape
-        (2, 5, 4, 8)
-    """
-    base = _check_base("RotaryEmbedding", base)
-
-    def check(inputs):
-        entries, is_dict = _split_inputs(inputs)
-        shape, dtype = array_of(entries["x"], "'x'")
-        check_floating(dtype, "'x'")
-        if len(shape) < 3 or shape[-1] % 2:
-            raise LayerError(
-                f"expected 'x' of shape (N, T, ..., D) with an even D, got shape "
-                f"{fmt_shape(shape)}."
-            )
-        return entries, is_dict
-
-    def init(key, inputs):
-        del key
-        check(inputs)
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
-        entries, is_dict = check(inputs)
-        return _replace_x(inputs, is_dict, apply_rope(entries["x"], base=base)), state
-
-    return Layer(init, apply, "RotaryEmbedding" if base == 10000.0 else f"RotaryEmbedding({base})")
-
-
-# ---------------------------------------------------------------------------------------------
-# Absolute positions: learned and sinusoidal
-
-
-def _sinusoid_table(length: int, features: int, base: float) -> np.ndarray:
-    pos = np.arange(length, dtype=np.float64)[:, None]
-    i = np.arange(0, features, 2, dtype=np.float64)  # 2i
-    angles = pos / base ** (i / features)
-    table = np.zeros((length, features), np.float64)
-    table[:, 0::2] = np.sin(angles)
-    table[:, 1::2] = np.cos(angles[:, : features // 2])
-    return table
-
-
-def sinusoidal_encoding(
-    length: int, features: int, *, base: float = 10000.0, dtype=jnp.float32
-) -> jax.Array:
-    """The sinusoidal position table of Vaswani et al. (2017), interleaved, ``(length, features)``.
-
-    ``PE[p, 2i] = sin(p / base**(2i/features))`` and
-    ``PE[p, 2i+1] = cos(p / base**(2i/features))``: sines on even features,
-    cosines on odd ones (the paper's interleaved layout; some libraries
-    concatenate all sines, then all cosines). Computed in float64, then cast.
-
-    Examples:
-        >>> sinusoidal_encoding(3, 4)
-        Array([[ 0.        ,  1.        ,  0.        ,  1.        ],
-               [ 0.84147096,  0.5403023 ,  0.00999983,  0.99995   ],
-               [ 0.9092974 , -0.41614684,  0.01999867,  0.9998    ]], dtype=float32)
-    """
-    length = check_positive_int("sinusoidal_encoding", "length", length)
-    features = check_positive_int("sinusoidal_encoding", "features", features)
-    base = _check_base("sinusoidal_encoding", base)
-    return jnp.asarray(_sinusoid_table(length, features, base), dtype)
-
-
-def _positional_input(inputs, max_len):
-    entries, is_dict = _split_inputs(inputs)
-    shape, dtype = _sequence_of(entries["x"])
-    if max_len is not None and shape[1] > max_len:
-        raise LayerError(
-            f"the sequence is longer than `max_len={max_len}`: 'x' has shape "
-            f"{fmt_shape(shape)} (T={shape[1]}). Build the layer with a larger `max_len`, or "
-            "cut the sequences."
-        )
-    return entries, is_dict, shape, dtype
-
-
-def SinusoidalEncoding(max_len: int | None = None, *, base: float = 10000.0) -> Layer:
-    """Add the fixed sinusoidal position table (:func:`sinusoidal_encoding`) to ``x``.
-
-    Inputs ``(N, T, D)`` (or the dict form: ``"x"`` changed, other entries
-    passed through); outputs the same shape and dtype, ``x + PE[:T]``. No
-    params, state or key. ``x`` is not rescaled (the paper multiplies the
-    embeddings by ``sqrt(D)`` first; do that in the model if wanted).
-
-    Args:
-        max_len: optional longest sequence accepted (``None``: any length).
-        base: the frequency base (10000 in the paper).
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> enc = SinusoidalEncoding()
-        >>> params, state = enc.init(jax.random.key(0), jnp.zeros((2, 3, 4)))
-        >>> params
-        ()
-        >>> enc.apply(params, state, jnp.zeros((2, 3, 4)))[0][0, 1]
-        Array([0.84147096, 0.5403023 , 0.00999983, 0.99995   ], dtype=float32)
-    """
-    if max_len is not None:
-        max_len = check_positive_int("SinusoidalEncoding", "max_len", max_len)
-    base = _check_base("SinusoidalEncoding", base)
-
-    def init(key, inputs):
-        del key
-        _positional_input(inputs, max_len)
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
-        entries, is_dict, shape, dtype = _positional_input(inputs, max_len)
-        table = jnp.asarray(_sinusoid_table(shape[1], shape[2], base), dtype)
-        return _replace_x(inputs, is_dict, entries["x"] + table), state
-
-    return Layer(init, apply, "SinusoidalEncoding" + (f"({max_len})" if max_len else ""))
-
-
-def PositionalEmbedding(
-    max_len: int,
-    *,
-    w_init: str | initializers.Initializer | None = None,
-    param_dtype=jnp.float32,
-) -> Layer:
-    """Add a learned position table to ``x``: ``x + table[:T]``.
-
-    Inputs ``(N, T, D)`` with ``T <= max_len`` (or the dict form: ``"x"``
-    changed, other entries passed through); outputs the same shape and dtype
-    (the table is cast to ``x``'s dtype). Params ``{"table": (max_len, D)}``,
-    default init normal with stddev 0.02 (as BERT and GPT-2); no state; no key.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> pos = PositionalEmbedding(16)
-        >>> params, state = pos.init(jax.random.key(0), jnp.zeros((2, 10, 8)))
-        >>> jax.tree.map(jnp.shape, params)
-        {'table': (16, 8)}
-        >>> pos.apply(params, state, jnp.zeros((2, 10, 8)))[0].shape
-        (2, 10, 8)
-    """
-    max_len = check_positive_int("PositionalEmbedding", "max_len", max_len)
-    table_init = initializers.get(
-        w_init if w_init is not None else initializers.normal(stddev=0.02)
-    )
-
-    def init(key, inputs):
-        _, _, shape, _ = _positional_input(inputs, max_len)
-        return {"table": table_init(key, (max_len, shape[2]), param_dtype)}, ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del key, train
-        entries, is_dict, shape, dtype = _positional_input(inputs, max_len)
-        table = params["table"]
-        if table.shape[1] != shape[2]:
-            raise LayerError(
-                f"expected 'x' with {table.shape[1]} features (the table's width), got shape "
-                f"{fmt_shape(shape)}."
-            )
-        y = entries["x"] + table[: shape[1]].astype(dtype)
-        return _replace_x(inputs, is_dict, y), state
-
-    return Layer(init, apply, f"PositionalEmbedding({max_len})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,9 +334,9 @@ def MultiHeadAttention(
     )
 
     def streams(entries):
-        x_shape, x_dtype = _sequence_of(entries["x"])
+        x_shape, x_dtype = sequence_of(entries["x"])
         if "memory" in entries:
-            m_shape, _ = _sequence_of(entries["memory"], "'memory'")
+            m_shape, _ = sequence_of(entries["memory"], "'memory'")
             if m_shape[0] != x_shape[0]:
                 raise LayerError(
                     f"'x' and 'memory' must have the same batch size, got shapes "
@@ -680,7 +370,7 @@ def MultiHeadAttention(
         return p
 
     def init(key, inputs):
-        entries, _ = _split_inputs(inputs)
+        entries, _ = split_inputs(inputs)
         x_shape, m_shape, _ = streams(entries)
         k, v, d_out = sizes(x_shape)
         _attention_mask(entries, x_shape[0], heads, x_shape[1], m_shape[1], build=False)
@@ -741,7 +431,7 @@ def MultiHeadAttention(
         return wq, wk, wv, wo
 
     def apply(params, state, inputs, *, key=None, train=False):
-        entries, _ = _split_inputs(inputs)
+        entries, _ = split_inputs(inputs)
         x_shape, m_shape, x_dtype = streams(entries)
         wq, _, _, wo = check_params(params, x_shape, m_shape)
         n, tq, tk = x_shape[0], x_shape[1], m_shape[1]

@@ -20,21 +20,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
-import jax
 import numpy as np
 
-from funcnet.combinators import repeat, residual, serial
-from funcnet.core import Layer, LayerError, _apply_spec, _prepend_path, as_layer, spec_of
+from funcnet.combinators import _call, _children, _sequence, repeat, residual, serial
+from funcnet.core import Layer, LayerError, _apply_spec, as_layer, spec_of
+from funcnet.layers._sequence import INPUT_KEYS, replace_x, sequence_of, split_inputs
 from funcnet.layers._util import check_positive_int, check_rate, fmt_shape
 from funcnet.layers.activations import gelu
-from funcnet.layers.attention import (
-    _INPUT_KEYS,
-    MultiHeadAttention,
-    _replace_x,
-    _sequence_of,
-    _split_inputs,
-)
+from funcnet.layers.attention import MultiHeadAttention
 from funcnet.layers.dense import Dense
 from funcnet.layers.dropout import Dropout
 from funcnet.layers.norm import LayerNorm
@@ -48,19 +43,6 @@ __all__ = [
     "transformer_decoder",
     "transformer_encoder",
 ]
-
-
-def _within(part: str, fn: Callable, *args, **kwargs):
-    """Call ``fn``; an exception passing through gets ``part`` added to its layer path."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as err:
-        _prepend_path(err, part)
-        raise
-
-
-def _fold(key, i: int):
-    return None if key is None else jax.random.fold_in(key, i)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,13 +70,13 @@ def on_x(layer: Layer | Callable) -> Layer:
     name = f"on_x({layer.name})"
 
     def init(key, inputs):
-        entries, _ = _split_inputs(inputs)
-        return _within("on_x", layer.init, key, entries["x"])
+        entries, _ = split_inputs(inputs)
+        return _call("on_x", layer.init, key, entries["x"])
 
     def apply(params, state, inputs, *, key=None, train=False):
-        entries, is_dict = _split_inputs(inputs)
-        y, state = _within("on_x", layer.apply, params, state, entries["x"], key=key, train=train)
-        return _replace_x(inputs, is_dict, y), state
+        entries, is_dict = split_inputs(inputs)
+        y, state = _call("on_x", layer.apply, params, state, entries["x"], key=key, train=train)
+        return replace_x(inputs, is_dict, y), state
 
     return Layer(init, apply, name, (layer,))
 
@@ -112,11 +94,11 @@ def select_keys(*keys: str) -> Layer:
         ['x']
     """
     for k in keys:
-        if k not in _INPUT_KEYS:
-            raise ValueError(f"select_keys: unknown key {k!r}; the keys are {list(_INPUT_KEYS)}.")
+        if k not in INPUT_KEYS:
+            raise ValueError(f"select_keys: unknown key {k!r}; the keys are {list(INPUT_KEYS)}.")
 
     def pick(inputs):
-        entries, _ = _split_inputs(inputs)
+        entries, _ = split_inputs(inputs)
         return {k: entries[k] for k in keys if k in entries}
 
     def init(key, inputs):
@@ -151,27 +133,14 @@ def residual_x(*layers: Layer | Callable) -> Layer:
         >>> block.apply(params, state, inputs)[0]["x"].shape
         (2, 3, 4)
     """
-    if not layers:
-        raise ValueError("residual_x: needs at least one layer, got none.")
-    children = tuple(as_layer(layer) for layer in layers)
-    n = len(children)
-
-    def run_init(key, inputs):
-        params, states, h = [], [], inputs
-        for i, layer in enumerate(children):
-            part = f"residual_x[{i}]"
-            p, s = _within(part, layer.init, _fold(key, i), h)
-            params.append(p)
-            states.append(s)
-            if i < n - 1:
-                h = _within(part, _apply_spec, layer, p, s, h)
-            else:
-                out = _within(part, _apply_spec, layer, p, s, h)
-        return tuple(params), tuple(states), out
+    labels, children = _children("residual_x", layers, {})
+    body_init, body_apply = _sequence("residual_x", labels, children)
+    body = Layer(body_init, body_apply, "residual_x")
 
     def init(key, inputs):
-        entries, _ = _split_inputs(inputs)
-        params, state, out = run_init(key, inputs)
+        entries, _ = split_inputs(inputs)
+        params, state = body_init(key, inputs)
+        out = _apply_spec(body, params, state, inputs)
         want = spec_of(entries["x"])
         if not (hasattr(out, "shape") and out.shape == want.shape and out.dtype == want.dtype):
             raise LayerError(
@@ -182,26 +151,9 @@ def residual_x(*layers: Layer | Callable) -> Layer:
         return params, state
 
     def apply(params, state, inputs, *, key=None, train=False):
-        entries, is_dict = _split_inputs(inputs)
-        if not isinstance(params, (tuple, list)) or len(params) != n:
-            raise LayerError(
-                f"expected params as a tuple of {n} entries (one per layer), got "
-                f"{type(params).__name__}. Pass the params returned by this layer's `init`.",
-                path=["residual_x"],
-            )
-        states, h = [], inputs
-        for i, layer in enumerate(children):
-            h, s = _within(
-                f"residual_x[{i}]",
-                layer.apply,
-                params[i],
-                state[i],
-                h,
-                key=_fold(key, i),
-                train=train,
-            )
-            states.append(s)
-        return _replace_x(inputs, is_dict, entries["x"] + h), tuple(states)
+        entries, is_dict = split_inputs(inputs)
+        h, state = body_apply(params, state, inputs, key=key, train=train)
+        return replace_x(inputs, is_dict, entries["x"] + h), state
 
     return Layer(init, apply, "residual_x", children)
 
@@ -210,7 +162,21 @@ def residual_x(*layers: Layer | Callable) -> Layer:
 # Blocks
 
 
-def _check_common(owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, epsilon, act):
+class _BlockOptions(NamedTuple):
+    """The hyperparameters the encoder and decoder blocks share, checked."""
+
+    heads: int
+    mlp_ratio: float
+    drop_rate: float
+    attention_drop_rate: float
+    norm: str
+    activation: Layer | Callable
+    epsilon: float
+
+
+def _check_options(
+    owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
+) -> _BlockOptions:
     heads = check_positive_int(owner, "num_heads", num_heads)
     if (
         isinstance(mlp_ratio, bool)
@@ -232,13 +198,32 @@ def _check_common(owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, n
         or not epsilon > 0
     ):
         raise ValueError(f"{owner}: `epsilon` must be a number > 0, got {epsilon!r}.")
-    if not callable(act):
-        raise ValueError(f"{owner}: `activation` must be a function or a layer, got {act!r}.")
-    return heads
+    if not callable(activation):
+        raise ValueError(
+            f"{owner}: `activation` must be a function or a layer, got {activation!r}."
+        )
+    return _BlockOptions(
+        heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
+    )
+
+
+def _block_name(owner: str, opts: _BlockOptions, *, causal: bool, rope: bool) -> str:
+    args = [str(opts.heads)]
+    if opts.norm != "pre":
+        args.append(f"norm={opts.norm!r}")
+    if causal:
+        args.append("causal=True")
+    if rope:
+        args.append("rope=True")
+    if opts.drop_rate:
+        args.append(f"drop_rate={opts.drop_rate}")
+    if opts.attention_drop_rate:
+        args.append(f"attention_drop_rate={opts.attention_drop_rate}")
+    return f"{owner}({', '.join(args)})"
 
 
 def _width(entries, heads: int) -> int:
-    shape, _ = _sequence_of(entries["x"])
+    shape, _ = sequence_of(entries["x"])
     d = shape[2]
     if d % heads:
         raise LayerError(
@@ -249,41 +234,62 @@ def _width(entries, heads: int) -> int:
     return d
 
 
-def _mlp(width, mlp_ratio, activation, drop_rate):
-    hidden = max(1, round(mlp_ratio * width))
-    return [Dense(hidden), activation, Dense(width), Dropout(drop_rate)]
+def _body(attentions: dict[str, list], width: int, opts: _BlockOptions) -> Layer:
+    """The sub-blocks of a block: one ``residual_x`` per attention branch, then the MLP.
+
+    With ``norm="pre"`` each sub-block starts with a LayerNorm of ``x``; with
+    ``"post"`` a LayerNorm (``"<name>_norm"``) follows each residual add.
+    """
+
+    def layer_norm():
+        return LayerNorm(epsilon=opts.epsilon)
+
+    hidden = max(1, round(opts.mlp_ratio * width))
+    mlp = [Dense(hidden), opts.activation, Dense(width), Dropout(opts.drop_rate)]
+    parts = {}
+    for name, branch in attentions.items():
+        if opts.norm == "pre":
+            parts[name] = residual_x(on_x(layer_norm()), *branch)
+        else:
+            parts[name] = residual_x(*branch)
+            parts[f"{name}_norm"] = on_x(layer_norm())
+    if opts.norm == "pre":
+        parts["mlp"] = on_x(residual(layer_norm(), *mlp))
+    else:
+        parts["mlp"] = on_x(residual(*mlp))
+        parts["mlp_norm"] = on_x(layer_norm())
+    return serial(**parts)
 
 
-def _deferred(name: str, allowed, require, heads: int, build: Callable[[int], Layer]) -> Layer:
-    """A layer whose body is built at init/apply from the width of ``x`` (``build(width)``)."""
+def _block(
+    name: str,
+    opts: _BlockOptions,
+    attentions: Callable[[], dict[str, list]],
+    allowed: tuple[str, ...],
+    require: tuple[str, ...],
+) -> Layer:
+    """A block whose body is built at init/apply from the width of ``x``.
+
+    ``attentions()`` gives fresh attention branches (name -> layers) for each build.
+    """
+
+    def build(width: int) -> Layer:
+        return _body(attentions(), width, opts)
+
+    build(opts.heads)  # surface errors of the parts' constructors now
 
     def init(key, inputs):
-        entries, _ = _split_inputs(inputs, allowed, require=require)
-        body = build(_width(entries, heads))
-        return _within(name, body.init, key, entries)
+        entries, _ = split_inputs(inputs, allowed, require=require)
+        body = build(_width(entries, opts.heads))
+        return _call(name, body.init, key, entries)
 
     def apply(params, state, inputs, *, key=None, train=False):
-        entries, is_dict = _split_inputs(inputs, allowed, require=require)
-        body = build(_width(entries, heads))
-        out, state = _within(name, body.apply, params, state, entries, key=key, train=train)
-        return _replace_x(inputs, is_dict, out["x"]), state
+        entries, is_dict = split_inputs(inputs, allowed, require=require)
+        body = build(_width(entries, opts.heads))
+        out, state = _call(name, body.apply, params, state, entries, key=key, train=train)
+        return replace_x(inputs, is_dict, out["x"]), state
 
     return Layer(init, apply, name)
-
-
-def _block_name(kind, heads, norm, causal, rope, drop_rate, attention_drop_rate):
-    args = [str(heads)]
-    if norm != "pre":
-        args.append(f"norm={norm!r}")
-    if causal:
-        args.append("causal=True")
-    if rope:
-        args.append("rope=True")
-    if drop_rate:
-        args.append(f"drop_rate={drop_rate}")
-    if attention_drop_rate:
-        args.append(f"attention_drop_rate={attention_drop_rate}")
-    return f"{kind}({', '.join(args)})"
 
 
 def TransformerEncoderBlock(
@@ -362,35 +368,18 @@ def TransformerEncoderBlock(
         (['mask', 'x'], (2, 5, 16))
     """
     owner = "TransformerEncoderBlock"
-    heads = _check_common(
-        owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, epsilon, activation
+    opts = _check_options(
+        owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
     )
 
-    def build(width: int) -> Layer:
-        attention = MultiHeadAttention(
-            heads, causal=causal, drop_rate=attention_drop_rate, rope=rope
+    def attentions():
+        mha = MultiHeadAttention(
+            opts.heads, causal=causal, drop_rate=attention_drop_rate, rope=rope
         )
-        if norm == "pre":
-            return serial(
-                attention=residual_x(
-                    on_x(LayerNorm(epsilon=epsilon)), attention, Dropout(drop_rate)
-                ),
-                mlp=on_x(
-                    residual(
-                        LayerNorm(epsilon=epsilon), *_mlp(width, mlp_ratio, activation, drop_rate)
-                    )
-                ),
-            )
-        return serial(
-            attention=residual_x(attention, Dropout(drop_rate)),
-            attention_norm=on_x(LayerNorm(epsilon=epsilon)),
-            mlp=on_x(residual(*_mlp(width, mlp_ratio, activation, drop_rate))),
-            mlp_norm=on_x(LayerNorm(epsilon=epsilon)),
-        )
+        return {"attention": [mha, Dropout(drop_rate)]}
 
-    build(heads)  # surface errors of the parts' constructors now
-    name = _block_name(owner, heads, norm, causal, rope, drop_rate, attention_drop_rate)
-    return _deferred(name, ("x", "mask"), ("x",), heads, build)
+    name = _block_name(owner, opts, causal=causal, rope=rope)
+    return _block(name, opts, attentions, allowed=("x", "mask"), require=("x",))
 
 
 def TransformerDecoderBlock(
@@ -453,51 +442,40 @@ def TransformerDecoderBlock(
         ((2, 5, 8), True)
     """
     owner = "TransformerDecoderBlock"
-    heads = _check_common(
-        owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, epsilon, activation
+    opts = _check_options(
+        owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
     )
 
-    def build(width: int) -> Layer:
-        self_attention = [
-            select_keys("x", "mask"),
-            MultiHeadAttention(heads, causal=True, drop_rate=attention_drop_rate, rope=rope),
-            Dropout(drop_rate),
-        ]
-        cross_attention = [
-            select_keys("x", "memory", "memory_mask"),
-            MultiHeadAttention(heads, drop_rate=attention_drop_rate),
-            Dropout(drop_rate),
-        ]
-        mlp = _mlp(width, mlp_ratio, activation, drop_rate)
-        if norm == "pre":
-            return serial(
-                self_attention=residual_x(on_x(LayerNorm(epsilon=epsilon)), *self_attention),
-                cross_attention=residual_x(on_x(LayerNorm(epsilon=epsilon)), *cross_attention),
-                mlp=on_x(residual(LayerNorm(epsilon=epsilon), *mlp)),
-            )
-        return serial(
-            self_attention=residual_x(*self_attention),
-            self_attention_norm=on_x(LayerNorm(epsilon=epsilon)),
-            cross_attention=residual_x(*cross_attention),
-            cross_attention_norm=on_x(LayerNorm(epsilon=epsilon)),
-            mlp=on_x(residual(*mlp)),
-            mlp_norm=on_x(LayerNorm(epsilon=epsilon)),
+    def attentions():
+        self_attention = MultiHeadAttention(
+            opts.heads, causal=True, drop_rate=attention_drop_rate, rope=rope
         )
+        cross_attention = MultiHeadAttention(opts.heads, drop_rate=attention_drop_rate)
+        return {
+            "self_attention": [select_keys("x", "mask"), self_attention, Dropout(drop_rate)],
+            "cross_attention": [
+                select_keys("x", "memory", "memory_mask"),
+                cross_attention,
+                Dropout(drop_rate),
+            ],
+        }
 
-    build(heads)
-    name = _block_name(owner, heads, norm, False, rope, drop_rate, attention_drop_rate)
-    return _deferred(name, _INPUT_KEYS, ("x", "memory"), heads, build)
+    name = _block_name(owner, opts, causal=False, rope=rope)
+    return _block(name, opts, attentions, allowed=INPUT_KEYS, require=("x", "memory"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Stacks
 
 
-def _stack(block: Layer, num_layers: int, final_norm: bool, epsilon: float, unroll) -> Layer:
+def _stack(block: Layer, num_layers: int, final_norm, unroll, block_kwargs: dict) -> Layer:
+    """``repeat(block)``, then a LayerNorm of ``x`` when ``final_norm`` (default: pre-LN blocks)."""
+    if final_norm is None:
+        final_norm = block_kwargs.get("norm", "pre") == "pre"
     blocks = repeat(block, num_layers, unroll=unroll)
     if not final_norm:
         return blocks
-    return serial(blocks, on_x(LayerNorm(epsilon=epsilon)))
+    return serial(blocks, on_x(LayerNorm(epsilon=block_kwargs.get("epsilon", 1e-5))))
 
 
 def transformer_encoder(
@@ -527,9 +505,7 @@ def transformer_encoder(
     """
     n = check_positive_int("transformer_encoder", "num_layers", num_layers)
     block = TransformerEncoderBlock(num_heads, **block_kwargs)
-    if final_norm is None:
-        final_norm = block_kwargs.get("norm", "pre") == "pre"
-    return _stack(block, n, final_norm, block_kwargs.get("epsilon", 1e-5), unroll)
+    return _stack(block, n, final_norm, unroll, block_kwargs)
 
 
 def transformer_decoder(
@@ -553,6 +529,4 @@ def transformer_decoder(
     """
     n = check_positive_int("transformer_decoder", "num_layers", num_layers)
     block = TransformerDecoderBlock(num_heads, **block_kwargs)
-    if final_norm is None:
-        final_norm = block_kwargs.get("norm", "pre") == "pre"
-    return _stack(block, n, final_norm, block_kwargs.get("epsilon", 1e-5), unroll)
+    return _stack(block, n, final_norm, unroll, block_kwargs)

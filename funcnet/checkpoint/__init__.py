@@ -1,0 +1,89 @@
+"""Checkpoints: pytrees of arrays in safetensors files, saved atomically, loaded without code.
+
+A checkpoint is one `safetensors <https://github.com/huggingface/safetensors>`_
+file: an 8-byte little-endian header length, a JSON header, the raw bytes of
+every array. Arrays are stored under their pytree path (``params/0/w``, as
+:func:`funcnet.train.path_str` writes it); the header's ``__metadata__`` holds
+funcnet's JSON description (format version, funcnet and jax versions, the tree
+structure, the user's metadata) and a SHA-256 checksum of the tensor table,
+that description and all array bytes. Any safetensors reader can open the
+file; nothing in it is ever executed (no pickle).
+
+- :func:`save` writes atomically: a temporary file in the same directory,
+  flushed and ``fsync``-ed, renamed over the target with ``os.replace``, then
+  the directory is ``fsync``-ed. A process killed during a save leaves the
+  previous file intact (and at worst a hidden ``.*.tmp`` file, removed by the
+  next :class:`CheckpointManager` on that directory).
+- :func:`load` checks the file before building anything: a truncated,
+  corrupted or modified file raises :class:`CheckpointError` naming the file
+  and the problem. With ``like=`` (a template tree, e.g. a fresh
+  ``TrainState``) it returns a tree of the template's structure and types,
+  placed with the template's shardings, and reports every missing, unexpected
+  and mismatched path at once; ``strict=False`` loads what matches.
+- :class:`CheckpointManager` keeps a directory of numbered checkpoints (the
+  last ``max_to_keep`` plus the best by a metric) and is what
+  :func:`funcnet.fit` uses to resume.
+
+Leaves that can be stored: JAX arrays (also sharded over a mesh, when every
+shard is addressable by this process), typed PRNG keys (stored as their key
+data plus the implementation name and rewrapped on load), numpy arrays and
+scalars, and Python ``bool``/``int``/``float``. Supported dtypes are the
+safetensors ones: bool, (u)int8/16/32/64, float16, bfloat16, float32,
+float64, complex64, float8_e4m3fn and float8_e5m2.
+
+Multi-host: arrays replicated over several processes (data-parallel params)
+are saved from this process's local copy (every process may save; each write
+is atomic and they write the same bytes). Saving arrays *sharded* over
+several processes is future work and raises; gather them first
+(``jax.experimental.multihost_utils``) or use orbax-checkpoint. Restoring
+into a multi-host ``like=`` template builds each process's shards with
+``jax.make_array_from_callback`` from the file (every process must be able to
+read it). Tested with two CPU processes on one host.
+
+Examples:
+    >>> import os, tempfile, jax, jax.numpy as jnp
+    >>> tree = {"w": jnp.ones((2, 3), jnp.bfloat16), "step": 7, "key": jax.random.key(0)}
+    >>> path = save(os.path.join(tempfile.mkdtemp(), "model.safetensors"), tree,
+    ...             metadata={"note": "demo"})
+    >>> back = load(path)
+    >>> back["w"].dtype, back["step"], back["key"].dtype
+    (dtype(bfloat16), 7, key<fry>)
+    >>> read_metadata(path)["metadata"]
+    {'note': 'demo'}
+"""
+
+from __future__ import annotations
+
+# The private helpers are re-exported for funcnet.export and the tests.
+from funcnet.checkpoint.atomic import (  # noqa: F401
+    _atomic_write,
+    _remove_stale_temp_files,
+    _temp_name,
+)
+from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning, LoadReport
+from funcnet.checkpoint.format import (  # noqa: F401
+    FORMAT,
+    FORMAT_VERSION,
+    _digest,
+    _funcnet_version,
+    _save,
+    read_metadata,
+    save,
+)
+from funcnet.checkpoint.manager import CheckpointManager
+from funcnet.checkpoint.restore import load
+
+# Documented (and shown in tracebacks and reprs) as funcnet.checkpoint.<name>.
+for _cls in (CheckpointError, CheckpointManager, CheckpointWarning, LoadReport):
+    _cls.__module__ = __name__
+del _cls
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointWarning",
+    "LoadReport",
+    "load",
+    "read_metadata",
+    "save",
+]

@@ -1,0 +1,53 @@
+"""The errors of checkpoint loading: CheckpointError, LoadReport, CheckpointWarning."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["CheckpointError", "CheckpointWarning", "LoadReport"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit the template; the message names the file.
+
+    Attributes:
+        report: for a template mismatch, the :class:`LoadReport`; else ``None``.
+    """
+
+    def __init__(self, message: str, report: LoadReport | None = None):
+        super().__init__(message)
+        self.report = report
+
+
+class LoadReport(NamedTuple):
+    """What did not match when loading into a template (paths as ``params/0/w``).
+
+    It is truthy when anything did not match.
+
+    Attributes:
+        missing: template paths the file does not have.
+        unexpected: file paths the template does not have.
+        mismatched: ``"path: expected float32[3,4], got float32[5,4]"`` entries.
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+
+    def __bool__(self) -> bool:  # true when something did not match
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        lines = []
+        for name, items in zip(self._fields, self):
+            if items:
+                lines.append(f"  {name} ({len(items)}): " + ", ".join(items))
+        return "\n".join(lines)
+
+
+class CheckpointWarning(UserWarning):
+    """Issued by ``load(..., strict=False)`` when entries were skipped; ``.report`` lists them."""
+
+    def __init__(self, message: str, report: LoadReport):
+        super().__init__(message)
+        self.report = report

@@ -1,0 +1,205 @@
+"""CheckpointManager: a directory of numbered checkpoints, the last few and the best."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from funcnet.checkpoint.atomic import _remove_stale_temp_files
+from funcnet.checkpoint.errors import CheckpointError
+from funcnet.checkpoint.format import _save, read_metadata
+from funcnet.checkpoint.restore import load
+
+__all__ = ["CheckpointManager"]
+
+
+_STEP_RE = re.compile(r"^step_(\d+)\.safetensors$")
+
+
+class CheckpointManager:
+    """A directory of numbered checkpoints: keep the last few and the best, find the latest.
+
+    Files are named ``step_<step>.safetensors`` (zero-padded to 8 digits) and
+    are the only record: the step and metrics of each live in its header, so
+    a crash at any moment (during a save, or between a save and the removal
+    of old files) leaves a consistent directory. Steps are expected to grow;
+    the "last" checkpoints are those with the highest steps.
+
+    Args:
+        directory: where the checkpoints live (created if needed). Temporary
+            files left in it by killed processes on this host are removed.
+        max_to_keep: how many of the most recent checkpoints to keep (``None``
+            keeps all); the best one is kept in addition.
+        best_metric: the name of a metric given to :meth:`save` (e.g.
+            ``"val_loss"``) that decides which checkpoint is best.
+        best_mode: ``"min"`` or ``"max"``: whether a smaller or a larger value
+            of ``best_metric`` is better. Ties keep the earlier step.
+
+    Examples:
+        >>> import tempfile, jax.numpy as jnp
+        >>> manager = CheckpointManager(tempfile.mkdtemp(), max_to_keep=2, best_metric="loss")
+        >>> for step, loss in [(10, 0.5), (20, 0.2), (30, 0.4), (40, 0.3)]:
+        ...     _ = manager.save(step, {"w": jnp.full(2, step)}, metrics={"loss": loss})
+        >>> manager.all_steps(), manager.latest_step(), manager.best_step()
+        ([20, 30, 40], 40, 20)
+        >>> manager.restore()["w"].tolist()
+        [40, 40]
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        best_metric: str | None = None,
+        best_mode: str = "min",
+    ):
+        if max_to_keep is not None and (
+            isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1
+        ):
+            raise ValueError(
+                f"CheckpointManager: `max_to_keep` must be an int >= 1 or None (keep all), got "
+                f"{max_to_keep!r}."
+            )
+        if best_mode not in ("min", "max"):
+            raise ValueError(
+                f"CheckpointManager: `best_mode` must be 'min' or 'max', got {best_mode!r}."
+            )
+        if best_metric is not None and not isinstance(best_metric, str):
+            raise TypeError(
+                f"CheckpointManager: `best_metric` must be a metric name (str), got "
+                f"{type(best_metric).__name__}."
+            )
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.max_to_keep = max_to_keep
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        os.makedirs(self.directory, exist_ok=True)
+        _remove_stale_temp_files(self.directory)
+
+    def __repr__(self) -> str:
+        return (
+            f"CheckpointManager({self.directory!r}, max_to_keep={self.max_to_keep}, "
+            f"best_metric={self.best_metric!r}, best_mode={self.best_mode!r})"
+        )
+
+    def path(self, step: int) -> str:
+        """The file of ``step``."""
+        return os.path.join(self.directory, f"step_{int(step):08d}.safetensors")
+
+    def all_steps(self) -> list[int]:
+        """The steps that have a checkpoint, ascending."""
+        steps = []
+        for name in os.listdir(self.directory):
+            m = _STEP_RE.match(name)
+            if m:
+                steps.append(int(m[1]))
+        return sorted(steps)
+
+    def latest_step(self) -> int | None:
+        """The highest saved step, or ``None`` when there is none."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def metrics(self, step: int) -> dict:
+        """The metrics saved with ``step`` (``{}`` when none; header only, no checksum check)."""
+        return read_metadata(self.path(step)).get("metrics") or {}
+
+    def best_step(self) -> int | None:
+        """The step with the best ``best_metric``, or ``None`` (no metric, or none saved)."""
+        if self.best_metric is None:
+            return None
+        best = None
+        for step in self.all_steps():
+            try:
+                value = self.metrics(step).get(self.best_metric)
+            except CheckpointError:
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            better = best is None or (
+                value < best[1] if self.best_mode == "min" else value > best[1]
+            )
+            if better:
+                best = (step, value)
+        return None if best is None else best[0]
+
+    def save(
+        self,
+        step: int,
+        tree: Any,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping | None = None,
+    ) -> str:
+        """Save ``tree`` as checkpoint ``step`` (replacing one of the same step), then prune.
+
+        Args:
+            step: a non-negative int (e.g. ``int(train_state.step)``).
+            tree: the pytree to save (see :func:`save`).
+            metrics: numbers such as an epoch's logs; ``best_metric`` is read
+                from them. Non-scalar values are stored as lists.
+            metadata: JSON data stored with it.
+
+        Returns:
+            The file written.
+
+        Raises:
+            ValueError: for a negative step, or metrics without ``best_metric``.
+        """
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(
+                f"CheckpointManager.save: `step` must be an int >= 0, got {step!r}; pass "
+                "`int(train_state.step)`."
+            )
+        if metrics is not None and self.best_metric is not None and self.best_metric not in metrics:
+            raise ValueError(
+                f"CheckpointManager.save: `best_metric={self.best_metric!r}` is not among the "
+                f"metrics {sorted(metrics)}; log it (e.g. give fit validation data for "
+                "'val_loss') or choose one of these."
+            )
+        extra = {"step": int(step), "metrics": dict(metrics) if metrics is not None else None}
+        path = _save(self.path(step), tree, metadata, extra)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        steps = self.all_steps()
+        if self.max_to_keep is None or len(steps) <= self.max_to_keep:
+            return
+        keep = set(steps[-self.max_to_keep :])
+        best = self.best_step()
+        if best is not None:
+            keep.add(best)
+        for step in steps:
+            if step not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path(step))
+
+    def restore(self, step: int | None = None, like: Any = None, *, strict: bool = True) -> Any:
+        """Load checkpoint ``step`` (default: the latest); see :func:`load` for ``like``/``strict``.
+
+        Raises:
+            CheckpointError: when there is no checkpoint, no checkpoint of that
+                step, or the file is bad.
+        """
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise CheckpointError(
+                    f"CheckpointManager: no checkpoints in `{self.directory}`; save one first "
+                    "(or check the directory)."
+                )
+            step = steps[-1]
+        elif int(step) not in steps:
+            raise CheckpointError(
+                f"CheckpointManager: no checkpoint for step {step} in `{self.directory}`; the "
+                f"saved steps are {steps}."
+            )
+        return load(self.path(step), like=like, strict=strict)

@@ -1,0 +1,196 @@
+"""Loading a checkpoint: the tree as saved, or into a template (``like=``)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning, LoadReport
+from funcnet.checkpoint.format import _arrays, _read
+from funcnet.checkpoint.tree import _decode, _is_key, _leaf_kinds
+from funcnet.train import path_str
+
+
+def _spec_str(dtype, shape) -> str:
+    return f"{dtype}[{','.join(str(d) for d in shape)}]"
+
+
+def _template_leaf(x, name: str):
+    """``(kind, dtype, shape, impl)`` a template leaf expects from the file."""
+    if isinstance(x, bool):
+        return "bool", None, (), None
+    if isinstance(x, int):
+        return "int", None, (), None
+    if isinstance(x, float):
+        return "float", None, (), None
+    if _is_key(x):
+        impl = []  # key_impl needs an array: read it while tracing (x may be a ShapeDtypeStruct)
+
+        def data_of(k):
+            impl.append(str(jax.random.key_impl(k)))
+            return jax.random.key_data(k)
+
+        data = jax.eval_shape(data_of, x)
+        return "key", np.dtype(data.dtype), tuple(data.shape), impl[0]
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic)):
+        dtype = np.dtype(x.dtype)
+        return "array", dtype if dtype.isnative else dtype.newbyteorder("="), tuple(x.shape), None
+    raise TypeError(
+        f"load: the template leaf at `{name or '(root)'}` is a {type(x).__name__}; `like` must "
+        "hold arrays, jax.ShapeDtypeStructs, PRNG keys or Python scalars (e.g. a freshly "
+        "initialised TrainState or `jax.eval_shape` of one)."
+    )
+
+
+def _restore_leaf(t, want, data: np.ndarray):
+    kind = want[0]
+    if kind in ("bool", "int", "float"):
+        return type(t)(data.item())
+    if isinstance(t, np.generic):
+        return data.reshape(()).astype(t.dtype)[()]
+    if isinstance(t, np.ndarray):
+        return data.copy()
+    sharding = getattr(t, "sharding", None)
+    if sharding is None or not getattr(t, "committed", True):
+        placed = jax.device_put(data)  # uncommitted, like the template
+    elif sharding.is_fully_addressable:
+        placed = jax.device_put(data, sharding)
+    else:  # multi-host: each process builds its own shards
+        placed = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+    if kind == "key":
+        return jax.random.wrap_key_data(placed, impl=want[3])
+    return placed
+
+
+def _mismatch(want, kind: str, impl: str | None, data: np.ndarray) -> str | None:
+    """Why the file's entry (``kind``, key ``impl``, ``data``) cannot fill a template leaf."""
+    got = _spec_str(data.dtype, data.shape)
+    if kind == "key":
+        got = f"key<{impl}> data {data.shape}"
+    if want[0] == "key":
+        if (kind, impl, data.shape) != ("key", want[3], want[2]):
+            return f"expected key<{want[3]}> data {want[2]}, got {got}"
+    elif want[0] in ("bool", "int", "float"):
+        if data.shape != () or kind == "key":
+            return f"expected a scalar ({want[0]}), got {got}"
+    elif kind == "key" or data.shape != want[2] or data.dtype != want[1]:
+        return f"expected {_spec_str(want[1], want[2])}, got {got}"
+    return None
+
+
+def load(path: str | os.PathLike, like: Any = None, *, strict: bool = True) -> Any:
+    """Read a checkpoint written by :func:`save` (or any safetensors file).
+
+    The whole file is checked (header, sizes, SHA-256 checksum) before any
+    array is built, so a bad file raises and nothing is half-loaded.
+
+    Args:
+        path: the file.
+        like: a template tree, e.g. a freshly created ``TrainState`` or its
+            ``jax.eval_shape``. The result then has exactly the template's
+            structure (NamedTuples, optax states, ...) and leaf types: JAX
+            arrays are placed with the template leaf's sharding (uncommitted
+            template arrays give uncommitted arrays), numpy leaves stay numpy,
+            Python scalars stay Python scalars, keys are rewrapped with their
+            implementation. Every leaf must match the file's entry at the same
+            path in shape and dtype (no casting).
+        strict: with ``like``: when False, load the entries that match and keep
+            the template's values for the others (for fine-tuning); a
+            :class:`CheckpointWarning` whose ``report`` is a :class:`LoadReport`
+            lists what was skipped. A missing entry whose template leaf is only
+            a ``jax.ShapeDtypeStruct`` still raises (there is no value to keep).
+
+    Returns:
+        With ``like``, a tree like it. Without, the tree as saved, rebuilt
+        from the stored structure: dicts, lists, tuples and ``None`` as they
+        were; NamedTuples (``TrainState``, optax states) and other custom
+        pytree nodes as dicts keyed by field name; JAX arrays and keys on the
+        default device; numpy arrays as numpy (numpy scalars as 0-d arrays);
+        Python scalars as Python scalars. A safetensors file from another tool gives a flat dict
+        ``{name: jax.Array}``.
+
+    Raises:
+        CheckpointError: for a missing, truncated, corrupted or modified file
+            (naming it and the problem), or, with ``like`` and ``strict=True``,
+            listing every missing, unexpected and mismatched path.
+        TypeError: for a template leaf that is not array-like.
+
+    Examples:
+        >>> import os, tempfile, jax, jax.numpy as jnp
+        >>> from funcnet.checkpoint import save
+        >>> path = os.path.join(tempfile.mkdtemp(), "p.safetensors")
+        >>> _ = save(path, {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)})
+        >>> template = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(3)}
+        >>> load(path, like=template)
+        Traceback (most recent call last):
+        ...
+        funcnet.checkpoint.CheckpointError: checkpoint `...`: does not fit `like`: ...
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     tree = load(path, like=template, strict=False)
+        >>> tree["w"].tolist(), tree["b"].shape
+        ([[1.0, 1.0], [1.0, 1.0]], (3,))
+    """
+    contents = _read(path)
+    arrays = _arrays(contents)
+    if contents.info is not None:
+        kinds = _leaf_kinds(contents.info["tree"], {})
+    else:
+        kinds = {name: ("array", None) for name in contents.table}
+    if like is None:
+        if contents.info is None:
+            return {name: jax.device_put(a) for name, a in arrays.items()}
+        return _decode(contents.info["tree"], arrays)
+
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    names = [path_str(p) for p, _ in flat]
+    missing, mismatched, out = [], [], []
+    for name, (_, t) in zip(names, flat):
+        want = _template_leaf(t, name)
+        if name not in arrays:
+            missing.append(name)
+            out.append(t)
+            continue
+        data = arrays[name]
+        problem = _mismatch(want, *kinds[name], data)
+        if problem:
+            mismatched.append(f"{name}: {problem}")
+            out.append(t)
+        else:
+            out.append(_restore_leaf(t, want, data))
+    unexpected = sorted(set(arrays) - set(names))
+    report = LoadReport(missing, unexpected, mismatched)
+    if report:
+        summary = (
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched"
+        )
+        if strict:
+            raise CheckpointError(
+                f"checkpoint `{os.fspath(path)}`: does not fit `like`: {summary} "
+                f"path(s):\n{report.describe()}\nPass the template the checkpoint was saved "
+                "from, or `strict=False` to load only the entries that match (e.g. for "
+                "fine-tuning).",
+                report,
+            )
+        abstract = [n for n, v in zip(names, out) if isinstance(v, jax.ShapeDtypeStruct)]
+        if abstract:
+            raise CheckpointError(
+                f"checkpoint `{os.fspath(path)}`: no value for {abstract}: the file does not "
+                "have them (or they do not match) and the template gives only their shapes; "
+                "pass a template with real arrays there to keep its values.",
+                report,
+            )
+        warnings.warn(
+            CheckpointWarning(
+                f"load(`{os.fspath(path)}`, strict=False) kept the template's values for "
+                f"{summary} path(s):\n{report.describe()}",
+                report,
+            ),
+            stacklevel=2,
+        )
+    return jax.tree_util.tree_unflatten(treedef, out)

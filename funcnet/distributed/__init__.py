@@ -1,0 +1,85 @@
+"""Many devices and many processes: meshes, shardings, multi-process setup, per-example gradients.
+
+funcnet trains on several devices the way JAX recommends: the pure step is
+compiled with ``jax.jit`` over arrays sharded on a :class:`jax.sharding.Mesh`
+(the batch split over a ``"data"`` axis, the train state replicated or
+FSDP-sharded), and the compiler inserts the collectives. The same code runs
+on one device, on N devices and on N processes (``jax.distributed``); one
+argument switches it on::
+
+    mesh = distributed.make_mesh()                   # all devices, one "data" axis
+    ts, history = fit(model, optimizer, loss, (x, y), batch_size=256, mesh=mesh)
+
+Pieces:
+
+- :func:`make_mesh`: a ``("data",)`` mesh, or ``("data", "fsdp")`` for
+  sharded parameters, over all devices, a count or a list.
+- :func:`state_shardings` / :func:`place`: replicated or FSDP shardings of a
+  pytree (FSDP: every array split along its largest dimension divisible by the
+  axis size, replicated when none is) and placing a pytree on them.
+- :func:`batch_sharding` / :func:`global_batch` / :func:`local_batches`:
+  each process reads only its rows of every global batch and
+  :func:`global_batch` assembles the global array
+  (``jax.make_array_from_process_local_data``).
+- :func:`initialize` / :func:`launch`: ``jax.distributed.initialize`` from
+  arguments or environment variables, and starting N local processes (tests,
+  a laptop) that fail loudly instead of hanging when one of them dies.
+- :func:`per_example_grads` / :func:`per_example_grad_norms`: per-example
+  gradients with ``jax.vmap`` (differential privacy, data valuation).
+
+For explicit collectives, :func:`funcnet.train.train_step` takes an
+``axis_name`` and then runs under ``jax.shard_map`` or ``jax.pmap``.
+
+Checkpoints with several processes: every process calls ``save`` (gathering
+FSDP-sharded arrays is a collective) and only process 0 writes
+(:func:`is_main_process`); every process restores the same file and
+:func:`place` puts the state back on the mesh.
+"""
+
+# The private helpers are re-exported for funcnet.loop.
+from funcnet.distributed.batches import _global_batch, global_batch, local_batches  # noqa: F401
+from funcnet.distributed.grads import per_example_grad_norms, per_example_grads
+from funcnet.distributed.mesh import (  # noqa: F401
+    DATA_AXIS,
+    FSDP_AXIS,
+    _auto_mesh,
+    _batch_devices,
+    _check_divisible,
+    _check_mesh,
+    _on_mesh,
+    batch_sharding,
+    batch_spec,
+    fsdp_spec,
+    make_mesh,
+    per_device_bytes,
+    place,
+    state_shardings,
+)
+from funcnet.distributed.processes import (
+    ProcessResult,
+    free_port,
+    initialize,
+    is_main_process,
+    launch,
+)
+
+__all__ = [
+    "DATA_AXIS",
+    "FSDP_AXIS",
+    "ProcessResult",
+    "batch_sharding",
+    "batch_spec",
+    "fsdp_spec",
+    "free_port",
+    "global_batch",
+    "initialize",
+    "is_main_process",
+    "launch",
+    "local_batches",
+    "make_mesh",
+    "per_device_bytes",
+    "per_example_grad_norms",
+    "per_example_grads",
+    "place",
+    "state_shardings",
+]
