@@ -31,9 +31,11 @@ scalars, and Python ``bool``/``int``/``float``. Supported dtypes are the
 safetensors ones: bool, (u)int8/16/32/64, float16, bfloat16, float32,
 float64, complex64, float8_e4m3fn and float8_e5m2.
 
-Multi-host: arrays replicated over several processes (data-parallel params)
-are saved from this process's local copy (every process may save; each write
-is atomic and they write the same bytes). Saving arrays *sharded* over
+Multi-host: every process calls :func:`save` (or ``CheckpointManager.save``)
+with the same tree; arrays replicated over the processes (data-parallel
+params) are written once, by process 0, from its local copy, and every
+process returns only when the file is complete (a barrier), so the directory
+must be one that all processes see (a shared file system). Saving arrays *sharded* over
 several processes is future work and raises; gather them first
 (``jax.experimental.multihost_utils``) or use orbax-checkpoint. Restoring
 into a multi-host ``like=`` template builds each process's shards with

@@ -112,8 +112,23 @@ def _save(path, tree, metadata=None, extra: Mapping | None = None) -> str:
         for a in arrays:
             f.write(memoryview(_bytes_of(a)))
 
-    _atomic_write(path, write)
+    if jax.process_count() == 1:
+        _atomic_write(path, write)
+        return path
+    # Several processes hold the same (replicated) arrays: process 0 writes the file once, and
+    # every process waits for it, so a file another process reads next is complete.
+    try:
+        if jax.process_index() == 0:
+            _atomic_write(path, write)
+    finally:
+        _sync(f"funcnet.checkpoint.save {path}")
     return path
+
+
+def _sync(name: str) -> None:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping | None = None) -> str:

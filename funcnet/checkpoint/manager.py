@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from funcnet.checkpoint.atomic import _remove_stale_temp_files
@@ -166,7 +167,8 @@ class CheckpointManager:
             )
         extra = {"step": int(step), "metrics": dict(metrics) if metrics is not None else None}
         path = _save(self.path(step), tree, metadata, extra)
-        self._prune()
+        if jax.process_index() == 0:  # one process removes old files (others may read them)
+            self._prune()
         return path
 
     def _prune(self) -> None:
