@@ -67,7 +67,7 @@ def on_x(layer: Layer | Callable) -> Layer:
         (['mask', 'x'], True)
     """
     layer = as_layer(layer)
-    name = f"on_x({layer.name})"
+    name = "on_x"
 
     def init(key, inputs):
         entries, _ = split_inputs(inputs)
