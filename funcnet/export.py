@@ -49,6 +49,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from funcnet.train import path_str
+
 __all__ = ["ExportedModel", "export", "load_exported"]
 
 FORMAT = "funcnet.export"
@@ -58,25 +60,12 @@ DESCRIPTION = "model.json"
 PARAMS = "params.safetensors"
 
 
-def _path_str(path) -> str:
-    # the same spelling as funcnet.train.path_str, without importing the model library
-    parts = []
-    for entry in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
-
-
 def _describe(tree) -> list[dict]:
     """``[{"path", "shape", "dtype"}]`` of a pytree of avals/specs (symbolic dims as strings)."""
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         shape = [d if isinstance(d, int) else str(d) for d in leaf.shape]
-        out.append({"path": _path_str(path), "shape": shape, "dtype": str(np.dtype(leaf.dtype))})
+        out.append({"path": path_str(path), "shape": shape, "dtype": str(np.dtype(leaf.dtype))})
     return out
 
 
@@ -135,7 +124,7 @@ def export(
         )
     if batch_polymorphic:
         scalars = [
-            _path_str(p) or "(root)"
+            path_str(p) or "(root)"
             for p, s in jax.tree_util.tree_flatten_with_path(specs)[0]
             if not s.shape
         ]
@@ -228,14 +217,14 @@ class ExportedModel:
             for (p, x), spec in zip(got, want):
                 shape = np.shape(x)
                 dtype = str(np.dtype(getattr(x, "dtype", np.asarray(x).dtype)))
-                ok &= _path_str(p) == spec["path"] and dtype == spec["dtype"]
+                ok &= path_str(p) == spec["path"] and dtype == spec["dtype"]
                 ok &= len(shape) == len(spec["shape"]) and all(
                     not isinstance(w, int) or w == d for w, d in zip(spec["shape"], shape)
                 )
         if not ok:
             expected = [f"{s['path'] or '(root)'}: {s['dtype']}{s['shape']}" for s in want]
             actual = [
-                f"{_path_str(p) or '(root)'}: "
+                f"{path_str(p) or '(root)'}: "
                 f"{np.dtype(getattr(x, 'dtype', np.asarray(x).dtype))}{list(np.shape(x))}"
                 for p, x in got
             ]

@@ -240,18 +240,21 @@ def _acc_compute(metrics: dict, acc: dict, with_loss: bool = True) -> dict:
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _padded_batches(tree, n: int, batch_size: int):
-    """Pad the leaves to a multiple of ``batch_size``; reshape to ``(batches, batch_size, ...)``."""
+def _padded_batches(tree, n: int, batch_size: int, xp=jnp):
+    """Pad the leaves to a multiple of ``batch_size``; reshape to ``(batches, batch_size, ...)``.
+
+    ``xp``: ``jnp`` (on the device) or ``np`` (on the host, for placing on a mesh).
+    """
     nb = math.ceil(n / batch_size)
     pad = nb * batch_size - n
 
     def fix(a):
-        a = jnp.asarray(a)
+        a = xp.asarray(a)
         if pad:
-            a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+            a = xp.concatenate([a, xp.zeros((pad, *a.shape[1:]), a.dtype)])
         return a.reshape(nb, batch_size, *a.shape[1:])
 
-    mask = jnp.arange(nb * batch_size) < n
+    mask = xp.arange(nb * batch_size) < n
     return jax.tree.map(fix, tree), mask.reshape(nb, batch_size)
 
 
@@ -296,21 +299,6 @@ def _mesh_batch_size(batch_size: int, n: int, mesh) -> int:
     return -(-min(batch_size, n) // parts) * parts
 
 
-def _host_padded_batches(tree, n: int, batch_size: int):
-    """:func:`_padded_batches` on the host (numpy), for placing on a mesh."""
-    nb = math.ceil(n / batch_size)
-    pad = nb * batch_size - n
-
-    def fix(a):
-        a = np.asarray(a)
-        if pad:
-            a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
-        return a.reshape(nb, batch_size, *a.shape[1:])
-
-    mask = np.arange(nb * batch_size) < n
-    return jax.tree.map(fix, tree), mask.reshape(nb, batch_size)
-
-
 def _stacked_sharding(mesh) -> NamedSharding:
     """``(batches, batch, ...)`` arrays: the batch axis (1) split over the mesh's batch axes."""
     return NamedSharding(mesh, P(None, *distributed.batch_spec(mesh)))
@@ -321,7 +309,7 @@ def _mesh_evaluator(run, batch_size, mesh):
 
     def evaluate_arrays(params, state, x, y, w, n):
         bs = _mesh_batch_size(batch_size, n, mesh)
-        data, mask = _host_padded_batches((x, y, w), n, bs)
+        data, mask = _padded_batches((x, y, w), n, bs, xp=np)
         xb, yb, wb, mask = jax.device_put((*data, mask), _stacked_sharding(mesh))
         params, state = distributed._on_mesh((params, state), mesh)
         return run(params, state, xb, yb, wb, mask)
@@ -501,7 +489,7 @@ def predict(
     if mesh is not None:
         user_mesh = distributed._check_mesh(mesh, "predict")
         mesh = distributed._auto_mesh(user_mesh)
-        xb, _ = _host_padded_batches(x, n, _mesh_batch_size(batch_size, n, mesh))
+        xb, _ = _padded_batches(x, n, _mesh_batch_size(batch_size, n, mesh), xp=np)
         xb = jax.device_put(xb, _stacked_sharding(mesh))
         params, state = distributed._on_mesh((params, state), mesh)
 
