@@ -1,10 +1,11 @@
 """A GAN learning a ring of eight Gaussians: two models, two optimizers, one pure step.
 
-The classic test of mode collapse (Metz et al., 2017, "Unrolled GANs"): the
-data is a mixture of 8 two-dimensional Gaussians with standard deviation 0.02
-whose means lie evenly on a circle of radius 2, sampled afresh for every
-batch. The generator maps 16-dimensional normal noise through an MLP to a
-point in the plane; the discriminator maps a point to a logit. Both are
+A classic test of mode collapse (a ring of Gaussians, as in Metz et al.,
+2017, "Unrolled Generative Adversarial Networks"): the data is a mixture of
+8 two-dimensional Gaussians with standard deviation 0.02 whose means lie
+evenly on a circle of radius 2, sampled afresh for every batch. The
+generator maps 16-dimensional normal noise through an MLP to a point in the
+plane; the discriminator maps a point to a logit. Both are
 ``serial`` MLPs with their own :class:`funcnet.TrainState` and optax Adam.
 
 The training step is one pure function ``(gen_state, disc_state) ->
@@ -19,20 +20,18 @@ The training step is one pure function ``(gen_state, disc_state) ->
 
 ``steps_per_call`` steps run as one ``lax.scan`` inside one ``jax.jit`` call.
 
-Measures of fit, on 2500 generated samples (as in VEEGAN, Srivastava et al.,
-2017): a sample is *high quality* when it lies within 3 standard deviations
-(0.06) of the nearest mode's mean; a mode is *covered* when at least 20
-samples are high-quality samples of it. For reference, VEEGAN's Table 1
-reports on its ring of 8 Gaussians: a plain GAN 1 mode, unrolled GAN 7.6
-modes with 35.6% high-quality samples, VEEGAN 8.0 modes with 52.9%.
+Measures of fit, on 2500 generated samples: a sample is *high quality* when
+it lies within 3 standard deviations (0.06) of the nearest mode's mean; a
+mode is *covered* when at least 20 samples are high-quality samples of it.
+A generator that has collapsed onto one or two modes covers 1 or 2.
 
-Run (about 10 s on a 2-core CPU)::
+Run (about 15 s on a 2-core CPU)::
 
     python examples/gan.py --out gan_samples.png
 
 It prints the coverage during training and ends with ``modes covered: 8/8``
-and ``high-quality samples: 0.9..``. Expected: all 8 modes covered with about
-90% high-quality samples (8/8 and 0.916 with the defaults; for comparison,
+and ``high-quality samples: 0.9..``. Measured: all 8 modes covered with
+91.6% high-quality samples (8/8 and 0.916 with the defaults; for comparison,
 samples drawn from the data itself are 98.9% high quality). A PNG of real and
 generated samples is written to ``--out`` (default: ``funcnet_gan.png`` in
 the system's temporary folder) when matplotlib is installed. ``--smoke``

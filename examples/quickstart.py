@@ -1,13 +1,20 @@
 """Quickstart: train a small classifier on scikit-learn's 8x8 digits and print its test accuracy.
 
-The model is a pair of pure functions; the training step is plain JAX:
-``jax.value_and_grad`` of a loss, an optax update, all under ``jax.jit``.
+The task: the 1797 handwritten digits bundled with scikit-learn (no
+download), pixels scaled to [0, 1], 360 held out for the test. The model,
+``serial(Dense(128), Relu, Dropout(0.2), Dense(64), Relu, Dense(10))``, is a
+pair of pure functions; the training step is plain JAX: ``jax.value_and_grad``
+of the cross-entropy, an optax Adam update, all under ``jax.jit``, with
+batches of 64 drawn by numpy.
 
     pip install -e '.[examples]' && python examples/quickstart.py
 
-Expected: test accuracy about 0.97 after 40 epochs (a few seconds on a laptop CPU).
+It prints the loss every 10 epochs and ends with ``test accuracy: 0.98..``.
+Measured with the defaults (40 epochs, about 4 s on a 2-core CPU): test
+accuracy 0.9806 (see ``examples/RESULTS.md``). ``--smoke`` trains 2 epochs.
 """
 
+import argparse
 import time
 
 import jax
@@ -69,4 +76,10 @@ def main(epochs: int = 40, batch_size: int = 64, seed: int = 0) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="two epochs, runs in seconds")
+    args = parser.parse_args()
+    main(epochs=2 if args.smoke else args.epochs, batch_size=args.batch_size, seed=args.seed)
