@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.util
 import math
 import os
 import random
@@ -91,6 +92,15 @@ def load_digits(
     return (x_train, train[1]), (x_test, test[1])
 
 
+def _shadowed(package: str) -> bool:
+    """True when ``import package`` finds a plain module (e.g. a script ``mnist1d.py``)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError, AttributeError):  # e.g. sys.modules[package] is None
+        return False
+    return spec is not None and spec.submodule_search_locations is None
+
+
 def load_mnist1d(
     *, channel_axis: bool = False
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -116,6 +126,12 @@ def load_mnist1d(
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ModuleNotFoundError as err:
+        if _shadowed("mnist1d"):
+            raise ModuleNotFoundError(
+                f"load_mnist1d could not import `mnist1d.data` ({err}); a file or folder named "
+                "`mnist1d` on sys.path (such as a script `mnist1d.py` in the working directory) "
+                "may hide the package: rename it."
+            ) from err
         raise ModuleNotFoundError(
             f"load_mnist1d needs the `mnist1d` package, which is not installed; {_EXTRA_HINT} "
             "or `pip install mnist1d`."

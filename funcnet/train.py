@@ -16,7 +16,7 @@ Examples:
     >>> x, y = jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)
     >>> ts, logs = step(ts, (x, y))
     >>> int(ts.step), sorted(logs)
-    (1, ['loss', 'nonfinite'])
+    (1, ['loss'])
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def train_step(
     accumulate_steps: int = 1,
     compute_dtype=None,
     loss_scale: float = 1.0,
-    nan_guard: str | bool = "report",
+    nan_guard: str | bool = False,
     augment: Callable | None = None,
     augment_targets: bool = False,
     axis_name: Hashable | tuple | None = None,
@@ -323,17 +323,17 @@ def train_step(
         loss_scale: multiply the loss before differentiating and divide the
             gradient after (static loss scaling, for ``float16``; with
             ``nan_guard="skip"`` an overflowing step is skipped).
-        nan_guard: what to do about a NaN/Inf loss. ``"report"`` (default)
-            sets ``logs["nonfinite"]`` when the loss is not finite, and
-            ``fit`` raises at the end of that epoch naming the first such
-            step; the update is applied as computed. ``"skip"`` also checks
-            every gradient and skips a non-finite update (params, model state
-            and optimizer state stay as they were; ``train_state.step`` still
-            advances): use it with ``loss_scale`` for float16, where
-            overflowing steps are expected. It costs a select over every
-            parameter, which keeps XLA from updating the optimizer state in
-            place (up to ~2x per step for tiny models). ``False``: no check
-            and no ``"nonfinite"`` log.
+        nan_guard: ``False`` (default): no check in the step (``fit``
+            still checks every step's loss and raises naming the first NaN/Inf
+            one). ``"report"``: ``logs["nonfinite"]`` is True when the loss is
+            NaN/Inf; the update is applied as computed. ``"skip"``: also
+            checks every gradient and skips a non-finite update (params,
+            model state and optimizer state stay as they were;
+            ``train_state.step`` still advances), for ``loss_scale`` with
+            float16, where overflowing steps are expected. Either costs time
+            on tiny models (measured: a step of a 32-64-64-1 MLP goes from
+            ~38 to ~86 µs with "report" and ~118 µs with "skip"; "skip"
+            selects over every parameter, so XLA cannot update in place).
         augment: a data augmentation ``(key, inputs) -> inputs`` (see
             :mod:`funcnet.augment`) applied to each training batch inside the
             compiled step, with its own key; never in ``eval_step``.

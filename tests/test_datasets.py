@@ -246,3 +246,18 @@ def test_load_csv_errors(tmp_path):
         ValueError, match=r"`target` must be a column name or an index in \[-2, 2\)"
     ):
         load_csv(path, target=2)
+
+
+def test_mnist1d_hidden_by_a_local_file(tmp_path, monkeypatch):
+    (tmp_path / "mnist1d.py").write_text("")  # e.g. a user's script named like the package
+    monkeypatch.syspath_prepend(str(tmp_path))
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "mnist1d"}
+    for name in saved:
+        del sys.modules[name]
+    try:
+        with pytest.raises(ModuleNotFoundError, match="may hide the package: rename it"):
+            datasets.load_mnist1d()
+    finally:
+        for name in [k for k in sys.modules if k.split(".")[0] == "mnist1d"]:
+            del sys.modules[name]
+        sys.modules.update(saved)

@@ -192,6 +192,19 @@ def test_nonfinite_step_is_reported(key):
 
     with pytest.raises(FloatingPointError, match=r"NaN/Inf at step 0 \(epoch 1\)"):
         fn.fit(mlp(), optax.sgd(0.1), broken_loss, (x, y), batch_size=50, verbose=0)
+    # an iterable of batches, the third one with a NaN: the step is named, with any nan_guard
+    batches = [(x[i : i + 50].copy(), y[i : i + 50]) for i in range(0, 200, 50)]
+    batches[2][0][7, 1] = np.nan
+    for guard in (False, "report", "skip"):
+        with pytest.raises(FloatingPointError, match=r"NaN/Inf at step 2 \(epoch 1\)"):
+            fn.fit(
+                mlp(),
+                optax.sgd(0.1),
+                "sparse_categorical_cross_entropy",
+                batches,
+                verbose=0,
+                nan_guard=guard,
+            )
 
 
 def test_diverged_model_is_not_checkpointed(tmp_path):
@@ -240,6 +253,21 @@ def test_best_metric_that_is_never_logged_fails_before_training(tmp_path):
         verbose=0,
     )
     assert manager.best_step() is not None
+
+
+def test_callback_returning_something_else_than_a_state_fails_clearly():
+    x, y = blobs()
+    bad = fn.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs, ts: (ts, logs))
+    with pytest.raises(TypeError, match=r"LambdaCallback.on_epoch_end returned tuple"):
+        fn.fit(
+            mlp(),
+            optax.sgd(0.1),
+            "sparse_categorical_cross_entropy",
+            (x, y),
+            epochs=1,
+            callbacks=[bad],
+            verbose=0,
+        )
 
 
 def test_callbacks(tmp_path, key, capsys):
