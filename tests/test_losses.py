@@ -1,12 +1,15 @@
-"""Tests for funcnet.losses: values against numpy, weights/masks, stability, errors, get."""
+"""Tests for funcnet.losses: values against numpy, weights/masks, stability, errors, get,
+the one logits convention (against numpy and PyTorch) and the model/loss check."""
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import funcnet as fn
 from funcnet import losses
 
 B, C = 6, 4
@@ -52,7 +55,7 @@ CASES = [
     ),
     (
         "bce_probs",
-        losses.binary_cross_entropy,
+        functools.partial(losses.binary_cross_entropy, from_logits=False),
         PROBS,
         BIN,
         lambda: -(BIN * np.log(PROBS) + (1 - BIN) * np.log(1 - PROBS)),
@@ -65,8 +68,8 @@ CASES = [
         lambda: np.maximum(X, 0) - X * BIN + np.log1p(np.exp(-np.abs(X))),
     ),
     (
-        "bce_flag",
-        functools.partial(losses.binary_cross_entropy, from_logits=True),
+        "bce_default",
+        losses.binary_cross_entropy,
         X,
         SOFT,
         lambda: np.maximum(X, 0) - X * SOFT + np.log1p(np.exp(-np.abs(X))),
@@ -190,6 +193,7 @@ STABLE = [
     ("cce", losses.categorical_cross_entropy, ONE_HOT),
     ("sparse", losses.sparse_categorical_cross_entropy, LABELS),
     ("bce_logits", losses.binary_cross_entropy_with_logits, BIN),
+    ("bce", losses.binary_cross_entropy, BIN),
     ("kl", losses.kl_divergence, ONE_HOT),
     ("cce_smooth", functools.partial(losses.categorical_cross_entropy, label_smoothing=0.1), SOFT),
 ]
@@ -207,7 +211,7 @@ def test_extreme_logits_finite_loss_and_gradients(name, fn, targets, scale):
 @pytest.mark.parametrize(
     ("name", "fn", "targets"),
     [
-        ("bce", losses.binary_cross_entropy, BIN),
+        ("bce", functools.partial(losses.binary_cross_entropy, from_logits=False), BIN),
         ("cce", functools.partial(losses.categorical_cross_entropy, from_logits=False), ONE_HOT),
         (
             "sparse",
@@ -359,7 +363,7 @@ def test_bad_weights_and_hyperparameters():
     with pytest.raises(ValueError, match=r"huber: `delta` must be in \(0.0, inf\]"):
         losses.huber(X, Y, delta=0.0)
     with pytest.raises(ValueError, match=r"binary_cross_entropy: `epsilon`"):
-        losses.binary_cross_entropy(PROBS, BIN, epsilon=0.7)
+        losses.binary_cross_entropy(PROBS, BIN, from_logits=False, epsilon=0.7)
 
 
 def test_weighted_mean_helper():
@@ -406,3 +410,202 @@ def test_get_options_callables_and_errors():
         losses.get("huber", alpha=1.0)
     with pytest.raises(TypeError, match=r"a loss must be a name or a callable, got int"):
         losses.get(3)
+
+
+# ----------------------------------------------------------------------------- one convention
+
+# (loss, the activation that turns its logits into the probabilities it takes with
+# from_logits=False, targets)
+CLASSIFICATION = [
+    (losses.binary_cross_entropy, jax.nn.sigmoid, BIN),
+    (losses.categorical_cross_entropy, jax.nn.softmax, SOFT),
+    (losses.sparse_categorical_cross_entropy, jax.nn.softmax, LABELS),
+    (losses.kl_divergence, jax.nn.softmax, SOFT),
+]
+CLS_IDS = [c[0].__name__ for c in CLASSIFICATION]
+
+
+@pytest.mark.parametrize(("fn", "activation", "targets"), CLASSIFICATION, ids=CLS_IDS)
+def test_every_classification_loss_takes_logits_by_default(fn, activation, targets):
+    assert inspect.signature(fn).parameters["from_logits"].default is True
+    assert losses.expects_logits(fn) is True
+    logits = 3 * X  # confident scores: the two conventions disagree clearly
+    probs = activation(jnp.asarray(logits))
+    on_logits = fn(logits, targets)
+    # The same loss on probabilities, picked both documented ways.
+    for on_probs in (
+        functools.partial(fn, from_logits=False),
+        losses.get(fn.__name__, from_logits=False),
+    ):
+        assert losses.expects_logits(on_probs) is False
+        np.testing.assert_allclose(jax.jit(on_probs)(probs, targets), on_logits, rtol=1e-5)
+    # Probabilities fed to the logits default give another, wrong, number (the issue's trap).
+    assert abs(float(fn(probs, targets)) - float(on_logits)) > 0.05
+
+
+def test_softmax_outputs_with_the_logits_default_is_the_reported_trap():
+    # A confident, correct model: cross-entropy ~0.1 on its probabilities, but the
+    # logits default applied to them (softmax twice) gives a much larger loss.
+    logits = np.array([[4.0, 1.0, 0.0], [0.0, 5.0, 1.0]], np.float32)
+    labels = np.array([0, 1])
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    right = -np.log(probs[np.arange(2), labels]).mean()
+    twice = probs - np.log(np.exp(probs).sum(-1, keepdims=True))
+    wrong = -twice[np.arange(2), labels].mean()
+    np.testing.assert_allclose(
+        losses.sparse_categorical_cross_entropy(logits, labels), right, rtol=1e-5
+    )
+    got = losses.get("sparse_categorical_crossentropy", from_logits=False)(probs, labels)
+    np.testing.assert_allclose(got, right, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.sparse_categorical_cross_entropy(probs, labels), wrong, rtol=1e-5
+    )
+    assert right < 0.1 < 0.5 < wrong
+
+
+@pytest.mark.parametrize("loss", [fn for fn, _, _ in CLASSIFICATION], ids=CLS_IDS)
+def test_from_logits_must_be_a_bool(loss):
+    with pytest.raises(TypeError, match=r"`from_logits` must be True \(logits\) or False"):
+        loss(
+            X,
+            LABELS if loss is losses.sparse_categorical_cross_entropy else SOFT,
+            from_logits="False",
+        )
+
+
+def test_matches_pytorch():
+    torch = pytest.importorskip("torch")  # optional cross-check (the `bench` extra)
+    F = torch.nn.functional
+    t = torch.from_numpy
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+    close(losses.binary_cross_entropy(X, BIN), F.binary_cross_entropy_with_logits(t(X), t(BIN)))
+    close(losses.binary_cross_entropy(X, SOFT), F.binary_cross_entropy_with_logits(t(X), t(SOFT)))
+    close(
+        losses.binary_cross_entropy(PROBS, BIN, from_logits=False),
+        F.binary_cross_entropy(t(PROBS), t(BIN)),
+    )
+    close(
+        losses.sparse_categorical_cross_entropy(X, LABELS), F.cross_entropy(t(X), t(LABELS).long())
+    )
+    close(losses.categorical_cross_entropy(X, SOFT), F.cross_entropy(t(X), t(SOFT)))
+    close(
+        losses.categorical_cross_entropy(X, ONE_HOT, label_smoothing=0.2),
+        F.cross_entropy(t(X), t(LABELS).long(), label_smoothing=0.2),
+    )
+    close(
+        losses.kl_divergence(X, SOFT),
+        F.kl_div(F.log_softmax(t(X), -1), t(SOFT), reduction="batchmean"),
+    )
+    # Weights: a weighted mean of torch's per-example losses.
+    w = RNG.uniform(0.1, 2.0, size=B).astype(np.float32)
+    per = F.cross_entropy(t(X), t(LABELS).long(), reduction="none").numpy()
+    close(losses.sparse_categorical_cross_entropy(X, LABELS, weights=w), (w * per).sum() / w.sum())
+
+
+# ----------------------------------------------------------------------------- model/loss check
+
+
+def _stack(*last):
+    return fn.serial(fn.Dense(8), fn.Relu(), *last)
+
+
+PROB_LOSS = losses.get("binary_cross_entropy", from_logits=False)
+MISMATCHES = [
+    (
+        _stack(fn.Dense(3), fn.Softmax()),
+        "categorical_crossentropy",
+        r"^train_step: the model's last layer `serial\[3\] Softmax\(axis=-1\)` outputs "
+        r"probabilities, but the loss `categorical_cross_entropy` expects logits "
+        r"\(from_logits=True, the default\); drop the final Softmax\(axis=-1\) and apply "
+        r"`jax.nn.softmax` to predictions, or pass "
+        r"`losses.get\('categorical_cross_entropy', from_logits=False\)`\.$",
+    ),
+    (
+        _stack(fn.Dense(1), jax.nn.sigmoid),
+        losses.binary_cross_entropy,
+        r"last layer `serial\[3\] sigmoid` outputs probabilities, but the loss "
+        r"`binary_cross_entropy` expects logits.*`jax.nn.sigmoid`",
+    ),
+    (
+        _stack(fn.Dense(1), fn.Sigmoid()),
+        losses.binary_cross_entropy_with_logits,
+        r"`binary_cross_entropy_with_logits` expects logits.*"
+        r"`losses.get\('binary_cross_entropy', from_logits=False\)`",
+    ),
+    (
+        fn.serial(fn.Dense(4), fn.serial(fn.Dense(3), functools.partial(jax.nn.softmax, axis=-1))),
+        losses.sparse_categorical_cross_entropy,
+        r"last layer `serial\[1\] serial\[1\] softmax` outputs probabilities",
+    ),
+    (
+        fn.serial(body=fn.Dense(3), head=fn.Softmax()),
+        "kld",
+        r"last layer `serial\[head\] Softmax\(axis=-1\)`.*`kl_divergence` expects logits",
+    ),
+    (
+        fn.repeat(fn.serial(fn.Dense(3), fn.Sigmoid()), 2),
+        "bce",
+        r"last layer `repeat\(n=2\) serial\[1\] Sigmoid` outputs probabilities",
+    ),
+    (jax.nn.softmax, "cross_entropy", r"last layer `softmax` outputs probabilities"),
+    (
+        _stack(fn.Dense(1)),
+        PROB_LOSS,
+        r"^fit: the loss `binary_cross_entropy` has from_logits=False and expects probabilities, "
+        r"but the model's last layer `serial\[2\] Dense\(1\)` outputs scores, not probabilities; "
+        r"drop `from_logits=False` \(losses take logits by default\), or end the model in a "
+        r"sigmoid/softmax\.$",
+    ),
+    (
+        _stack(fn.Dense(3), fn.LogSoftmax()),
+        functools.partial(losses.sparse_categorical_cross_entropy, from_logits=False),
+        r"has from_logits=False .* last layer `serial\[3\] LogSoftmax\(axis=-1\)` outputs scores",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "loss", "match"), MISMATCHES)
+def test_check_model_loss_rejects_mismatches(model, loss, match):
+    where = "fit" if match.startswith("^fit") else "train_step"
+    with pytest.raises(ValueError, match=match):
+        losses.check_model_loss(model, loss, where)
+
+
+def _declared(value):
+    def loss(outputs, targets, *, weights=None):
+        return losses.binary_cross_entropy(outputs, targets, from_logits=value, weights=weights)
+
+    loss.from_logits = value
+    return loss
+
+
+@pytest.mark.parametrize(
+    ("model", "loss"),
+    [
+        (_stack(fn.Dense(3)), "sparse_categorical_crossentropy"),
+        (_stack(fn.Dense(1)), losses.binary_cross_entropy),
+        (_stack(fn.Dense(3), fn.LogSoftmax()), losses.categorical_cross_entropy),
+        (_stack(fn.Dense(3), fn.Softmax()), losses.get("cross_entropy", from_logits=False)),
+        (_stack(fn.Dense(1), jax.nn.sigmoid), PROB_LOSS),
+        (_stack(fn.Dense(1), fn.Tanh()), PROB_LOSS),  # not unambiguous: left alone
+        (_stack(fn.Dense(1), fn.Sigmoid()), "mse"),  # regression losses say nothing
+        (_stack(fn.Dense(1), fn.Sigmoid()), lambda o, t, *, weights=None: jnp.mean(o - t)),
+        (fn.residual(fn.Dense(8), fn.Sigmoid()), losses.binary_cross_entropy),  # not serial
+        (_stack(fn.Dense(1), fn.Sigmoid()), _declared(False)),
+        (_stack(fn.Dense(1)), _declared(True)),
+    ],
+)
+def test_check_model_loss_accepts_matching_and_unknown_pairs(model, loss):
+    assert losses.check_model_loss(model, loss, "train_step") is None
+
+
+def test_declared_attribute_and_partials_are_read_outside_in():
+    assert losses.expects_logits(_declared(False)) is False
+    assert losses.expects_logits(_declared(True)) is True
+    on_probs = functools.partial(losses.categorical_cross_entropy, from_logits=False)
+    assert losses.expects_logits(functools.partial(on_probs, label_smoothing=0.1)) is False
+    assert losses.expects_logits(functools.partial(on_probs, from_logits=True)) is True
+    assert losses.expects_logits("binary_crossentropy_with_logits") is True
+    assert losses.expects_logits(losses.huber) is None
+    with pytest.raises(ValueError, match=r"train_step: the model's last layer `serial\[3\] "):
+        losses.check_model_loss(_stack(fn.Dense(1), fn.Sigmoid()), _declared(True), "train_step")
