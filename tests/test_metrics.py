@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sklearn.metrics as sk  # a test dependency: never skipped
 
 from funcnet import metrics
-
-sk = pytest.importorskip("sklearn.metrics")
 
 SIZES = (7, 13, 1, 29)  # uneven batches
 N, C = sum(SIZES), 4
@@ -148,6 +147,79 @@ def test_binary_matches_sklearn(from_logits, pos_label):
     )
 
 
+BINARY_LOGITS = np.log(PROB) - np.log1p(-PROB)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_float_labels_binary_metrics_default_to_logits_match_sklearn(jit):
+    # What a binary cross-entropy user has: logits and float 0./1. targets.
+    ms = metrics.collection(
+        {
+            "precision": metrics.precision(),
+            "recall": metrics.recall(),
+            "f1": metrics.f1(),
+            "confusion": metrics.confusion_matrix(2),
+            "accuracy": metrics.accuracy(),
+            "binary_accuracy": metrics.binary_accuracy(),
+        }
+    )
+    got = ms.compute(run(ms, BINARY_LOGITS, YBIN.astype(np.float32), jit=jit))
+    pred = (BINARY_LOGITS > 0).astype(np.int32)
+    assert np.any(pred != (BINARY_LOGITS > 0.5))  # a 0.5 threshold on logits would differ
+    assert_matches(
+        got,
+        {
+            "precision": sk.precision_score(YBIN, pred),
+            "recall": sk.recall_score(YBIN, pred),
+            "f1": sk.f1_score(YBIN, pred),
+            "confusion": sk.confusion_matrix(YBIN, pred),
+            "accuracy": sk.accuracy_score(YBIN, pred),
+            "binary_accuracy": sk.accuracy_score(YBIN, pred),
+        },
+    )
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_float_class_indices_match_sklearn(jit):
+    got = MULTICLASS.compute(run(MULTICLASS, LOGITS, LABELS.astype(np.float32), jit=jit))
+    assert_matches(got, sk_multiclass(LABELS, LOGITS))
+    # Float predicted labels against float labels, binary: as sklearn on the integers.
+    m = metrics.f1(from_logits=False)
+    y, p = YBIN.astype(np.float64), (PROB > 0.5).astype(np.float64)
+    close(m.compute(m.update(m.init(), p, y)), sk.f1_score(YBIN, p.astype(int)))
+
+
+NON_INTEGRAL = [  # (metric, binary scores?, targets)
+    (metrics.sparse_categorical_accuracy(), False, np.array([0.0, 2.0, 0.3], np.float32)),
+    (metrics.accuracy(), False, np.array([1.0, 2.5, 3.0], np.float32)),
+    (metrics.top_k_accuracy(2), False, np.array([1.0, 2.0, np.nan], np.float32)),
+    (metrics.f1(), True, np.array([1.0, 0.0, 0.3], np.float32)),
+    (metrics.confusion_matrix(C), False, np.array([1.0, 1.7, 3.0], np.float32)),
+]
+
+
+@pytest.mark.parametrize(("metric", "binary", "targets"), NON_INTEGRAL)
+def test_non_integral_float_labels(metric, binary, targets):
+    # Outputs that predict every label truncated to an int: a silent cast would score all right.
+    truncated = np.nan_to_num(targets).astype(np.int32)
+    outputs = np.where(truncated == 1, 1.0, -1.0) if binary else np.eye(C)[truncated]
+    outputs = outputs.astype(np.float32)
+    bad = np.flatnonzero(targets != np.round(targets))[0]
+    match = (
+        rf"{metric.name}: float `targets` must be whole-number class labels \(0\., 1\., 2\., "
+        rf"\.\.\.\), got {targets[bad]:g} at flat index {bad} \(1 such value\(s\)\); round "
+    )
+    with pytest.raises(ValueError, match=match):
+        metric.update(metric.init(), outputs, targets)
+    # Under jit the values cannot be read: the label becomes -1, out of range, so it
+    # counts as wrong (accuracies) or is left out (confusion matrix), never as class 0.
+    state = jax.jit(metric.update)(metric.init(), outputs, targets)
+    expected = metric.update(metric.init(), outputs, np.where(np.arange(3) == bad, -1, truncated))
+    jax.tree.map(np.testing.assert_array_equal, state, expected)
+    cast = metric.update(metric.init(), outputs, truncated)
+    assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()), state, cast)))
+
+
 def test_macro_ignores_classes_absent_from_targets_and_predictions():
     # Five classes declared, only 0..3 ever occur: scikit-learn averages over those.
     ms = metrics.collection({k: getattr(metrics, k)(5, average="macro") for k in ("f1", "recall")})
@@ -158,7 +230,7 @@ def test_macro_ignores_classes_absent_from_targets_and_predictions():
 
 def test_zero_division_gives_zero():
     m = metrics.precision()
-    state = m.update(m.init(), jnp.zeros(4), jnp.array([1, 0, 1, 0]))  # nothing predicted
+    state = m.update(m.init(), -jnp.ones(4), jnp.array([1, 0, 1, 0]))  # nothing predicted
     assert m.compute(state) == 0.0
     assert sk.precision_score([1, 0, 1, 0], [0, 0, 0, 0], zero_division=0) == 0.0
 
@@ -249,11 +321,11 @@ def test_accuracy_kinds():
         close(metric.compute(run(metric, LOGITS, targets)), sk.accuracy_score(LABELS, PRED))
     # Binary: (batch,) and (batch, 1), float or bool targets.
     expected = sk.accuracy_score(YBIN, PROB > 0.5)
-    m = metrics.accuracy()
+    m = metrics.accuracy(from_logits=False)
     close(m.compute(run(m, PROB, YBIN.astype(np.float32))), expected)
     close(m.compute(run(m, PROB[:, None], YBIN[:, None].astype(bool))), expected)
     # Multi-label: every entry counts.
-    b = metrics.binary_accuracy(threshold=0.3)
+    b = metrics.binary_accuracy(threshold=0.3, from_logits=False)
     got = b.compute(b.update(b.init(), jnp.array([[0.2, 0.4], [0.9, 0.1]]), jnp.ones((2, 2))))
     assert got == 0.5
 
@@ -311,8 +383,10 @@ def test_bad_constructor_arguments():
         metrics.top_k_accuracy(0)
     with pytest.raises(ValueError, match=r"`pos_label` must be 0 or 1, got 2"):
         metrics.f1(pos_label=2)
-    with pytest.raises(ValueError, match=r"with `from_logits=True`, `threshold` is a probab"):
-        metrics.binary_accuracy(threshold=1.0, from_logits=True)
+    with pytest.raises(ValueError, match=r"`threshold` is a probability in \(0, 1\), compared "):
+        metrics.binary_accuracy(threshold=1.0)
+    with pytest.raises(TypeError, match=r"f1: `from_logits` must be True \(logits\) or False"):
+        metrics.f1(from_logits="False")
     with pytest.raises(TypeError, match=r"`dtype` must be an integer or floating dtype"):
         metrics.accuracy(dtype=jnp.bool_)
     with pytest.raises(ValueError, match=r"r2: `multioutput` must be"):
@@ -331,9 +405,10 @@ UPDATE_ERRORS = [
     (
         metrics.sparse_categorical_accuracy(),
         LOGITS[:5],
-        LABELS[:5].astype(np.float32),
+        LABELS[:5].astype(np.complex64),
         TypeError,
-        r"accuracy: `targets` must be integer class labels, got dtype float32",
+        r"accuracy: `targets` must be class labels \(integers, or floats holding whole numbers\), "
+        r"got dtype complex64; cast with `targets.astype\(jnp.int32\)`",
     ),
     (
         metrics.accuracy(),
@@ -367,10 +442,10 @@ UPDATE_ERRORS = [
     (
         metrics.f1(),
         PROB[:5],
-        YBIN[:5].astype(np.float32),
+        YBIN[:5].astype(np.complex64),
         TypeError,
-        r"f1: `targets` must be integer class labels, got dtype float32 .* cast with "
-        r"`targets.astype\(jnp.int32\)`",
+        r"f1: `targets` must be class labels .* got dtype complex64; give integer labels, or "
+        r"one-hot targets of shape \(\.\.\., 2\)",
     ),
     (
         metrics.recall(4, average="macro"),

@@ -18,6 +18,17 @@ Weights and masks: ``weights`` has the leading shape of the per-example values
 rest; a 0/1 (or bool) mask drops the padding of a last partial batch. Entries
 with weight 0 never contribute, even when they are NaN.
 
+Logits and labels: a binary score per example is thresholded as a **logit**
+by default (``from_logits=True``, the convention of :mod:`funcnet.losses`:
+positive when ``> logit(threshold)``, 0 for 0.5); pass ``from_logits=False``
+for probabilities after a sigmoid. Class scores ``(..., num_classes)`` are
+argmax-ed, the same for logits and probabilities. Class labels may be
+integers, bools, or floats holding whole numbers (``0., 1., 2.``: the targets
+of binary cross-entropy); a non-integral float label such as ``0.3`` is a
+``ValueError`` when the targets are concrete, and, under ``jit`` (where
+checking values would need a host sync), an out-of-range label that is counted
+as wrong (accuracies) or not counted (confusion matrix).
+
 Counts and sums:
 
 - Counting metrics (accuracies, confusion matrix, precision, recall, F1) count

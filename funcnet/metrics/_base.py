@@ -101,6 +101,40 @@ def _weights(name: str, weights, shape: tuple, dtype) -> jax.Array:
     return jnp.broadcast_to(w, shape)
 
 
+def _class_labels(name: str, targets: jax.Array, fix: str) -> jax.Array:
+    """Class labels as int32: integer or bool labels, or floats holding whole numbers.
+
+    Float labels (``0., 1., 2.``, what a binary cross-entropy user has) are
+    checked on the host when they are concrete, so ``0.3`` is a ``ValueError``;
+    under ``jit`` their values cannot be read without a host sync, so a
+    non-integral (NaN, inf) label becomes ``-1``: out of range, counted as wrong
+    by the accuracies and not counted by the confusion matrix. ``fix`` ends
+    the message of the error raised for other dtypes.
+    """
+    if _is_int(targets.dtype):
+        return targets.astype(jnp.int32)
+    if not jnp.issubdtype(targets.dtype, jnp.floating):
+        raise TypeError(
+            f"{name}: `targets` must be class labels (integers, or floats holding whole "
+            f"numbers), got dtype {targets.dtype}; {fix}."
+        )
+    try:
+        host = np.asarray(targets)
+    except jax.errors.TracerArrayConversionError:
+        host = None  # traced: values unknown until run time
+    if host is not None:
+        flat = host.reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(flat) | (flat != np.round(flat)))
+        if bad.size:
+            raise ValueError(
+                f"{name}: float `targets` must be whole-number class labels (0., 1., 2., ...), "
+                f"got {flat[bad[0]]:g} at flat index {bad[0]} ({bad.size} such "
+                "value(s)); round probabilities with `targets > 0.5` or `targets.argmax(-1)`."
+            )
+    whole = jnp.isfinite(targets) & (targets == jnp.round(targets))
+    return jnp.where(whole, targets, -1).astype(jnp.int32)
+
+
 def _safe_div(num: jax.Array, den: jax.Array, empty: float = 0.0) -> jax.Array:
     """``num / den`` where ``den != 0``, else ``empty``."""
     ok = den != 0
@@ -138,12 +172,17 @@ def _logit_threshold(name: str, threshold: float, from_logits: bool) -> float:
     """The threshold on ``outputs``: ``threshold`` on probabilities, its logit on logits."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"{name}: `threshold` must be a number, got {threshold!r}.")
+    if not isinstance(from_logits, (bool, np.bool_)):
+        raise TypeError(
+            f"{name}: `from_logits` must be True (logits) or False (probabilities), got "
+            f"{from_logits!r}."
+        )
     if not from_logits:
         return float(threshold)
     if not 0 < threshold < 1:
         raise ValueError(
-            f"{name}: with `from_logits=True`, `threshold` is a probability in (0, 1), got "
-            f"{threshold!r}."
+            f"{name}: `threshold` is a probability in (0, 1), compared with logit(threshold) "
+            f"on logits (from_logits=True, the default), got {threshold!r}; 0.5 is a logit of 0."
         )
     return float(np.log(threshold) - np.log1p(-threshold))
 

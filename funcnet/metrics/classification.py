@@ -13,6 +13,7 @@ from funcnet.metrics._base import (
     Metric,
     _add,
     _check_int,
+    _class_labels,
     _count_dtype,
     _is_int,
     _is_real,
@@ -85,18 +86,14 @@ def _sparse_labels(name: str, outputs: jax.Array, targets: jax.Array) -> jax.Arr
             f"{name}: expected integer `targets` of shape outputs.shape[:-1] = {_shape(batch)} "
             f"for outputs {_shape(outputs.shape)}, got shape {_shape(targets.shape)}; {fix}."
         )
-    if not _is_int(targets.dtype):
-        raise TypeError(
-            f"{name}: `targets` must be integer class labels, got dtype {targets.dtype}; cast "
-            "with `targets.astype(jnp.int32)`."
-        )
+    labels = _class_labels(name, targets, "cast with `targets.astype(jnp.int32)`")
     if outputs.shape[-1] == 1:
         raise ValueError(
             f"{name}: `outputs` have a single class (shape {_shape(outputs.shape)}), so the "
             "argmax is always 0; for one binary score per example use `binary_accuracy` with "
             "targets of the same shape."
         )
-    return targets.astype(jnp.int32)
+    return labels
 
 
 def _sparse_correct(name: str, outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -170,7 +167,7 @@ def _binary_correct(name: str, outputs, targets, thr: float) -> jax.Array:
 
 
 def binary_accuracy(
-    *, threshold: float = 0.5, from_logits: bool = False, dtype=jnp.int32, name: str = "accuracy"
+    *, threshold: float = 0.5, from_logits: bool = True, dtype=jnp.int32, name: str = "accuracy"
 ) -> Metric:
     """Fraction of entries where ``outputs > threshold`` matches the 0/1 ``targets``.
 
@@ -178,9 +175,10 @@ def binary_accuracy(
     the fraction of correct labels); ``weights`` cover the leading axes.
 
     Args:
-        threshold: on probabilities; with ``from_logits=True`` the outputs are
-            logits, compared with ``logit(threshold)`` (0 for 0.5).
-        from_logits: whether ``outputs`` are logits.
+        threshold: a probability in ``(0, 1)``; logits (the default, as the
+            losses take) are compared with ``logit(threshold)``, 0 for 0.5.
+        from_logits: whether ``outputs`` are logits (``True``, as every loss in
+            :mod:`funcnet.losses`) or probabilities (``False``, after a sigmoid).
         dtype: the count dtype (int32; float32 for fractional weights).
         name: the metric's name.
 
@@ -188,8 +186,11 @@ def binary_accuracy(
     or float (``> 0.5`` is positive).
 
     Examples:
-        >>> m = binary_accuracy(from_logits=True)
+        >>> m = binary_accuracy()  # on logits: positive when > 0
         >>> m.compute(m.update(m.init(), jnp.array([2.0, -1.0, 0.5]), jnp.array([1, 0, 0])))
+        Array(0.6666667, dtype=float32)
+        >>> m = binary_accuracy(from_logits=False)  # on probabilities: positive when > 0.5
+        >>> m.compute(m.update(m.init(), jnp.array([0.9, 0.2, 0.6]), jnp.array([1., 0., 0.])))
         Array(0.6666667, dtype=float32)
     """
     thr = _logit_threshold(name, threshold, from_logits)
@@ -201,7 +202,7 @@ def binary_accuracy(
 
 
 def accuracy(
-    *, threshold: float = 0.5, from_logits: bool = False, dtype=jnp.int32, name: str = "accuracy"
+    *, threshold: float = 0.5, from_logits: bool = True, dtype=jnp.int32, name: str = "accuracy"
 ) -> Metric:
     """Accuracy whose kind is read from the shapes at trace time (Keras' ``"accuracy"``).
 
@@ -209,7 +210,7 @@ def accuracy(
       axes: one-hot targets, :func:`categorical_accuracy`;
     - ``targets.shape == outputs.shape`` otherwise (``(batch,)`` or
       ``(batch, 1)``): binary, :func:`binary_accuracy` with ``threshold`` and
-      ``from_logits``;
+      ``from_logits`` (logits by default; ``from_logits=False`` after a sigmoid);
     - ``targets.shape == outputs.shape[:-1]``: integer labels,
       :func:`sparse_categorical_accuracy`.
 
@@ -218,7 +219,7 @@ def accuracy(
 
     Examples:
         >>> m = accuracy()
-        >>> m.compute(m.update(m.init(), jnp.array([0.9, 0.2]), jnp.array([1, 1])))
+        >>> m.compute(m.update(m.init(), jnp.array([1.5, -0.2]), jnp.array([1, 1])))
         Array(0.5, dtype=float32)
         >>> m.compute(m.update(m.init(), jnp.array([[0.9, 0.1]]), jnp.array([0])))
         Array(1., dtype=float32)
@@ -300,22 +301,20 @@ def _label_pair(
     binary score per example (``outputs > threshold``).
     """
     outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
-    if not _is_real(targets.dtype):
-        raise TypeError(f"{name}: `targets` must be integer labels, got dtype {targets.dtype}.")
-    if _is_int(targets.dtype):
-        true = targets.astype(jnp.int32)
-    elif (
-        targets.ndim >= 2
+    if (
+        jnp.issubdtype(targets.dtype, jnp.floating)
+        and targets.ndim >= 2
         and targets.shape == outputs.shape
         and targets.shape[-1] == num_classes
         and jnp.issubdtype(outputs.dtype, jnp.floating)
     ):
-        true = jnp.argmax(targets, axis=-1).astype(jnp.int32)
+        true = jnp.argmax(targets, axis=-1).astype(jnp.int32)  # one-hot
     else:
-        raise TypeError(
-            f"{name}: `targets` must be integer class labels, got dtype {targets.dtype} with "
-            f"shape {_shape(targets.shape)}; cast with `targets.astype(jnp.int32)` (or give "
-            f"one-hot targets of shape (..., {num_classes}) with class scores of the same shape)."
+        true = _class_labels(
+            name,
+            targets,
+            f"give integer labels, or one-hot targets of shape (..., {num_classes}) with class "
+            "scores of the same shape",
         )
     batch = true.shape
     o = outputs.shape
@@ -392,7 +391,7 @@ def confusion_matrix(
     num_classes: int,
     *,
     threshold: float = 0.5,
-    from_logits: bool = False,
+    from_logits: bool = True,
     dtype=jnp.int32,
     name: str = "confusion_matrix",
 ) -> Metric:
@@ -404,7 +403,8 @@ def confusion_matrix(
     same shape). ``outputs``: class scores ``(*targets.shape, num_classes)``
     (argmax), integer predicted labels of the targets' shape, or, when
     ``num_classes == 2``, one binary score per example, positive when
-    ``> threshold`` (on probabilities; on logits with ``from_logits=True``).
+    ``> logit(threshold)`` on logits (the default), ``> threshold`` on
+    probabilities with ``from_logits=False``.
     Labels or predictions outside ``[0, num_classes)`` are not counted.
 
     Args:
@@ -532,7 +532,7 @@ def precision(
     average: str | None = "binary",
     pos_label: int = 1,
     threshold: float = 0.5,
-    from_logits: bool = False,
+    from_logits: bool = True,
     dtype=jnp.int32,
     name: str | None = None,
 ) -> Metric:
@@ -547,7 +547,7 @@ def recall(
     average: str | None = "binary",
     pos_label: int = 1,
     threshold: float = 0.5,
-    from_logits: bool = False,
+    from_logits: bool = True,
     dtype=jnp.int32,
     name: str | None = None,
 ) -> Metric:
@@ -562,7 +562,7 @@ def f1(
     average: str | None = "binary",
     pos_label: int = 1,
     threshold: float = 0.5,
-    from_logits: bool = False,
+    from_logits: bool = True,
     dtype=jnp.int32,
     name: str | None = None,
 ) -> Metric:
