@@ -1,7 +1,11 @@
 """Binary classification, twice: with ``fn.fit`` and with a hand-written ``jax.grad`` + optax loop.
 
 The Keras tutorial's first model, ``Dense(10, relu) -> Dense(1, sigmoid)`` with
-binary cross-entropy, Adam and accuracy, on a generated task with 20 features
+binary cross-entropy, Adam and accuracy, written the funcnet way: the model ends
+in ``Dense(1)`` and outputs a logit, the loss applies the sigmoid itself
+(``"binary_cross_entropy"`` takes logits, as PyTorch's ``BCEWithLogitsLoss``),
+and ``jax.nn.sigmoid`` turns logits into probabilities at prediction time. It
+runs on a generated task with 20 features
 that a linear model cannot solve: ``x ~ N(0, I_20)`` and the label is whether
 ``x`` lies on the same side of two random hyperplanes through the origin (an
 XOR of two directions hidden among 20 features), with 5% of the labels flipped
@@ -53,8 +57,8 @@ def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_model() -> fn.Layer:
-    """``Dense(10, relu) -> Dense(1, sigmoid)``: outputs are probabilities."""
-    return fn.serial(fn.Dense(10), fn.Relu(), fn.Dense(1), fn.Sigmoid())
+    """``Dense(10, relu) -> Dense(1)``: logits; ``jax.nn.sigmoid`` of them gives probabilities."""
+    return fn.serial(fn.Dense(10), fn.Relu(), fn.Dense(1))
 
 
 def train_with_fit(model, train, val, test, *, epochs, batch_size, lr, seed):
@@ -62,12 +66,12 @@ def train_with_fit(model, train, val, test, *, epochs, batch_size, lr, seed):
     state, history = fn.fit(
         model,
         optax.adam(lr),
-        "binary_cross_entropy",  # on probabilities, as Keras' "binary_crossentropy"
+        "binary_cross_entropy",  # on logits, as torch.nn.BCEWithLogitsLoss
         train,
         epochs=epochs,
         batch_size=batch_size,
         validation_data=val,
-        metrics=["accuracy"],
+        metrics=["accuracy"],  # thresholds the logits at 0, i.e. probabilities at 0.5
         steps_per_execution=8,
         key=jax.random.key(seed),
         verbose=0,
@@ -94,8 +98,8 @@ def train_by_hand(model, train, test, *, epochs, batch_size, lr, seed):
     opt_state = optimizer.init(params)
 
     def loss_fn(params, state, x, y):
-        probs, state = model.apply(params, state, x, train=True)
-        return fn.losses.binary_cross_entropy(probs, y), state
+        logits, state = model.apply(params, state, x, train=True)
+        return fn.losses.binary_cross_entropy(logits, y), state
 
     @jax.jit
     def step(params, state, opt_state, x, y):
@@ -105,7 +109,8 @@ def train_by_hand(model, train, test, *, epochs, batch_size, lr, seed):
 
     @jax.jit
     def accuracy(params, state, x, y):
-        probs, _ = model.apply(params, state, x)
+        logits, _ = model.apply(params, state, x)
+        probs = jax.nn.sigmoid(logits)
         return jnp.mean((probs > 0.5) == (y > 0.5))
 
     for epoch in range(epochs):
