@@ -276,21 +276,17 @@ def build_funcnet(workload: Workload, data: Data, **step_options) -> Runner:
 
 
 def build_funcnet_fused(workload: Workload, data: Data, **step_options) -> Runner:
-    try:
-        from funcnet.loop import _acc_init, _fused_runner
-    except ImportError as err:
-        raise Skip(f"funcnet's fused runner not found ({err})") from err
+    from funcnet.training import fused_runner, logs_init
+
     ts, make_step = _funcnet_parts(workload, data, step_options)
     k = data.fused_steps
+    unroll = fused_unroll(workload)
 
     def fresh():
-        try:
-            return _fused_runner(make_step(), {}, data.batch, None, workload.has_conv)
-        except TypeError as err:
-            raise Skip(f"funcnet.loop._fused_runner changed its signature ({err})") from err
+        return fused_runner(make_step(), {}, data.batch, unroll=unroll)
 
     run = fresh()
-    state = [ts, _acc_init({})]
+    state = [ts, logs_init({})]
     batch_arrays = (data.dx, data.dy, None)
     specs = _specs((ts, state[1], batch_arrays, data.perm, data.begins[0]))
     begins = itertools.cycle(data.begins)
@@ -305,7 +301,7 @@ def build_funcnet_fused(workload: Workload, data: Data, **step_options) -> Runne
         steps_per_call=k,
         flops=lambda: _xla_flops(run, specs, (k,)),
         recompile=lambda: _aot_time(fresh(), specs, (k,)),
-        note=f"{k} steps/call" + (", unrolled" if unroll else ""),
+        note=f"{k} steps/call" + (", unrolled" if unroll is True else ""),
     )
 
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import funcnet as fn
-from funcnet.callbacks import (
+from funcnet.training.callbacks import (
     CSVLogger,
     EarlyStopping,
     JSONLogger,

@@ -7,7 +7,8 @@ import optax
 import pytest
 
 import funcnet as fn
-from funcnet.train import TrainState, eval_step, predict_step, train_step, tree_paths
+from funcnet.core import tree_paths
+from funcnet.training import TrainState, compose_optimizer, eval_step, predict_step, train_step
 
 STRICT_DTYPES = False  # optax's Adam is not strict-clean
 
@@ -56,9 +57,10 @@ def test_l1_l2_apply_to_kernels_only(key):
 def test_clip_norm(key):
     x, y = data()
     model = fn.Dense(2)
-    ts = TrainState.create(model, optax.sgd(1.0), key, x)
+    opt = compose_optimizer(optax.sgd(1.0), clip_norm=0.01)
+    ts = TrainState.create(model, opt, key, x)
     w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])
-    ts2, _ = train_step(model, "mse", optax.sgd(1.0), clip_norm=0.01)(ts, (x, y))
+    ts2, _ = train_step(model, "mse", opt)(ts, (x, y))
     gw, gb = mse_grads(w, b, x, y)
     norm = np.sqrt((gw**2).sum() + (gb**2).sum())
     assert norm > 0.01
@@ -74,9 +76,9 @@ def test_freeze_by_path(key):
         "2/b",
         "2/w",
     ]
-    opt = optax.adamw(1e-2, weight_decay=0.1)
+    opt = compose_optimizer(optax.adamw(1e-2, weight_decay=0.1), freeze=r"^0/")
     ts = TrainState.create(model, opt, key, x)
-    step = jax.jit(train_step(model, "mse", opt, freeze=r"^0/"))
+    step = jax.jit(train_step(model, "mse", opt))
     new = ts
     for _ in range(3):
         new, _ = step(new, (x, y))
@@ -115,16 +117,16 @@ def test_apply_gradients_matches_numpy_sgd(key):
 def test_nan_guard_skips_and_reports(key):
     x, y = data()
     model = fn.serial(fn.Dense(4), fn.BatchNorm(), fn.Dense(2))
-    opt = optax.adam(1e-2)
+    opt = compose_optimizer(optax.adam(1e-2), skip_nonfinite=True)
     ts = TrainState.create(model, opt, key, x)
-    step = jax.jit(train_step(model, "mse", opt, nan_guard="skip"))
+    step = jax.jit(train_step(model, "mse", opt))
     bad = x.copy()
     bad[3, 1] = np.nan
     new, logs = step(ts, (bad, y))
     assert bool(logs["nonfinite"]) and int(new.step) == 1
     for a, b in zip(
-        jax.tree.leaves((new.params, new.state, new.opt_state)),
-        jax.tree.leaves((ts.params, ts.state, ts.opt_state)),
+        jax.tree.leaves((new.params, new.state, new.opt_state.inner_state)),
+        jax.tree.leaves((ts.params, ts.state, ts.opt_state.inner_state)),
     ):
         np.testing.assert_array_equal(a, b)
     new, logs = step(new, (x, y))
@@ -145,8 +147,10 @@ def test_nan_guard_report_applies_the_update_and_false_drops_the_log(key):
     assert not bool(logs["nonfinite"])
     _, logs = train_step(model, "mse", opt)(ts, (bad, y))  # default False: no flag
     assert "nonfinite" not in logs
-    with pytest.raises(ValueError, match="`nan_guard` must be 'report', 'skip' or False, got True"):
+    with pytest.raises(ValueError, match="`nan_guard` must be 'report' or False, got True"):
         train_step(model, "mse", opt, nan_guard=True)
+    with pytest.raises(ValueError, match=r"compose_optimizer\(optimizer, skip_nonfinite=True\)"):
+        train_step(model, "mse", opt, nan_guard="skip")
 
 
 def test_mixed_precision_and_loss_scale(key):
@@ -159,10 +163,9 @@ def test_mixed_precision_and_loss_scale(key):
     assert bf16.params[0]["w"].dtype == jnp.float32
     np.testing.assert_allclose(logs["loss"], ref_logs["loss"], rtol=3e-2)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-2), bf16.params, ref.params)
-    f16_step = train_step(
-        model, "mse", opt, compute_dtype=jnp.float16, loss_scale=1024.0, nan_guard="skip"
-    )
-    f16, logs = f16_step(ts, (x, y))
+    skip = compose_optimizer(opt, skip_nonfinite=True)
+    f16_step = train_step(model, "mse", skip, compute_dtype=jnp.float16, loss_scale=1024.0)
+    f16, logs = f16_step(TrainState.create(model, skip, key, x), (x, y))
     assert not bool(logs["nonfinite"])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-2), f16.params, ref.params)
 
@@ -209,7 +212,9 @@ def test_argument_errors(key):
     with pytest.raises(ValueError, match="`l1` and `l2` must be >= 0"):
         train_step(model, "mse", optax.sgd(0.1), l2=-1.0)
     with pytest.raises(ValueError, match="`clip_norm` must be > 0"):
-        train_step(model, "mse", optax.sgd(0.1), clip_norm=0.0)
+        compose_optimizer(optax.sgd(0.1), clip_norm=0.0)
+    with pytest.raises(TypeError, match="must be an optax GradientTransformation"):
+        compose_optimizer("adam", clip_norm=1.0)
     ts = TrainState.create(model, optax.sgd(0.1), key, jnp.zeros((1, 3)))
     with pytest.raises(TypeError, match=r"expected a batch `\(inputs, targets\)`.*got dict"):
         train_step(model, "mse", optax.sgd(0.1))(ts, {"x": jnp.zeros((1, 3))})
@@ -322,3 +327,148 @@ def test_augment_runs_inside_the_step(key):
     assert np.isfinite(float(logs["loss"]))
     with pytest.raises(TypeError, match="call the factory"):
         train_step(model, "mse", opt, augment=3)
+
+
+def _assert_trees_close(a, b, **tol):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(u, v, **tol)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"clip_norm": 0.05}, {"loss_scale": 256.0}, {"clip_norm": 0.05, "loss_scale": 256.0}],
+    ids=["plain", "clip", "loss_scale", "clip+loss_scale"],
+)
+def test_accumulation_with_sample_weights_equals_one_big_batch(key, options):
+    # the reported bug: weights [1,1,1,1,1,0,0,0] with 2 micro-batches gave 1.832 instead of 1.618
+    x, y = data(n=8)
+    w = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
+    model = fn.serial(fn.Dense(8), jnp.tanh, fn.Dense(2))
+    opt = compose_optimizer(optax.sgd(0.5), clip_norm=options.get("clip_norm"))
+    scale = {"loss_scale": options["loss_scale"]} if "loss_scale" in options else {}
+    ts = TrainState.create(model, opt, key, x)
+    big, logs_big = jax.jit(train_step(model, "mse", opt, **scale))(ts, (x, y, w))
+    step = jax.jit(train_step(model, "mse", opt, accumulate_steps=2, **scale))
+    acc, logs_acc = step(ts, (x, y, w))
+    np.testing.assert_allclose(logs_acc["loss"], logs_big["loss"], rtol=1e-5)
+    _assert_trees_close(acc.params, big.params, rtol=1e-5, atol=1e-6)
+    # the loss of the five weighted rows, by hand
+    h = np.tanh(x @ ts.params[0]["w"] + ts.params[0]["b"])
+    out = h @ ts.params[2]["w"] + ts.params[2]["b"]
+    np.testing.assert_allclose(logs_acc["loss"], np.mean((out[:5] - y[:5]) ** 2), rtol=1e-5)
+
+
+def test_accumulation_with_all_zero_weights_in_a_micro_batch_stays_finite(key):
+    x, y = data(n=8)
+    w = np.array([1, 1, 1, 1, 0, 0, 0, 0], np.float32)
+    model = fn.Dense(2)
+    ts = TrainState.create(model, optax.sgd(0.1), key, x)
+    big, _ = train_step(model, "mse", optax.sgd(0.1))(ts, (x, y, w))
+    acc, logs = train_step(model, "mse", optax.sgd(0.1), accumulate_steps=2)(ts, (x, y, w))
+    assert np.isfinite(float(logs["loss"]))
+    _assert_trees_close(acc.params, big.params, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_scale_is_undone_before_clipping(key):
+    x, y = data()
+    model = fn.Dense(2)
+    opt = compose_optimizer(optax.sgd(1.0), clip_norm=0.01)
+    ts = TrainState.create(model, opt, key, x)
+    plain, _ = train_step(model, "mse", opt)(ts, (x, y))
+    scaled, _ = train_step(model, "mse", opt, loss_scale=1024.0)(ts, (x, y))
+    _assert_trees_close(scaled.params, plain.params, rtol=1e-5, atol=1e-7)
+    moved = np.sqrt(
+        sum(
+            float(((a - b) ** 2).sum())
+            for a, b in zip(jax.tree.leaves(scaled.params), jax.tree.leaves(ts.params))
+        )
+    )
+    np.testing.assert_allclose(moved, 0.01, rtol=1e-4)  # one clipped SGD step of norm 0.01
+
+
+class _Outputs:
+    """A 'metric' whose state is the step's outputs, to look at what the model computed."""
+
+    def init(self):
+        return jnp.zeros(())
+
+    def update(self, state, outputs, targets, weights=None):
+        del state, targets, weights
+        return outputs
+
+
+def test_dropout_masks_differ_between_steps_and_micro_batches_and_repeat_for_a_key(key):
+    x, y = data(n=4, d=64, k=64)
+    x = np.concatenate([x, x])  # two identical micro-batches
+    y = np.concatenate([y, y])
+    scale = fn.Layer(
+        lambda k, i: ({"s": jnp.ones(())}, ()),
+        lambda p, s, i, *, key=None, train=False: (p["s"] * i, s),
+        "Scale",
+    )
+    model = fn.serial(scale, fn.Dropout(0.5))
+    opt = optax.sgd(0.0)
+    step = jax.jit(train_step(model, "mse", opt, accumulate_steps=2, metrics={"out": _Outputs()}))
+    ts = TrainState.create(model, opt, key, x)
+    ts1, logs1 = step(ts, (x, y))
+    _, logs2 = step(ts1, (x, y))
+    _, again = step(ts, (x, y))
+    out1, out2 = np.asarray(logs1["out"]), np.asarray(logs2["out"])
+    dropped = out1 == 0
+    assert 0.3 < dropped.mean() < 0.7
+    assert not np.array_equal(dropped[:4], dropped[4:])  # micro-batches draw their own masks
+    assert not np.array_equal(dropped, out2 == 0)  # so do steps
+    np.testing.assert_array_equal(out1, np.asarray(again["out"]))  # and a key repeats them
+    other = TrainState.create(model, opt, jax.random.key(1), x)
+    assert not np.array_equal(dropped, np.asarray(step(other, (x, y))[1]["out"]) == 0)
+
+
+def test_lbfgs_gets_its_extra_arguments_and_solves_least_squares(key):
+    x, _ = data(n=32, d=3)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32) + 0.3).astype(np.float32)
+    model = fn.Dense(1)
+    opt = optax.lbfgs()
+    ts = TrainState.create(model, opt, key, x)
+    step = jax.jit(train_step(model, "mse", opt))
+    for _ in range(15):
+        ts, logs = step(ts, (x, y))
+    a = np.concatenate([x, np.ones((32, 1), np.float32)], axis=1)
+    solution = np.linalg.lstsq(a, y, rcond=None)[0]
+    np.testing.assert_allclose(ts.params["w"], solution[:3], atol=1e-3)
+    np.testing.assert_allclose(ts.params["b"], solution[3], atol=1e-3)
+    assert float(logs["loss"]) < 1e-5
+
+
+def test_reduce_on_plateau_gets_the_loss(key):
+    x, y = data()
+    model = fn.Dense(2)
+    plateau = optax.contrib.reduce_on_plateau(patience=1, factor=0.5, accumulation_size=1)
+    opt = optax.chain(optax.sgd(0.0), plateau)  # a constant loss: a plateau
+    ts = TrainState.create(model, opt, key, x)
+    step = jax.jit(train_step(model, "mse", opt))
+    for _ in range(6):
+        ts, _ = step(ts, (x, y))
+    assert float(ts.opt_state[1].scale) < 1.0
+
+
+def test_fit_with_lbfgs_and_freeze_option(key):
+    x, _ = data(n=64, d=3)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32)).astype(np.float32)
+    ts, h = fn.fit(fn.Dense(1), optax.lbfgs(), "mse", (x, y), batch_size=64, epochs=10, verbose=0)
+    assert h["loss"][-1] < 1e-5
+    model = fn.serial(fn.Dense(4), jnp.tanh, fn.Dense(1))
+    start = TrainState.create(model, compose_optimizer(optax.adam(1e-2), freeze=r"^0/"), key, x)
+    ts, _ = fn.fit(
+        model,
+        optax.adam(1e-2),
+        "mse",
+        (x, y),
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        freeze=r"^0/",
+        initial_state=start,
+    )
+    _assert_trees_close(ts.params[0], start.params[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"`freeze='\^9/'` matches no parameter path"):
+        fn.fit(model, optax.adam(1e-2), "mse", (x, y), batch_size=16, verbose=0, freeze="^9/")

@@ -10,9 +10,10 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from funcnet.data._util import Pytree, _is_int, _leaf_lengths
+from funcnet._checks import check_positive_int
+from funcnet.data._util import Pytree, _leaf_lengths
 
-__all__ = ["batches", "prefetch_to_device"]
+__all__ = ["batches", "pad_rows", "prefetch_to_device"]
 
 
 # --------------------------------------------------------------------------- batching
@@ -26,6 +27,7 @@ def batches(
     shuffle: bool = False,
     drop_remainder: bool = False,
     sharding: Any = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[Pytree]:
     """Iterate over batches of a pytree of equally long numpy or jax arrays.
 
@@ -49,6 +51,11 @@ def batches(
             (use ``drop_remainder=True`` so every batch divides evenly). For
             several processes build global arrays with
             ``jax.make_array_from_process_local_data`` instead.
+        part: ``(index, count)``: yield only part ``index`` of ``count``
+            equal consecutive blocks of every batch (only those rows are read);
+            ``batch_size`` must be divisible by ``count``. This is how each
+            process reads its rows of a global batch
+            (:func:`funcnet.distributed.local_batches`).
 
     Returns:
         A generator of batches.
@@ -70,8 +77,14 @@ def batches(
         >>> sorted(np.concatenate(list(shuffled)).tolist())
         [0, 1, 2, 3, 4]
     """
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batches: `batch_size` must be an int >= 1, got {batch_size!r}.")
+    check_positive_int("batches", "batch_size", batch_size)
+    index, count = part
+    if batch_size % count or not 0 <= index < count:
+        raise ValueError(
+            f"batches: `part={part}` must be (index, count) with 0 <= index < count and "
+            f"`batch_size={batch_size}` divisible by count."
+        )
+    per = batch_size // count
     leaves, treedef, n = _leaf_lengths(arrays, "batches")
     order = None
     if shuffle:
@@ -86,11 +99,39 @@ def batches(
     def generate() -> Iterator[Pytree]:
         for start in range(0, stop, batch_size):
             end = min(start + batch_size, n)
-            index = slice(start, end) if order is None else order[start:end]
-            batch = treedef.unflatten([leaf[index] for leaf in leaves])
+            if count > 1:
+                start, end = start + index * per, start + (index + 1) * per
+            rows = slice(start, end) if order is None else order[start:end]
+            batch = treedef.unflatten([leaf[rows] for leaf in leaves])
             yield batch if sharding is None else jax.device_put(batch, sharding)
 
     return generate()
+
+
+def pad_rows(tree: Pytree, multiple: int, xp: Any = np) -> tuple[Pytree, Any]:
+    """Pad every leaf's rows with zeros to a multiple of ``multiple``; also the row mask.
+
+    The mask is True for the real rows; padded rows are meant to get weight 0,
+    so every example counts once and one shape is compiled.
+
+    Args:
+        tree: a pytree of equally long arrays.
+        multiple: the padded length is the next multiple of this.
+        xp: ``np`` (on the host) or ``jax.numpy`` (on the device, for jax arrays).
+
+    Examples:
+        >>> padded, mask = pad_rows((np.ones((3, 2)), np.arange(3)), 4)
+        >>> padded[0].shape, padded[1].tolist(), mask.tolist()
+        ((4, 2), [0, 1, 2, 0], [True, True, True, False])
+    """
+    n = np.shape(jax.tree.leaves(tree)[0])[0]
+    pad = -n % multiple
+
+    def fix(a):
+        a = xp.asarray(a)
+        return xp.concatenate([a, xp.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
+
+    return jax.tree.map(fix, tree), xp.arange(n + pad) < n
 
 
 _END = object()
@@ -128,8 +169,7 @@ def prefetch_to_device(
         >>> [b.tolist() for b in prefetch_to_device(batches(x, 4))]
         [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0]]
     """
-    if not _is_int(size) or size < 1:
-        raise ValueError(f"prefetch_to_device: `size` must be an int >= 1, got {size!r}.")
+    check_positive_int("prefetch_to_device", "size", size)
     source = iter(iterator)
 
     def generate() -> Iterator[Pytree]:

@@ -27,7 +27,7 @@ Pieces:
 - :func:`per_example_grads` / :func:`per_example_grad_norms`: per-example
   gradients with ``jax.vmap`` (differential privacy, data valuation).
 
-For explicit collectives, :func:`funcnet.train.train_step` takes an
+For explicit collectives, :func:`funcnet.training.train_step` takes an
 ``axis_name`` and then runs under ``jax.shard_map`` or ``jax.pmap``.
 
 Checkpoints with several processes: every process calls ``save`` (gathering
@@ -36,21 +36,20 @@ FSDP-sharded arrays is a collective) and only process 0 writes
 :func:`place` puts the state back on the mesh.
 """
 
-# The private helpers are re-exported for funcnet.loop.
-from funcnet.distributed.batches import _global_batch, global_batch, local_batches  # noqa: F401
+from funcnet.distributed.batches import global_batch, local_batches
 from funcnet.distributed.grads import per_example_grad_norms, per_example_grads
-from funcnet.distributed.mesh import (  # noqa: F401
+from funcnet.distributed.mesh import (
     DATA_AXIS,
     FSDP_AXIS,
-    _auto_mesh,
-    _batch_devices,
-    _check_divisible,
-    _check_mesh,
-    _on_mesh,
+    auto_mesh,
+    batch_devices,
     batch_sharding,
     batch_spec,
+    check_divisible,
+    check_mesh,
     fsdp_spec,
     make_mesh,
+    on_mesh,
     per_device_bytes,
     place,
     state_shardings,
@@ -67,8 +66,12 @@ __all__ = [
     "DATA_AXIS",
     "FSDP_AXIS",
     "ProcessResult",
+    "auto_mesh",
+    "batch_devices",
     "batch_sharding",
     "batch_spec",
+    "check_divisible",
+    "check_mesh",
     "fsdp_spec",
     "free_port",
     "global_batch",
@@ -77,6 +80,7 @@ __all__ = [
     "launch",
     "local_batches",
     "make_mesh",
+    "on_mesh",
     "per_device_bytes",
     "per_example_grad_norms",
     "per_example_grads",

@@ -7,10 +7,12 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from funcnet.distributed.mesh import Mesh, Pytree, _check_divisible, _check_mesh, batch_sharding
+from funcnet._checks import is_int
+from funcnet.data.batching import batches
+from funcnet.distributed.mesh import Mesh, Pytree, batch_sharding, check_divisible, check_mesh
 
 
-def global_batch(local: Pytree, mesh: Mesh) -> Pytree:
+def global_batch(local: Pytree, mesh: Mesh, where: str = "global_batch") -> Pytree:
     """The global batch array from this process's rows, split over the mesh's batch axes.
 
     With one process ``local`` is the whole batch; with several, each process
@@ -22,7 +24,7 @@ def global_batch(local: Pytree, mesh: Mesh) -> Pytree:
 
     Raises:
         ValueError: when the global batch size is not divisible by the number
-            of devices the batch is split over.
+            of devices the batch is split over (the message starts with ``where``).
 
     Examples:
         >>> from funcnet.distributed import make_mesh
@@ -30,11 +32,7 @@ def global_batch(local: Pytree, mesh: Mesh) -> Pytree:
         >>> batch[0].shape, tuple(batch[0].sharding.spec)
         ((4, 2), ('data',))
     """
-    return _global_batch(local, mesh, "global_batch")
-
-
-def _global_batch(local: Pytree, mesh: Mesh, where: str) -> Pytree:
-    sharding = batch_sharding(_check_mesh(mesh, where))
+    sharding = batch_sharding(check_mesh(mesh, where))
     leaves = jax.tree.leaves(local)
     if not leaves:
         raise ValueError(f"{where}: the batch has no arrays.")
@@ -46,7 +44,7 @@ def _global_batch(local: Pytree, mesh: Mesh, where: str) -> Pytree:
         )
     total = rows.pop() * jax.process_count()
     hint = " (for the last batch of an epoch: `batches(..., drop_remainder=True)`)"
-    _check_divisible(total, mesh, where, "the global batch size", hint)
+    check_divisible(total, mesh, where, "the global batch size", hint)
 
     def make(a):
         if isinstance(a, jax.Array) and not a.is_fully_addressable:
@@ -93,7 +91,7 @@ def local_batches(
     """
     p = jax.process_index() if process_index is None else int(process_index)
     count = jax.process_count() if process_count is None else int(process_count)
-    if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int):
+    if not is_int(global_batch_size):
         raise ValueError(
             f"local_batches: `global_batch_size` must be an int, got {global_batch_size!r}."
         )
@@ -105,21 +103,13 @@ def local_batches(
         )
     if not 0 <= p < count:
         raise ValueError(f"local_batches: `process_index={p}` is not in [0, {count}).")
-    leaves, treedef = jax.tree.flatten(arrays)
-    lengths = {len(a) for a in leaves}
-    if len(lengths) != 1:
-        raise ValueError(
-            f"local_batches: the arrays must have the same length, got lengths {sorted(lengths)}."
-        )
-    n = lengths.pop()
     if shuffle and key is None:
         raise ValueError("local_batches: `shuffle=True` needs a `key` (the same on every process).")
-    order = np.asarray(jax.random.permutation(key, n)) if shuffle else np.arange(n)
-    per = global_batch_size // count
-
-    def generate():
-        for start in range(0, n - global_batch_size + 1, global_batch_size):
-            rows = order[start + p * per : start + (p + 1) * per]
-            yield treedef.unflatten([leaf[rows] for leaf in leaves])
-
-    return generate()
+    return batches(
+        arrays,
+        global_batch_size,
+        key=key,
+        shuffle=shuffle,
+        drop_remainder=True,
+        part=(p, count),
+    )

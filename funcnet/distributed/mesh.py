@@ -101,7 +101,18 @@ def make_mesh(
     return jax.make_mesh(shape, names, axis_types=(kind,) * len(names), devices=chosen)
 
 
-def _check_mesh(mesh, where: str) -> Mesh:
+def check_mesh(mesh, where: str) -> Mesh:
+    """``mesh`` when it is a :class:`~jax.sharding.Mesh` with a ``"data"`` axis; else a
+    clear error starting with ``where``.
+
+    Examples:
+        >>> check_mesh(make_mesh(1), "fit").axis_names
+        ('data',)
+        >>> check_mesh("cpu", "fit")
+        Traceback (most recent call last):
+        ...
+        TypeError: fit: `mesh` must be a jax.sharding.Mesh (...), got str.
+    """
     if not isinstance(mesh, Mesh):
         raise TypeError(
             f"{where}: `mesh` must be a jax.sharding.Mesh (e.g. `distributed.make_mesh()`), got "
@@ -116,8 +127,13 @@ def _check_mesh(mesh, where: str) -> Mesh:
     return mesh
 
 
-def _auto_mesh(mesh: Mesh) -> Mesh:
-    """The same devices and axes with ``Auto`` axis types (fit's internal mesh)."""
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """The same devices and axes with ``Auto`` axis types (fit's internal mesh).
+
+    Examples:
+        >>> auto_mesh(make_mesh(1, axis_types="explicit")).axis_types == (AxisType.Auto,)
+        True
+    """
     if all(t == AxisType.Auto for t in mesh.axis_types):
         return mesh
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
@@ -127,8 +143,13 @@ def _batch_axes(mesh: Mesh) -> tuple[str, ...]:
     return tuple(a for a in _BATCH_AXES if a in mesh.axis_names)
 
 
-def _batch_devices(mesh: Mesh) -> int:
-    """How many parts the batch is split into (the product of the batch axes' sizes)."""
+def batch_devices(mesh: Mesh) -> int:
+    """How many parts the batch is split into (the product of the batch axes' sizes).
+
+    Examples:
+        >>> batch_devices(make_mesh(1))
+        1
+    """
     return math.prod(mesh.shape[a] for a in _batch_axes(mesh))
 
 
@@ -139,7 +160,7 @@ def batch_spec(mesh: Mesh) -> P:
         >>> tuple(batch_spec(make_mesh(1)))
         ('data',)
     """
-    axes = _batch_axes(_check_mesh(mesh, "batch_spec"))
+    axes = _batch_axes(check_mesh(mesh, "batch_spec"))
     return P(axes[0]) if len(axes) == 1 else P(axes)
 
 
@@ -153,8 +174,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, batch_spec(mesh))
 
 
-def _check_divisible(rows: int, mesh: Mesh, where: str, what: str, hint: str = "") -> None:
-    parts = _batch_devices(mesh)
+def check_divisible(rows: int, mesh: Mesh, where: str, what: str, hint: str = "") -> None:
+    """Raise a ValueError (``where: what rows is not divisible ...``, with the nearest
+    fitting sizes and ``hint``) unless ``rows`` splits evenly over the batch devices."""
+    parts = batch_devices(mesh)
     if rows % parts:
         low = max(parts, rows // parts * parts)
         raise ValueError(
@@ -270,9 +293,15 @@ def place(tree: Pytree, shardings: Pytree | jax.sharding.Sharding) -> Pytree:
     return jax.tree.map(put, tree, shardings)
 
 
-def _on_mesh(tree: Pytree, mesh: Mesh) -> Pytree:
+def on_mesh(tree: Pytree, mesh: Mesh) -> Pytree:
     """``tree`` on ``mesh``: leaves already there kept, those on an equal mesh of another axis
-    type moved with their spec, all others placed replicated."""
+    type moved with their spec, all others placed replicated.
+
+    Examples:
+        >>> mesh = make_mesh(1)
+        >>> tuple(on_mesh({"w": jnp.ones(2)}, mesh)["w"].sharding.spec)
+        ()
+    """
     rep = NamedSharding(mesh, P())
 
     def fix(leaf):

@@ -30,12 +30,37 @@ import numpy as np
 
 __all__ = [
     "Callback",
+    "call_hooks",
     "CSVLogger",
     "EarlyStopping",
     "JSONLogger",
     "LambdaCallback",
     "LearningRateScheduler",
 ]
+
+
+def call_hooks(callbacks, name: str, train_state, *args):
+    """Call hook ``name`` of every callback in order; return the ``TrainState`` to go on with.
+
+    ``on_steps_end`` gets ``(*args, train_state)`` and its result is ignored;
+    the other hooks may return a new ``TrainState`` (``None`` keeps it), which
+    the next callback sees.
+
+    Raises:
+        TypeError: when a hook returns something other than None or a TrainState.
+    """
+    for cb in callbacks:
+        hook = getattr(cb, name, None)
+        out = hook(*args, train_state) if hook is not None else None
+        if out is None or name == "on_steps_end":
+            continue
+        if not isinstance(out, tuple) or not hasattr(out, "opt_state"):
+            raise TypeError(
+                f"fit: callback {type(cb).__name__}.{name} returned {type(out).__name__}; it must "
+                "return None or a TrainState (which replaces the training state)."
+            )
+        train_state = out
+    return train_state
 
 
 class Callback:
@@ -149,7 +174,7 @@ class LearningRateScheduler(Callback):
     Examples:
         >>> import optax, jax.numpy as jnp
         >>> opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-        >>> from funcnet.train import TrainState
+        >>> from funcnet.training import TrainState
         >>> ts = TrainState(jnp.array(0), {"w": jnp.ones(2)}, (), opt.init({"w": jnp.ones(2)}),
         ...                 None)
         >>> ts = LearningRateScheduler(lambda epoch, lr: lr / 2).on_epoch_end(0, {}, ts)

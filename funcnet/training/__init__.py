@@ -1,0 +1,46 @@
+"""The training wing: the pure step, options as optax transforms, the feed and the loop.
+
+Who owns what (imports go down this list, never up; layers, losses,
+metrics, data, distributed and persistence never import training):
+
+- :mod:`~funcnet.training.keys`: the key scheme, one table of every use of randomness.
+- :mod:`~funcnet.training.options`: freezing, clipping and skipping non-finite
+  updates as optax transforms (:func:`compose_optimizer`).
+- :mod:`~funcnet.training.collectives`: the explicit-collective helpers of a step
+  under ``shard_map`` / ``pmap`` (``axis_name``).
+- :mod:`~funcnet.training.step`: :class:`TrainState`, :func:`train_step`,
+  :func:`eval_step`, :func:`predict_step` — pure functions, nothing else.
+- :mod:`~funcnet.training.fused`: K steps in one compiled call
+  (:func:`fused_runner`) and the logs accumulated inside it.
+- :mod:`~funcnet.training.feed`: arrays or iterables, padding, placement on one
+  device or a mesh (:class:`~funcnet.training.feed.Placement`).
+- :mod:`~funcnet.training.callbacks`, :mod:`~funcnet.training.history`: host-side
+  hooks between epochs, and the logs of a run.
+- :mod:`~funcnet.training.loop`: :func:`fit` / :func:`evaluate` / :func:`predict`,
+  one body each.
+"""
+
+from funcnet.training import callbacks, keys
+from funcnet.training.fused import fused_runner, logs_add, logs_compute, logs_init
+from funcnet.training.history import History
+from funcnet.training.loop import evaluate, fit, predict
+from funcnet.training.options import compose_optimizer
+from funcnet.training.step import TrainState, eval_step, predict_step, train_step
+
+__all__ = [
+    "History",
+    "TrainState",
+    "callbacks",
+    "compose_optimizer",
+    "eval_step",
+    "evaluate",
+    "fit",
+    "fused_runner",
+    "keys",
+    "logs_add",
+    "logs_compute",
+    "logs_init",
+    "predict",
+    "predict_step",
+    "train_step",
+]

@@ -1,0 +1,375 @@
+"""The feed: how data reaches the compiled steps of ``fit`` / ``evaluate`` / ``predict``.
+
+Data is either arrays ``(x, y)`` / ``(x, y, weights)`` (``x`` may be a
+pytree), placed on the device(s) once, or an iterable of such batches (a
+list, or a function returning a fresh iterator). :class:`Placement` says
+where things go: the default device when there is no mesh, or split over a
+mesh's batch axes (rows) and replicated (params, logs). Every caller uses the
+same methods either way, so the loop has no branch on the mesh.
+
+Padding (:func:`funcnet.data.pad_rows`) makes every batch one shape: padded
+rows get weight 0, so every example counts exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from funcnet import distributed
+from funcnet import losses as losses_lib
+from funcnet.core import output_spec, spec_of
+from funcnet.data.batching import pad_rows
+from funcnet.training import keys
+from funcnet.training.fused import fused_runner, logs_add
+from funcnet.training.step import TrainState, unpack_batch
+
+__all__ = [
+    "ArrayEpochs",
+    "BatchEpochs",
+    "Placement",
+    "check_arrays",
+    "check_labels",
+    "eval_chunks",
+    "is_arrays",
+    "iterate",
+    "split_validation",
+    "stack_batches",
+]
+
+
+class Placement:
+    """Where the loop puts arrays: the default device (``mesh=None``) or a mesh.
+
+    The loop works on an ``Auto``-axes copy of the user's mesh (``Explicit``
+    axes break the gathers of the on-device epoch) and hands results back on
+    the user's mesh with :meth:`to_user`. Without a mesh every sharding is
+    ``None`` (``jax.jit``'s "unspecified") and placing is ``jax.device_put``.
+
+    Attributes:
+        mesh: the loop's mesh, or None.
+        parts: how many devices a batch is split over (1 without a mesh).
+        replicated: the sharding of replicated values (params, logs), or None.
+        rows: the sharding of a batch (rows split), or None.
+        stacked: the sharding of stacked batches ``(batches, batch, ...)``, or None.
+    """
+
+    def __init__(self, mesh, where: str):
+        self.user_mesh = mesh
+        self.mesh = None
+        self.parts = 1
+        self.replicated = self.rows = self.stacked = None
+        if mesh is not None:
+            self.mesh = distributed.auto_mesh(distributed.check_mesh(mesh, where))
+            self.parts = distributed.batch_devices(self.mesh)
+            self.replicated = NamedSharding(self.mesh, P())
+            self.rows = distributed.batch_sharding(self.mesh)
+            self.stacked = NamedSharding(self.mesh, P(None, *distributed.batch_spec(self.mesh)))
+
+    @property
+    def xp(self):
+        """Where padding happens: on the device without a mesh, on the host before placing."""
+        return jnp if self.mesh is None else np
+
+    def put(self, tree, sharding):
+        """``tree`` on ``sharding`` (on a mesh a copy that never aliases ``tree``)."""
+        if self.mesh is None:
+            return jax.device_put(tree)
+        return distributed.place(tree, sharding)
+
+    def put_rows(self, tree):
+        """Host arrays placed with their rows split over the mesh (padded to a multiple of it)."""
+        if self.mesh is None:
+            return jax.device_put(tree)
+        padded, _ = pad_rows(tree, self.parts)
+        return jax.device_put(padded, self.rows)
+
+    def model_vars(self, tree):
+        """Params/state on the loop's mesh (kept where they already are on it)."""
+        return tree if self.mesh is None else distributed.on_mesh(tree, self.mesh)
+
+    def global_batch(self, batch, where: str):
+        """A batch of this process's rows as global arrays split over the mesh."""
+        return batch if self.mesh is None else distributed.global_batch(batch, self.mesh, where)
+
+    def check_divisible(self, rows: int, where: str, what: str) -> None:
+        if self.mesh is not None:
+            distributed.check_divisible(rows, self.mesh, where, what)
+
+    def batch_size(self, batch_size: int, n: int) -> int:
+        """``min(batch_size, n)`` rounded up to a multiple of the batch's devices."""
+        return -(-min(batch_size, n) // self.parts) * self.parts
+
+    def state_shardings(self, tree, param_sharding: str):
+        if self.mesh is None:
+            return None
+        return distributed.state_shardings(tree, self.mesh, param_sharding)
+
+    def create(self, model, optimizer, key, example, param_sharding: str):
+        """``TrainState.create``, on a mesh compiled straight into its shardings (FSDP never
+        holds the state whole); returns ``(train_state, its shardings or None)``."""
+        if self.mesh is None:
+            return TrainState.create(model, optimizer, key, example), None
+        impl = jax.random.key_impl(key)
+
+        def create(key_data):
+            key = jax.random.wrap_key_data(key_data, impl=impl)
+            return TrainState.create(model, optimizer, key, example)
+
+        key_data = np.asarray(jax.random.key_data(key))
+        shardings = self.state_shardings(jax.eval_shape(create, key_data), param_sharding)
+        return jax.jit(create, out_shardings=shardings)(key_data), shardings
+
+    def to_user(self, tree):
+        """``tree`` back on the caller's mesh when the loop worked on an ``Auto`` copy of it."""
+        if self.user_mesh is None or self.user_mesh is self.mesh:
+            return tree
+        return distributed.place(
+            tree, jax.tree.map(lambda a: NamedSharding(self.user_mesh, a.sharding.spec), tree)
+        )
+
+    @property
+    def block_every(self) -> int:
+        """Compiled calls between waits: jax 0.10 on CPU can deadlock with many multi-device
+        calls queued; one device only needs to bound the queue."""
+        return 16 if self.mesh is None else 8
+
+
+def _is_array(a) -> bool:
+    return isinstance(a, (np.ndarray, jax.Array)) or (
+        hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "__array__")
+    )
+
+
+def is_arrays(data) -> bool:
+    """True for a tuple ``(x, y)`` / ``(x, y, weights)`` of arrays (a list is batches)."""
+    return (
+        isinstance(data, tuple)
+        and len(data) in (2, 3)
+        and len(jax.tree.leaves(data)) > 0
+        and all(_is_array(leaf) for leaf in jax.tree.leaves(data))
+    )
+
+
+def check_arrays(data, where: str):
+    """``data`` as ``(x, y, w_or_None, n)``; clear errors for bad input (NaN/Inf included)."""
+    x, y, *rest = data
+    w = rest[0] if rest else None
+    leaves = jax.tree_util.tree_flatten_with_path({"x": x, "y": y, "weights": w})[0]
+    lengths = {}
+    for path, leaf in leaves:
+        name = jax.tree_util.keystr(path)
+        if np.ndim(leaf) == 0:
+            raise ValueError(
+                f"{where}: {name} is a scalar; every array needs a leading batch axis."
+            )
+        lengths[name] = np.shape(leaf)[0]
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"{where}: the arrays have different numbers of examples: {lengths}. x, y (and "
+            "weights) must have the same length along axis 0."
+        )
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise ValueError(f"{where}: the dataset is empty (0 examples).")
+    for path, leaf in leaves:
+        _check_finite_rows(np.asarray(leaf), n, jax.tree_util.keystr(path), where)
+    return x, y, w, n
+
+
+def _check_finite_rows(a: np.ndarray, n: int, name: str, where: str) -> None:
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating)):
+        return
+    bad = ~np.isfinite(a.reshape(n, -1)).all(1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"{where}: {name} contains NaN or Inf in {len(rows)} example(s) (first at index "
+            f"{rows[0]}). Drop or impute them first (see funcnet.data), training on them would "
+            "silently corrupt the model."
+        )
+
+
+def check_labels(model, loss_fn, x, y, where: str) -> None:
+    """Integer labels for a sparse loss must index the model's outputs."""
+    base = getattr(loss_fn, "func", loss_fn)  # functools.partial(..., from_logits=False)
+    if base is not losses_lib.sparse_categorical_cross_entropy or not _is_array(y):
+        return
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer):
+        return
+    out = output_spec(
+        model, jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), x)
+    )
+    if not isinstance(out, jax.ShapeDtypeStruct) or not out.shape:
+        return
+    classes = out.shape[-1]
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        raise ValueError(
+            f"{where}: labels must be in [0, {classes}) for a model with {classes} outputs, got "
+            f"labels in [{low}, {high}]. Re-encode the labels (funcnet.data label encoding) or "
+            "give the last layer as many outputs as there are classes."
+        )
+
+
+def iterate(data, where: str):
+    """Batches of an iterable (a callable is called each time for a fresh iterator)."""
+    it = data() if callable(data) else data
+    if not isinstance(it, Iterable):
+        raise TypeError(
+            f"{where}: expected arrays `(x, y)` / `(x, y, weights)` or an iterable of such "
+            f"batches, got {type(data).__name__}."
+        )
+    return iter(it)
+
+
+def split_validation(data, fraction: float):
+    """The last ``fraction`` of the examples as validation data (before any shuffling), as Keras."""
+    x, y, w, n = check_arrays(data, "fit")
+    n_val = round(n * fraction)
+    if not 0 < n_val < n:
+        raise ValueError(
+            f"fit: `validation_split={fraction}` of {n} examples leaves no training or no "
+            "validation data; use a fraction in (0, 1) that keeps both non-empty."
+        )
+    parts = [t for t in (x, y, w) if t is not None]
+    train = tuple(jax.tree.map(lambda a: a[: n - n_val], t) for t in parts)
+    val = tuple(jax.tree.map(lambda a: a[n - n_val :], t) for t in parts)
+    return train, val
+
+
+def stack_batches(tree, n: int, batch_size: int, xp=jnp):
+    """Pad the leaves to a multiple of ``batch_size``; reshape to ``(batches, batch_size, ...)``.
+
+    Returns the stacked tree and the row mask of the same leading shape.
+    """
+    padded, mask = pad_rows(tree, batch_size, xp)
+    nb = math.ceil(n / batch_size)
+    stacked = jax.tree.map(lambda a: a.reshape(nb, batch_size, *a.shape[1:]), padded)
+    return stacked, mask.reshape(nb, batch_size)
+
+
+def _masked_weights(w, mask, xp):
+    """Weights that are 0 on padded rows: the mask itself (boolean, so that integer-counting
+    metrics accept it) or the given weights where the mask is set."""
+    if w is None:
+        return mask
+    w = xp.asarray(w)
+    m = mask.reshape(mask.shape + (1,) * (w.ndim - mask.ndim))
+    return xp.where(m, w, xp.zeros((), w.dtype))
+
+
+def eval_chunks(data, batch_size: int, placement: Placement, where: str):
+    """The evaluation data as chunks ``((x, y, weights), stacked)`` for one compiled call each.
+
+    Arrays give one chunk of all batches stacked ``(batches, batch, ...)``,
+    padded, weighted 0 where padded and placed once (a list, reusable every
+    epoch). An iterable gives a generator of its batches, each padded to a
+    multiple of this process's devices and assembled into global arrays.
+    """
+    if is_arrays(data):
+        x, y, w, n = check_arrays(data, where)
+        bs = placement.batch_size(batch_size, n)
+        (xb, yb, wb), mask = stack_batches((x, y, w), n, bs, placement.xp)
+        chunk = (xb, yb, _masked_weights(wb, mask, placement.xp))
+        return [(placement.put(chunk, placement.stacked), True)]
+    return _batch_chunks(data, placement, where)
+
+
+def _batch_chunks(data, placement: Placement, where: str):
+    parts = max(1, placement.parts // jax.process_count())
+    for batch in iterate(data, where):
+        x, y, w = unpack_batch(batch, where)
+        (x, y, w), mask = pad_rows((x, y, w), parts, placement.xp)
+        batch = (x, y, _masked_weights(w, mask, placement.xp))
+        yield placement.global_batch(batch, where), False
+
+
+# ----------------------------------------------------------------------------- fit's epochs
+
+
+class ArrayEpochs:
+    """fit's epochs over arrays on the device: a permutation per epoch, K steps per call."""
+
+    def __init__(self, data, batch_size: int, placement: Placement, where: str = "fit"):
+        x, y, w, n = data
+        if batch_size > n:
+            raise ValueError(
+                f"{where}: `batch_size={batch_size}` is larger than the {n} training examples; "
+                f"use a batch size <= {n}."
+            )
+        placement.check_divisible(batch_size, where, "`batch_size`")
+        self.batch_size, self.n, self.steps = batch_size, n, n // batch_size
+        self.placement = placement
+        self.example = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x
+        )
+        self.data = placement.put_rows((x, y, w))
+
+    def compile(self, step, metrics, ts_shardings, *, unroll, steps_per_execution):
+        p = self.placement
+        shardings = None if p.mesh is None else (ts_shardings, p.rows, p.replicated)
+        self.run = fused_runner(step, metrics, self.batch_size, unroll=unroll, shardings=shardings)
+        self.k = steps_per_execution
+        self.block_every = p.block_every if p.mesh is None else max(1, 8 // steps_per_execution)
+
+    def epoch(self, ts, acc, key, epoch: int, first: int, shuffle: bool):
+        """Run the epoch's steps from ``first`` on; yield ``(ts, acc, steps, last)`` per call."""
+        perm = jax.random.permutation(keys.epoch_key(key, epoch), self.n) if shuffle else None
+        perm = self.placement.put(
+            jnp.arange(self.n) if perm is None else perm, self.placement.replicated
+        )
+        for call, begin in enumerate(range(first, self.steps, self.k)):
+            k = min(self.k, self.steps - begin)
+            ts, acc = self.run(ts, acc, self.data, perm, jnp.int32(begin), k)
+            if call % self.block_every == self.block_every - 1:
+                jax.block_until_ready(acc)
+            yield ts, acc, k, begin + k == self.steps
+
+
+class BatchEpochs:
+    """fit's epochs over an iterable of batches: one compiled step per batch."""
+
+    def __init__(self, data, placement: Placement):
+        first = next(iterate(data, "fit"), None)
+        if first is None:
+            raise ValueError("fit: `train_data` yielded no batches.")
+        self.data, self.placement, self.steps = data, placement, None
+        self.example = spec_of(first[0])
+
+    def compile(self, step, metrics, ts_shardings, **_):
+        def step_and_add(ts, acc, batch):  # the logs are accumulated inside the compiled call
+            ts, logs = step(ts, batch)
+            return ts, logs_add(metrics, acc, logs, 1.0, ts.step - 1)
+
+        out = None if self.placement.mesh is None else (ts_shardings, self.placement.replicated)
+        self.run = jax.jit(step_and_add, donate_argnums=(0, 1), out_shardings=out)
+
+    def count_steps(self) -> None:
+        """Count the batches of an epoch (to know where a resumed run restarts)."""
+        self.steps = sum(1 for _ in iterate(self.data, "fit"))
+
+    def epoch(self, ts, acc, key, epoch: int, first: int, shuffle: bool):
+        del key, shuffle  # an iterable brings its own order
+        count, every = 0, self.placement.block_every
+        for i, batch in enumerate(iterate(self.data, "fit")):
+            count += 1
+            if i < first:
+                continue
+            ts, acc = self.run(ts, acc, self.placement.global_batch(batch, "fit"))
+            if i % every == every - 1:
+                jax.block_until_ready(acc)
+            yield ts, acc, 1, self.steps is not None and i + 1 == self.steps
+        if count == 0:
+            raise ValueError(
+                f"fit: `train_data` yielded no batches in epoch {epoch + 1}; a one-shot "
+                "iterator is used up after one epoch. Pass a list or a function that "
+                "returns a fresh iterator."
+            )
