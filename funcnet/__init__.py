@@ -25,6 +25,7 @@ from funcnet import (
 from funcnet.checkpoint import CheckpointManager
 from funcnet.combinators import concat, fanout, parallel, repeat, residual, serial, shared
 from funcnet.core import (
+    FuncnetError,
     Layer,
     LayerError,
     Params,
@@ -34,6 +35,7 @@ from funcnet.core import (
     init_spec,
     output_spec,
     spec_of,
+    stateless,
 )
 from funcnet.export import load_exported
 from funcnet.layers import *  # noqa: F403
@@ -42,10 +44,11 @@ from funcnet.loop import History, evaluate, fit, predict
 from funcnet.summaries import param_count, summary
 from funcnet.train import TrainState, eval_step, predict_step, train_step
 
-__version__ = "0.1.0"
+from funcnet.version import __version__
 
 __all__ = [
     "CheckpointManager",
+    "FuncnetError",
     "History",
     "Layer",
     "LayerError",
@@ -82,6 +85,7 @@ __all__ = [
     "serial",
     "shared",
     "spec_of",
+    "stateless",
     "summary",
     "train_step",
     *_layers,

@@ -42,6 +42,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from funcnet._checks import is_int
+
 __all__ = [
     "AugmentFn",
     "compose",
@@ -88,9 +90,7 @@ def _nonnegative(where: str, name: str, value: Any) -> float:
 def _pixels(where: str, name: str, value: Any, minimum: int) -> tuple[int, int]:
     """An int or an ``(height, width)`` pair of ints, each >= ``minimum``."""
     pair = value if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in pair
-    ):
+    if len(pair) != 2 or not all(is_int(v) and v >= minimum for v in pair):
         raise ValueError(
             f"{where}: `{name}` must be an int >= {minimum} or a (height, width) pair of "
             f"them, got {value!r}."

@@ -16,7 +16,14 @@ gradients (BatchNorm statistics). A layer with neither returns ``()``.
 Errors caused by the model or its inputs are :class:`LayerError` (a
 ``ValueError``) whose message starts with the path of the layer in the model,
 e.g. ``serial[3] Dense(10): expected inputs with last dimension 3136, got
-shape (128, 2304)``.
+shape (128, 2304)``. Every error funcnet defines derives from
+:class:`FuncnetError`, so ``except funcnet.FuncnetError`` catches them all.
+
+A :class:`Layer` is also a pytree with no leaves, so a model can be an
+argument of ``jax.jit``, ``jax.vmap`` or ``jax.grad`` and sit inside any
+pytree. Paths into pytrees of params are written by :func:`path_str`
+(``"encoder/1/b"``), the one spelling used by training, checkpoints, exports
+and summaries.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "ApplyFn",
+    "FuncnetError",
     "InitFn",
     "Layer",
     "LayerError",
@@ -36,9 +44,14 @@ __all__ = [
     "PRNGKey",
     "State",
     "as_layer",
+    "call_with_path",
     "init_spec",
     "output_spec",
+    "path_str",
+    "prepend_path",
     "spec_of",
+    "stateless",
+    "tree_paths",
 ]
 
 Params = Any
@@ -67,7 +80,19 @@ class ApplyFn(Protocol):
     ) -> tuple[Pytree, State]: ...
 
 
-class LayerError(ValueError):
+class FuncnetError(Exception):
+    """The base of every error funcnet defines (:class:`LayerError`, ``CheckpointError``, ...).
+
+    Each subclass also derives from the built-in exception it refines (e.g.
+    ``ValueError``), so code that catches those keeps working.
+
+    Examples:
+        >>> issubclass(LayerError, FuncnetError) and issubclass(LayerError, ValueError)
+        True
+    """
+
+
+class LayerError(FuncnetError, ValueError):
     """A model or its inputs are wrong; the message starts with the layer's path.
 
     ``path`` is the list of places from the outermost combinator to the layer
@@ -101,8 +126,27 @@ class LayerError(ValueError):
 _NOTE_PREFIX = "funcnet: raised inside "
 
 
-def _prepend_path(err: BaseException, part: str) -> None:
-    """Add ``part`` to the path of ``err``: in the message for a LayerError, else in a note."""
+def prepend_path(err: BaseException, part: str) -> None:
+    """Add ``part`` to the layer path of ``err``, in place.
+
+    A :class:`LayerError` gets it in its message; any other exception gets (or
+    updates) a note ``"funcnet: raised inside <path>"``, so foreign errors
+    (a ``TypeError`` from a user's function) still say where they came from.
+
+    Args:
+        err: the exception passing through a combinator.
+        part: the combinator's part of the path, e.g. ``"serial[3]"``.
+
+    Examples:
+        >>> err = LayerError("bad width", path=["Dense(3)"])
+        >>> prepend_path(err, "serial[1]")
+        >>> str(err)
+        'serial[1] Dense(3): bad width'
+        >>> other = TypeError("unsupported operand")
+        >>> prepend_path(other, "serial[0]")
+        >>> other.__notes__
+        ['funcnet: raised inside serial[0]']
+    """
     if isinstance(err, LayerError):
         err.prepend(part)
         return
@@ -114,6 +158,35 @@ def _prepend_path(err: BaseException, part: str) -> None:
     notes = [n for n in getattr(err, "__notes__", []) if not n.startswith(_NOTE_PREFIX)]
     notes.append(_NOTE_PREFIX + " ".join(path))
     err.__notes__ = notes
+
+
+def call_with_path(part: str, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)``; an exception passing through gets ``part`` added to its path.
+
+    This is how a combinator names its children in errors: it calls each
+    child's ``init``/``apply`` through this function with its own part of the
+    path (``"serial[3]"``).
+
+    Args:
+        part: the caller's part of the layer path.
+        fn: the function to call; ``args`` and ``kwargs`` are passed to it.
+
+    Returns:
+        What ``fn`` returns.
+
+    Examples:
+        >>> def child(x):
+        ...     raise LayerError("expected a matrix", path=["Dense(2)"])
+        >>> call_with_path("serial[1]", child, 3)
+        Traceback (most recent call last):
+        ...
+        funcnet.core.LayerError: serial[1] Dense(2): expected a matrix
+    """
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:
+        prepend_path(err, part)
+        raise
 
 
 class _Named:
@@ -134,7 +207,7 @@ class _Named:
             raise
         except Exception as err:
             if not getattr(err, "_funcnet_path", None):
-                _prepend_path(err, self.name)
+                prepend_path(err, self.name)
             raise
 
     def __repr__(self) -> str:
@@ -175,6 +248,18 @@ class Layer(_LayerTuple):
         {'scale': (3,)}
         >>> scale
         Scale
+
+    A layer is a pytree with no leaves (its functions are static), equal to
+    and hashed like another exactly when both have the same ``init`` and
+    ``apply`` function objects. So a model can be an argument of a jitted
+    function (it is compiled once per model object), of ``vmap`` or ``grad``,
+    or sit inside a dict of things passed around:
+
+        >>> f = jax.jit(lambda model, p, x: model.apply(p, (), x)[0])
+        >>> f(scale, params, jnp.ones((2, 3))).shape
+        (2, 3)
+        >>> jax.tree.leaves({"model": scale, "params": params})
+        [Array([1., 1., 1.], dtype=float32)]
     """
 
     __slots__ = ()
@@ -201,6 +286,34 @@ class Layer(_LayerTuple):
         else:
             inner = ", ".join(repr(c) for c in self.children)
         return f"{self.name}({inner})"
+
+    # Identity of the two functions, not tuple equality: `children` may be an (unhashable)
+    # dict, and two layers built alike from different closures are different models.
+    # (Never NotImplemented: Python would fall back to tuple equality.)
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Layer):
+            return False
+        return self.init is other.init and self.apply is other.apply
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((self.init, self.apply))
+
+
+def _flatten_layer(layer: Layer) -> tuple[tuple, Layer]:
+    return (), layer
+
+
+def _unflatten_layer(layer: Layer, leaves: tuple) -> Layer:
+    del leaves
+    return layer
+
+
+# A Layer is a pytree node with no leaves (its aux data is the layer itself), not the
+# NamedTuple node JAX would make of it, whose functions would be leaves that jit rejects.
+jax.tree_util.register_pytree_node(Layer, _flatten_layer, _unflatten_layer)
 
 
 def _callable_name(fn: Callable) -> str:
@@ -247,15 +360,59 @@ def as_layer(fn: Layer | Callable[[Any], Any]) -> Layer:
             f"e.g. `{name}(...)`."
         )
 
+    return stateless(_callable_name(fn), fn)
+
+
+def stateless(
+    name: str,
+    forward: Callable[[Pytree], Pytree],
+    check: Callable[[Pytree], Any] | None = None,
+) -> Layer:
+    """A layer with no params, no state and no randomness: ``inputs -> forward(inputs)``.
+
+    ``init`` runs ``check(inputs)`` (when given) so that bad inputs fail at
+    ``init``, before anything runs, and returns ``((), ())``; ``apply`` ignores
+    params, key and ``train`` and returns ``(forward(inputs), state)``. Raise
+    :class:`LayerError` in ``check`` or ``forward``: the message gets ``name``
+    and the layer's path.
+
+    Args:
+        name: the layer's description (``"Flatten"``).
+        forward: the computation, on the inputs (arrays or, at ``init``-time
+            shape checks, whatever ``jax.eval_shape`` passes).
+        check: an optional function of the inputs that raises for bad ones;
+            its result is ignored.
+
+    Returns:
+        A :class:`Layer`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> def check(x):
+        ...     if x.ndim != 2:
+        ...         raise LayerError(f"expected a matrix, got shape {x.shape}.")
+        >>> transpose = stateless("Transpose", lambda x: x.T, check)
+        >>> transpose.init(jax.random.key(0), jnp.zeros((2, 3)))
+        ((), ())
+        >>> transpose.apply((), (), jnp.zeros((2, 3)))[0].shape
+        (3, 2)
+        >>> transpose.init(jax.random.key(0), jnp.zeros(3))
+        Traceback (most recent call last):
+        ...
+        funcnet.core.LayerError: Transpose: expected a matrix, got shape (3,).
+    """
+
     def init(key, inputs):
-        del key, inputs
+        del key
+        if check is not None:
+            check(inputs)
         return (), ()
 
     def apply(params, state, inputs, *, key=None, train=False):
         del params, key, train
-        return fn(inputs), state
+        return forward(inputs), state
 
-    return Layer(init, apply, _callable_name(fn))
+    return Layer(init, apply, name)
 
 
 def spec_of(tree: Pytree) -> Pytree:
@@ -272,15 +429,6 @@ def spec_of(tree: Pytree) -> Pytree:
         return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
 
     return jax.tree.map(leaf, tree)
-
-
-def _apply_spec(layer: Layer, params: Params, state: State, inputs: Pytree) -> Pytree:
-    """Output spec of ``layer.apply`` at these params and inputs, without computing anything."""
-
-    def run(p, s, x):
-        return layer.apply(p, s, x)[0]
-
-    return jax.eval_shape(run, spec_of(params), spec_of(state), spec_of(inputs))
 
 
 def init_spec(layer: Layer | Callable, inputs: Pytree) -> tuple[Params, State]:
@@ -324,4 +472,31 @@ def output_spec(
         p, s = init_spec(layer, inputs)
         params = p if params is None else params
         state = s if state is None else state
-    return _apply_spec(layer, params, state, inputs)
+
+    def run(p, s, x):
+        return layer.apply(p, s, x)[0]
+
+    return jax.eval_shape(run, spec_of(params), spec_of(state), spec_of(inputs))
+
+
+def path_str(path: Sequence) -> str:
+    """A pytree key path as ``"0/w"`` or ``"encoder/1/b"`` (used for path patterns).
+
+    Examples:
+        >>> tree_paths(({"w": 1, "b": 2}, (), {"w": 3}))
+        ['0/b', '0/w', '2/w']
+    """
+    parts = []
+    for entry in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def tree_paths(tree: Any) -> list[str]:
+    """The :func:`path_str` of every leaf of ``tree``, in leaf order."""
+    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from funcnet._checks import is_int
 from funcnet.data import train_val_test_split
 
 __all__ = [
@@ -430,8 +431,8 @@ def load_csv(
                 "of them, or an index, as `target`."
             )
         target_index = names.index(target)
-    elif isinstance(target, int) and not isinstance(target, bool) and -width <= target < width:
-        target_index = target % width
+    elif is_int(target) and -width <= target < width:
+        target_index = int(target) % width
     else:
         raise ValueError(
             f"load_csv: `target` must be a column name or an index in [-{width}, {width}), "

@@ -18,6 +18,11 @@ directory:
 numpy and this module, never the code that built the model. Serialization
 needs the ``flatbuffers`` package (``pip install flatbuffers``).
 
+Problems with an artifact or with what a model is given (a missing or
+corrupted file, inputs of other shapes than exported) raise
+:class:`ExportError`, a :class:`~funcnet.core.FuncnetError` and a
+``ValueError``, whose message names the directory or file.
+
 An artifact runs on the platforms it was exported for (default: the current
 backend; pass e.g. ``platforms=("cpu", "cuda")``) and with jax versions that
 still support its calling convention (jax keeps about six months of backward
@@ -49,15 +54,28 @@ from typing import Any
 import jax
 import numpy as np
 
-from funcnet.train import path_str
+from funcnet import checkpoint
+from funcnet.core import FuncnetError, as_layer, path_str, spec_of
+from funcnet.version import __version__
 
-__all__ = ["ExportedModel", "export", "load_exported"]
+__all__ = ["ExportError", "ExportedModel", "export", "load_exported"]
 
 FORMAT = "funcnet.export"
 FORMAT_VERSION = 1
 ARTIFACT = "model.jaxexport"
 DESCRIPTION = "model.json"
 PARAMS = "params.safetensors"
+
+
+class ExportError(FuncnetError, ValueError):
+    """An export cannot be written, read or called as asked; the message names its directory.
+
+    Examples:
+        >>> load_exported("/no/such/export")
+        Traceback (most recent call last):
+        ...
+        funcnet.export.ExportError: load_exported: `/no/such/export` has no model.json; ...
+    """
 
 
 def _describe(tree) -> list[dict]:
@@ -108,12 +126,9 @@ def export(
         ``path`` as a string.
 
     Raises:
-        ValueError: when ``batch_polymorphic`` and an input leaf is a scalar.
+        ExportError: when ``batch_polymorphic`` and an input leaf is a scalar.
         TypeError: when ``input_spec`` has no array leaves.
     """
-    from funcnet import checkpoint
-    from funcnet.core import as_layer, spec_of
-
     layer = as_layer(model)
     specs = spec_of(input_spec)
     leaves = jax.tree.leaves(specs)
@@ -129,9 +144,10 @@ def export(
             if not s.shape
         ]
         if scalars:
-            raise ValueError(
-                f"export: with `batch_polymorphic=True` every input needs a leading batch axis, "
-                f"but {scalars} are scalars; add a batch axis or pass `batch_polymorphic=False`."
+            raise ExportError(
+                f"export to `{os.fspath(path)}`: with `batch_polymorphic=True` every input needs "
+                f"a leading batch axis, but {scalars} are scalars; add a batch axis or pass "
+                "`batch_polymorphic=False`."
             )
         (batch,) = jax.export.symbolic_shape("b")
         specs = jax.tree.map(lambda s: jax.ShapeDtypeStruct((batch, *s.shape[1:]), s.dtype), specs)
@@ -167,7 +183,7 @@ def export(
     description = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "funcnet_version": checkpoint._funcnet_version(),
+        "funcnet_version": __version__,
         "jax_version": jax.__version__,
         "model": repr(layer),
         "platforms": list(exported.platforms),
@@ -182,11 +198,11 @@ def export(
     }
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
-    checkpoint._atomic_write(os.path.join(path, ARTIFACT), lambda f: f.write(artifact))
+    checkpoint.atomic_write(os.path.join(path, ARTIFACT), lambda f: f.write(artifact))
     if params_as_args:
         checkpoint.save(os.path.join(path, PARAMS), list(weights))
     text = json.dumps(description, indent=2) + "\n"
-    checkpoint._atomic_write(os.path.join(path, DESCRIPTION), lambda f: f.write(text.encode()))
+    checkpoint.atomic_write(os.path.join(path, DESCRIPTION), lambda f: f.write(text.encode()))
     return path
 
 
@@ -228,7 +244,7 @@ class ExportedModel:
                 f"{np.dtype(getattr(x, 'dtype', np.asarray(x).dtype))}{list(np.shape(x))}"
                 for p, x in got
             ]
-            raise ValueError(
+            raise ExportError(
                 f"exported model `{self.path}`: expected inputs {expected} ('b' is any batch "
                 f"size), got {actual}; pass inputs of the exported shapes and dtypes."
             )
@@ -244,17 +260,17 @@ class ExportedModel:
         """The outputs with other weights of the same structure (needs ``params_as_args``).
 
         Raises:
-            ValueError: if the model was exported with its parameters baked in,
+            ExportError: if the model was exported with its parameters baked in,
                 or ``params``/``state`` have another number of leaves.
         """
         if self.weights is None:
-            raise ValueError(
+            raise ExportError(
                 f"exported model `{self.path}`: its parameters are baked in; export with "
                 "`params_as_args=True` to pass other parameters."
             )
         weights = jax.tree.leaves((params, state))
         if len(weights) != len(self.weights):
-            raise ValueError(
+            raise ExportError(
                 f"exported model `{self.path}`: expected params and state with "
                 f"{len(self.weights)} arrays in all, got {len(weights)}; pass the same "
                 "structure as at export."
@@ -273,8 +289,8 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
         An :class:`ExportedModel`: ``model(inputs) -> outputs``.
 
     Raises:
-        ValueError: when the directory is not an export, was written by a
-            newer funcnet, or its artifact does not match its checksum.
+        ExportError: when the directory is not an export, was written by a
+            newer funcnet, or its artifact is missing or does not match its checksum.
     """
     path = os.fspath(path)
     described = os.path.join(path, DESCRIPTION)
@@ -282,29 +298,36 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
         with open(described, encoding="utf-8") as f:
             description = json.load(f)
     except FileNotFoundError:
-        raise ValueError(
+        raise ExportError(
             f"load_exported: `{path}` has no {DESCRIPTION}; pass the directory written by "
             "`funcnet.export.export`."
         ) from None
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise ExportError(
             f"load_exported: `{described}` is not valid JSON ({err}); export the model again."
         ) from None
     if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise ValueError(
+        raise ExportError(
             f"load_exported: `{described}` does not describe a funcnet export (no "
             f"format {FORMAT!r}); pass the directory written by `funcnet.export.export`."
         )
     version = description.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
+        raise ExportError(
             f"load_exported: `{path}` has format version {version}, this funcnet reads up to "
             f"{FORMAT_VERSION}; upgrade funcnet."
         )
-    with open(os.path.join(path, ARTIFACT), "rb") as f:
-        artifact = f.read()
+    artifact_path = os.path.join(path, ARTIFACT)
+    try:
+        with open(artifact_path, "rb") as f:
+            artifact = f.read()
+    except FileNotFoundError:
+        raise ExportError(
+            f"load_exported: `{artifact_path}` is missing; the export in `{path}` is incomplete. "
+            "Export the model again."
+        ) from None
     if _sha256(artifact) != description.get("artifact_sha256"):
-        raise ValueError(
+        raise ExportError(
             f"load_exported: `{os.path.join(path, ARTIFACT)}` does not match the checksum in "
             f"{DESCRIPTION}: the artifact is corrupted or belongs to another export; export "
             "the model again."
@@ -312,7 +335,5 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
     exported = jax.export.deserialize(bytearray(artifact))
     weights = None
     if description.get("params_as_args"):
-        from funcnet import checkpoint
-
         weights = checkpoint.load(os.path.join(path, PARAMS))
     return ExportedModel(exported, description, weights, path)

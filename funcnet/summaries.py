@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from funcnet._checks import fmt_shape
 from funcnet.core import Layer, as_layer, init_spec, output_spec, spec_of
 
 __all__ = ["Summary", "SummaryRow", "param_count", "summary"]
@@ -57,7 +58,7 @@ class SummaryRow(NamedTuple):
 
     Attributes:
         path: where the layer's params are (``""`` for the model, ``"1/encoder"``),
-            as :func:`funcnet.train.path_str` spells param paths.
+            as :func:`funcnet.core.path_str` spells param paths.
         depth: nesting depth (0 for the model).
         description: the layer's name (``"Dense(10)"``), or its ``repr`` when
             its children are not expanded.
@@ -274,7 +275,7 @@ def _shape_str(out) -> str:
     if out is None:
         return "?"
     if isinstance(out, jax.ShapeDtypeStruct):
-        return str(tuple(out.shape))
+        return fmt_shape(out.shape)
     return str(jax.tree.map(lambda s: tuple(s.shape), out))
 
 

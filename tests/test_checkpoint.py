@@ -24,7 +24,7 @@ import optax
 import pytest
 
 import funcnet as fn
-from funcnet import checkpoint as ckpt
+from funcnet import TrainState
 from funcnet.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -34,7 +34,8 @@ from funcnet.checkpoint import (
     read_metadata,
     save,
 )
-from funcnet.train import TrainState
+from funcnet.checkpoint import atomic as ckpt_atomic
+from funcnet.checkpoint import format as ckpt_format
 
 STRICT_DTYPES = False  # optax's Adam is not strict-promotion clean
 
@@ -395,7 +396,7 @@ def test_tree_that_does_not_match_the_arrays(tmp_path, tree, message):
     table = {"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
     info = json.dumps({"format_version": 1, "tree": tree})
     data = b"\0" * 4
-    digest = ckpt._digest(table, info, [data])
+    digest = ckpt_format._digest(table, info, [data])
     meta = {"format": "funcnet.checkpoint", "funcnet": info, "sha256": digest}
     _write_raw(tmp_path / "t.safetensors", table, meta, data)
     with pytest.raises(CheckpointError, match=message):
@@ -558,8 +559,8 @@ _MULTI_HOST = textwrap.dedent(
     )
     from jax.sharding import NamedSharding, PartitionSpec as P
     from funcnet.checkpoint import CheckpointManager, format as fmt
-    writes, write_file = [], fmt._atomic_write
-    fmt._atomic_write = lambda path, write: (writes.append(path), write_file(path, write))[1]
+    writes, write_file = [], fmt.atomic_write
+    fmt.atomic_write = lambda path, write: (writes.append(path), write_file(path, write))[1]
     mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
     rep, row = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     value = np.arange(12.0, dtype=np.float32).reshape(4, 3)
@@ -738,7 +739,7 @@ def test_manager_min_mode_ties_and_no_metric(tmp_path):
 def test_manager_survives_a_crash_between_save_and_cleanup(tmp_path):
     # files written but never pruned (the process died after writing), plus foreign files
     for step in (1, 2, 3, 4):
-        ckpt._save(
+        ckpt_format._save(
             tmp_path / f"step_{step:08d}.safetensors", jnp.full(1, step), None, {"step": step}
         )
     (tmp_path / "notes.txt").write_text("not a checkpoint")
@@ -776,7 +777,7 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
         timeout=60,
     )
     dead_pid = int(done.stdout)
-    live = ckpt._temp_name(str(tmp_path / "step_00000001.safetensors"))  # this process's own
+    live = ckpt_atomic._temp_name(str(tmp_path / "step_00000001.safetensors"))  # this process's own
     dead = live.replace(f".{os.getpid()}.", f".{dead_pid}.")
     other_host = dead.replace(dead.split(".")[-4], "otherhost")
     for name in (live, dead, other_host):

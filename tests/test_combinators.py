@@ -195,3 +195,55 @@ def test_gradient_check_on_a_composed_model(key):
         return model.apply(p, state, x)[0]
 
     check_grads(f, (params, x), order=2, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence inputs: one dict convention, read by split_inputs
+
+
+def test_split_inputs_and_replace_x():
+    x = jnp.ones((2, 3, 4))
+    assert fn.combinators.INPUT_KEYS == ("x", "mask", "lengths", "carry", "memory", "memory_mask")
+    entries, is_dict = fn.combinators.split_inputs(x)
+    assert entries["x"] is x and not is_dict
+    inputs = {"x": x, "lengths": jnp.array([3, 1]), "carry": None}
+    entries, is_dict = fn.combinators.split_inputs(inputs)
+    assert sorted(entries) == ["lengths", "x"] and is_dict
+    out = fn.combinators.replace_x(inputs, True, 2 * x)
+    assert out["lengths"] is inputs["lengths"] and out["carry"] is None
+    assert fn.combinators.replace_x(x, False, 1) == 1
+
+
+def test_split_inputs_errors():
+    split = fn.combinators.split_inputs
+    x = jnp.ones((2, 3, 4))
+    with pytest.raises(
+        LayerError,
+        match=r"^unknown input keys \['lenghts'\]; the layer accepts a dict with keys \['x', "
+        r"'lengths'\] \(or a plain array \(N, T, F\) for 'x'\)\.$",
+    ):
+        split({"x": x, "lenghts": 1}, ("x", "lengths"), layout="(N, T, F)")
+    with pytest.raises(LayerError, match=r"^the input dict needs the keys \['x'\], got keys \[\]"):
+        split({"mask": None})
+    with pytest.raises(LayerError, match=r"^expected a dict with keys \['x', 'memory'\]"):
+        split(x, require=("x", "memory"))
+    with pytest.raises(LayerError, match=r"^expected an array \(N, T, D\) or a dict with keys"):
+        split([x])
+
+
+def test_routing_over_the_recurrent_keys(key):
+    """on_x, select_keys and positional layers pass `lengths` on to an RNN."""
+    x = jnp.ones((2, 5, 4))
+    inputs = {"x": x, "lengths": jnp.array([5, 2])}
+    model = fn.serial(
+        fn.on_x(fn.Dense(6)),
+        fn.SinusoidalEncoding(),
+        fn.select_keys("x", "lengths"),
+        fn.RNN(fn.GRUCell(3), return_sequences=False),
+    )
+    params, state = model.init(key, {**inputs, "memory": jnp.ones((2, 1, 4))})
+    y, _ = model.apply(params, state, inputs)
+    assert y.shape == (2, 3)
+    # the second sequence stops at its length: padding after it does not change the output
+    y2, _ = model.apply(params, state, {**inputs, "x": x.at[1, 3:].set(9.0)})
+    np.testing.assert_allclose(y, y2, rtol=1e-6)

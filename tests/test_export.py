@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import pytest
 
 import funcnet as fn
 from funcnet.core import Layer
-from funcnet.export import ExportedModel, export, load_exported
+from funcnet.export import ExportedModel, ExportError, export, load_exported
 
 ROOT = Path(__file__).parent.parent
 
@@ -216,3 +217,27 @@ def test_load_errors(tmp_path, key):
     (path / "model.jaxexport").write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"model.jaxexport` does not match the checksum"):
         load_exported(path)
+
+
+def test_export_errors_are_funcnet_errors_naming_the_path(tmp_path, key):
+    model = fn.Dense(2)
+    params, state = model.init(key, jnp.zeros((1, 4)))
+    target = tmp_path / "scalar"
+    with pytest.raises(
+        ExportError, match=rf"^export to `{re.escape(str(target))}`: with `batch_polymorphic=True`"
+    ):
+        export(model, params, state, jax.ShapeDtypeStruct((), jnp.float32), target)
+    path = Path(export(model, params, state, jnp.zeros((1, 4)), tmp_path / "e"))
+    loaded = load_exported(path)
+    with pytest.raises(
+        fn.FuncnetError, match=rf"^exported model `{re.escape(str(path))}`: expected inputs"
+    ):
+        loaded(jnp.ones((1, 5)))
+    (path / "model.jaxexport").unlink()
+    with pytest.raises(
+        ExportError,
+        match=rf"^load_exported: `{re.escape(str(path / 'model.jaxexport'))}` is missing; the "
+        rf"export in `{re.escape(str(path))}` is incomplete",
+    ):
+        load_exported(path)
+    assert issubclass(ExportError, ValueError)

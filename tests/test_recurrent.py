@@ -549,9 +549,9 @@ def test_bidirectional_constructor_errors():
     [
         (S(2, 5), r"^RNN\(LSTMCell\(4\)\): expected `x` of shape \(N, T, F\).*got shape \(2, 5\)"),
         (S(2, 5, 3, dtype=I32), r"expected floating-point `x`, got dtype int32"),
-        ((S(2, 5, 3),), r"expected inputs as an array \(N, T, F\) or a dict"),
+        ((S(2, 5, 3),), r"expected an array \(N, T, F\) or a dict"),
         ({"x": S(2, 5, 3), "length": S(2, dtype=I32)}, r"unknown input keys \['length'\]; the"),
-        ({"lengths": S(2, dtype=I32)}, r"a dict input needs the key 'x'"),
+        ({"lengths": S(2, dtype=I32)}, r"the input dict needs the keys \['x'\]"),
         ({"x": S(2, 5, 3), "lengths": S(3, dtype=I32)}, r"`lengths` as an integer array of sh"),
         ({"x": S(2, 5, 3), "lengths": S(2)}, r"got float32\[2\]"),
         ({"x": S(2, 5, 3), "mask": S(2, 5)}, r"`mask` as a bool array of shape \(2, 5\)"),

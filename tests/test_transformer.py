@@ -262,8 +262,8 @@ def test_helpers_route_the_dict(key):
         residual_x(fn.Dense(3)).init(key, inputs["x"])
     with pytest.raises(LayerError, match=r"^on_x Dense\(3\): expected inputs with last dimension"):
         on_x(fn.Dense(3)).apply({"w": jnp.ones((5, 3)), "b": jnp.ones(3)}, (), inputs)
-    with pytest.raises(ValueError, match=r"select_keys: unknown key 'lengths'"):
-        select_keys("x", "lengths")
+    with pytest.raises(ValueError, match=r"select_keys: unknown key 'length'"):
+        select_keys("x", "length")
     with pytest.raises(ValueError, match=r"residual_x: needs at least one layer"):
         residual_x()
 

@@ -3,7 +3,7 @@
 A checkpoint is one `safetensors <https://github.com/huggingface/safetensors>`_
 file: an 8-byte little-endian header length, a JSON header, the raw bytes of
 every array. Arrays are stored under their pytree path (``params/0/w``, as
-:func:`funcnet.train.path_str` writes it); the header's ``__metadata__`` holds
+:func:`funcnet.core.path_str` writes it); the header's ``__metadata__`` holds
 funcnet's JSON description (format version, funcnet and jax versions, the tree
 structure, the user's metadata) and a SHA-256 checksum of the tensor table,
 that description and all array bytes. Any safetensors reader can open the
@@ -56,22 +56,9 @@ Examples:
 
 from __future__ import annotations
 
-# The private helpers are re-exported for funcnet.export and the tests.
-from funcnet.checkpoint.atomic import (  # noqa: F401
-    _atomic_write,
-    _remove_stale_temp_files,
-    _temp_name,
-)
+from funcnet.checkpoint.atomic import atomic_write
 from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning, LoadReport
-from funcnet.checkpoint.format import (  # noqa: F401
-    FORMAT,
-    FORMAT_VERSION,
-    _digest,
-    _funcnet_version,
-    _save,
-    read_metadata,
-    save,
-)
+from funcnet.checkpoint.format import FORMAT, FORMAT_VERSION, read_metadata, save
 from funcnet.checkpoint.manager import CheckpointManager
 from funcnet.checkpoint.restore import load
 
@@ -81,10 +68,13 @@ for _cls in (CheckpointError, CheckpointManager, CheckpointWarning, LoadReport):
 del _cls
 
 __all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointManager",
     "CheckpointWarning",
     "LoadReport",
+    "atomic_write",
     "load",
     "read_metadata",
     "save",

@@ -10,6 +10,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+__all__ = ["atomic_write"]
+
 _TEMP_RE = re.compile(r"^\.(?P<base>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
@@ -33,8 +35,27 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    """Write a file through ``write(f)`` so that ``path`` is either the old or the new file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Write a file through ``write(f)`` so that ``path`` is either the old or the new file.
+
+    ``write`` gets a binary file object of a temporary file in the same
+    directory (created if needed); the file is flushed and ``fsync``-ed, renamed
+    over ``path`` with ``os.replace``, and the directory is ``fsync``-ed. A
+    process killed at any moment leaves ``path`` as it was or complete (and at
+    worst a hidden ``.*.tmp`` file, which ``CheckpointManager`` removes). Used by
+    checkpoints and exports.
+
+    Args:
+        path: the file to write.
+        write: a function that writes the contents to the file object it gets.
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "note.txt")
+        >>> atomic_write(path, lambda f: f.write(b"hello"))
+        >>> open(path, "rb").read(), os.listdir(os.path.dirname(path))
+        (b'hello', ['note.txt'])
+    """
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)

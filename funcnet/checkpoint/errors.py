@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from funcnet.core import FuncnetError
+
 __all__ = ["CheckpointError", "CheckpointWarning", "LoadReport"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FuncnetError, ValueError):
     """A checkpoint cannot be read or does not fit the template; the message names the file.
+
+    A :class:`~funcnet.core.FuncnetError` and a ``ValueError``.
 
     Attributes:
         report: for a template mismatch, the :class:`LoadReport`; else ``None``.

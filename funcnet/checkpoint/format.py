@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet.checkpoint.atomic import _atomic_write
+from funcnet.checkpoint.atomic import atomic_write
 from funcnet.checkpoint.errors import CheckpointError
 from funcnet.checkpoint.tree import _encode, _host_arrays, _jsonable, _leaf_kinds
+from funcnet.version import __version__
 
 FORMAT = "funcnet.checkpoint"
 FORMAT_VERSION = 1
@@ -42,12 +43,6 @@ _DTYPES: dict[str, np.dtype] = {
     "F8_E5M2": np.dtype(jnp.float8_e5m2),
 }
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
-
-
-def _funcnet_version() -> str:
-    import funcnet
-
-    return str(getattr(funcnet, "__version__", "unknown"))
 
 
 def _host_dtype(dtype: np.dtype, name: str) -> str:
@@ -93,7 +88,7 @@ def _save(path, tree, metadata=None, extra: Mapping | None = None) -> str:
         offset += size
     info = {
         "format_version": FORMAT_VERSION,
-        "funcnet_version": _funcnet_version(),
+        "funcnet_version": __version__,
         "jax_version": jax.__version__,
         "metadata": _jsonable(metadata if metadata is not None else {}, "metadata"),
         **_jsonable(dict(extra or {}), "metadata"),
@@ -113,13 +108,13 @@ def _save(path, tree, metadata=None, extra: Mapping | None = None) -> str:
             f.write(memoryview(_bytes_of(a)))
 
     if jax.process_count() == 1:
-        _atomic_write(path, write)
+        atomic_write(path, write)
         return path
     # Several processes hold the same (replicated) arrays: process 0 writes the file once, and
     # every process waits for it, so a file another process reads next is complete.
     try:
         if jax.process_index() == 0:
-            _atomic_write(path, write)
+            atomic_write(path, write)
     finally:
         _sync(f"funcnet.checkpoint.save {path}")
     return path
@@ -140,7 +135,7 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping | None = None)
             the new one is complete and on disk.
         tree: any pytree of JAX arrays (possibly sharded, see the module
             docstring), typed PRNG keys, numpy arrays and Python scalars, e.g.
-            a whole :class:`~funcnet.train.TrainState`. Containers: dicts (str or
+            a whole :class:`~funcnet.TrainState`. Containers: dicts (str or
             int keys), lists, tuples, NamedTuples, ``None``, and other
             registered pytree nodes.
         metadata: JSON data stored with the arrays (read it back with

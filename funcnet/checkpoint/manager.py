@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import numpy as np
 
+from funcnet._checks import is_int
 from funcnet.checkpoint.atomic import _remove_stale_temp_files
 from funcnet.checkpoint.errors import CheckpointError
 from funcnet.checkpoint.format import _save, read_metadata
@@ -61,9 +61,7 @@ class CheckpointManager:
         best_metric: str | None = None,
         best_mode: str = "min",
     ):
-        if max_to_keep is not None and (
-            isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1
-        ):
+        if max_to_keep is not None and (not is_int(max_to_keep) or max_to_keep < 1):
             raise ValueError(
                 f"CheckpointManager: `max_to_keep` must be an int >= 1 or None (keep all), got "
                 f"{max_to_keep!r}."
@@ -154,7 +152,7 @@ class CheckpointManager:
         Raises:
             ValueError: for a negative step, or metrics without ``best_metric``.
         """
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        if not is_int(step) or step < 0:
             raise ValueError(
                 f"CheckpointManager.save: `step` must be an int >= 0, got {step!r}; pass "
                 "`int(train_state.step)`."

@@ -12,7 +12,7 @@ import numpy as np
 from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning, LoadReport
 from funcnet.checkpoint.format import _arrays, _read
 from funcnet.checkpoint.tree import _decode, _is_key, _leaf_kinds
-from funcnet.train import path_str
+from funcnet.core import path_str
 
 
 def _spec_str(dtype, shape) -> str:

@@ -2,7 +2,7 @@
 
 A tree is stored as a nested JSON list (``["dict", [[key, node], ...]]``,
 ``["tuple", [...]]``, ``["array", name]``, ...) and its leaves under their
-pytree path (``params/0/w``, as :func:`funcnet.train.path_str` writes it).
+pytree path (``params/0/w``, as :func:`funcnet.core.path_str` writes it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from funcnet.train import path_str
+from funcnet.core import path_str
 
 
 def _jsonable(obj: Any, where: str) -> Any:

@@ -10,10 +10,6 @@ import numpy as np
 Pytree = Any
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _leaf_lengths(arrays: Pytree, where: str) -> tuple[list, Any, int]:
     """Leaves, treedef and the common first-axis length of a pytree of arrays."""
     with_path, treedef = jax.tree_util.tree_flatten_with_path(arrays)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet.data._util import _is_int
+from funcnet._checks import check_positive_int
 
 __all__ = ["CleanReport", "clean", "decode_labels", "encode_labels", "one_hot"]
 
@@ -180,8 +180,7 @@ def one_hot(labels: Any, num_classes: int, *, dtype: Any = jnp.float32) -> Any:
         >>> one_hot(jnp.array([1]), 2)
         Array([[0., 1.]], dtype=float32)
     """
-    if not _is_int(num_classes) or num_classes < 1:
-        raise ValueError(f"one_hot: `num_classes` must be an int >= 1, got {num_classes!r}.")
+    num_classes = check_positive_int("one_hot", "num_classes", num_classes)
     if isinstance(labels, jax.Array):
         if not jnp.issubdtype(labels.dtype, jnp.integer):
             raise TypeError(

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet.data._util import _is_int
+from funcnet._checks import is_int
 
 __all__ = ["MinMaxScaler", "Standardizer"]
 
@@ -19,8 +19,8 @@ __all__ = ["MinMaxScaler", "Standardizer"]
 
 
 def _fit_axes(x: np.ndarray, axis: Any, where: str) -> tuple[int, ...]:
-    axes = (axis,) if _is_int(axis) else tuple(axis) if isinstance(axis, Sequence) else None
-    if axes is None or not all(_is_int(a) for a in axes) or not axes:
+    axes = (axis,) if is_int(axis) else tuple(axis) if isinstance(axis, Sequence) else None
+    if axes is None or not all(is_int(a) for a in axes) or not axes:
         raise TypeError(
             f"{where}: `axis` must be an int or a tuple of ints (the axes to reduce over), "
             f"got {axis!r}."

@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from funcnet.data._util import Pytree, _is_int, _labels_1d, _leaf_lengths
+from funcnet._checks import is_int
+from funcnet.data._util import Pytree, _labels_1d, _leaf_lengths
 
 __all__ = ["Split", "k_fold", "take", "train_val_test_split"]
 
@@ -41,7 +42,7 @@ def take(arrays: Pytree, indices: Any) -> Pytree:
 
 
 def _count(size: Any, n: int, name: str) -> int:
-    if _is_int(size):
+    if is_int(size):
         if size < 0:
             raise ValueError(f"train_val_test_split: `{name}` must be >= 0, got {size}.")
         return int(size)
@@ -125,7 +126,7 @@ def train_val_test_split(
         Split(train=array([0, 1, 2]), val=array([3]), test=array([4]))
     """
     _, _, n = _leaf_lengths(arrays, "train_val_test_split")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise TypeError(f"train_val_test_split: `seed` must be an int, got {seed!r}.")
     n_val, n_test = _count(val_size, n, "val_size"), _count(test_size, n, "test_size")
     if n_val + n_test >= n:
@@ -187,7 +188,7 @@ def k_fold(
         [2, 2, 2]
     """
     for name, value in (("n", n), ("k", k), ("seed", seed)):
-        if not _is_int(value):
+        if not is_int(value):
             raise TypeError(f"k_fold: `{name}` must be an int, got {value!r}.")
     if not 2 <= k <= n:
         raise ValueError(f"k_fold: needs 2 <= k <= n, got k={k} and n={n}.")

@@ -1,58 +1,15 @@
-"""The dict convention of the sequence layers (attention, positional encodings, Transformer).
+"""Checks shared by the sequence layers (attention, positional encodings, Transformer).
 
-Layers that take several arrays take them as one dict with fixed keys (see
-:mod:`funcnet.layers.attention`); a plain array means ``{"x": array}``.
+The dict convention of their inputs (:func:`~funcnet.combinators.split_inputs`)
+lives in :mod:`funcnet.combinators`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import jax.numpy as jnp
 
+from funcnet._checks import array_of, check_floating, fmt_shape
 from funcnet.core import LayerError
-from funcnet.layers._util import array_of, check_floating, fmt_shape
-
-INPUT_KEYS = ("x", "memory", "mask", "memory_mask")
-
-
-def split_inputs(inputs, allowed=INPUT_KEYS, *, require=("x",)) -> tuple[dict, bool]:
-    """``(entries, is_dict)``: a plain array as ``{"x": array}``; ``None`` entries dropped.
-
-    Raises a bare :class:`LayerError` for anything but an array or a dict, for
-    keys outside ``allowed`` and for missing ``require``-d keys.
-    """
-    if isinstance(inputs, Mapping):
-        unknown = sorted((str(k) for k in inputs if k not in allowed), key=str)
-        if unknown:
-            raise LayerError(
-                f"unknown input keys {unknown}; this layer accepts a dict with keys "
-                f"{list(allowed)} (or a plain array for 'x')."
-            )
-        entries = {k: v for k, v in inputs.items() if v is not None}
-        missing = [k for k in require if k not in entries]
-        if missing:
-            raise LayerError(
-                f"the input dict needs the keys {missing}, got keys {sorted(entries)}; "
-                f"accepted keys: {list(allowed)}."
-            )
-        return entries, True
-    if hasattr(inputs, "shape") and hasattr(inputs, "dtype"):
-        if "x" not in require or len(require) > 1:
-            raise LayerError(
-                f"expected a dict with keys {list(require)} (accepted keys: {list(allowed)}), "
-                f"got a single array of shape {fmt_shape(inputs.shape)}."
-            )
-        return {"x": inputs}, False
-    raise LayerError(
-        f"expected an array (N, T, D) or a dict with keys {list(allowed)}, got "
-        f"{type(inputs).__name__}."
-    )
-
-
-def replace_x(inputs, is_dict: bool, y):
-    """The output for ``inputs``: ``y`` itself, or the input dict with ``"x"`` replaced."""
-    return {**inputs, "x": y} if is_dict else y
 
 
 def sequence_of(x, what: str = "'x'") -> tuple[tuple[int, ...], jnp.dtype]:

@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from funcnet.core import Layer
+from funcnet.core import Layer, stateless
 
 __all__ = [
     "Elu",
@@ -72,15 +72,7 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
 
 
 def _activation(fn, name: str) -> Layer:
-    def init(key, inputs):
-        del key, inputs
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
-        return fn(inputs), state
-
-    return Layer(init, apply, name)
+    return stateless(name, fn)
 
 
 def Relu() -> Layer:

@@ -1,7 +1,8 @@
 """Attention and positional information: MultiHeadAttention, learned, sinusoidal and rotary.
 
 Layers that take several arrays take them as **one dict** with fixed keys
-(the convention shared with the recurrent layers):
+(the convention of :mod:`funcnet.combinators`, shared with the recurrent
+layers; an attention layer accepts :data:`ATTENTION_KEYS`):
 
 - ``"x"``: the main stream ``(N, T, D)`` (the queries of an attention layer);
 - ``"memory"``: the key/value source of cross-attention ``(N, S, D_m)``
@@ -27,9 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnet import initializers
+from funcnet._checks import array_of, check_positive_int, check_rate, compute_dtype, fmt_shape
+from funcnet.combinators import split_inputs
 from funcnet.core import Layer, LayerError
-from funcnet.layers._sequence import at_least_float32, sequence_of, split_inputs
-from funcnet.layers._util import array_of, check_positive_int, check_rate, compute_dtype, fmt_shape
+from funcnet.layers._sequence import at_least_float32, sequence_of
 
 # The positional layers live in funcnet.layers.positional; they are exported here as well.
 from funcnet.layers.positional import (
@@ -50,6 +52,9 @@ __all__ = [
     "dot_product_attention",
     "sinusoidal_encoding",
 ]
+
+ATTENTION_KEYS = ("x", "memory", "mask", "memory_mask")
+"""The input dict keys an attention layer (and a decoder block) accepts."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +375,7 @@ def MultiHeadAttention(
         return p
 
     def init(key, inputs):
-        entries, _ = split_inputs(inputs)
+        entries, _ = split_inputs(inputs, ATTENTION_KEYS)
         x_shape, m_shape, _ = streams(entries)
         k, v, d_out = sizes(x_shape)
         _attention_mask(entries, x_shape[0], heads, x_shape[1], m_shape[1], build=False)
@@ -431,7 +436,7 @@ def MultiHeadAttention(
         return wq, wk, wv, wo
 
     def apply(params, state, inputs, *, key=None, train=False):
-        entries, _ = split_inputs(inputs)
+        entries, _ = split_inputs(inputs, ATTENTION_KEYS)
         x_shape, m_shape, x_dtype = streams(entries)
         wq, _, _, wo = check_params(params, x_shape, m_shape)
         n, tq, tk = x_shape[0], x_shape[1], m_shape[1]

@@ -12,12 +12,18 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from funcnet import initializers
+from funcnet._checks import (
+    array_of,
+    as_tuple,
+    check_positive_int,
+    compute_dtype,
+    fmt_shape,
+    is_int,
+)
 from funcnet.core import Layer, LayerError
-from funcnet.layers._util import array_of, as_tuple, check_positive_int, compute_dtype, fmt_shape
 
 __all__ = ["Conv", "ConvTranspose"]
 
@@ -31,10 +37,6 @@ _DIMENSION_NUMBERS = {
 
 # ---------------------------------------------------------------------------
 # Helpers shared with funcnet.layers.pool.
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _seq_len(value) -> int | None:
@@ -78,14 +80,14 @@ def _parse_padding(owner: str, padding, modes: tuple[str, ...], *, negative: boo
                 "(lo, hi) pair per spatial axis."
             )
         return mode, (1 if mode == "CAUSAL" else None)
-    if _is_int(padding):
+    if is_int(padding):
         if padding < 0:
             raise ValueError(f"{owner}: an int `padding` must be >= 0, got {padding}.")
         return int(padding), None
     pairs = None
     if _seq_len(padding):
         pairs = tuple(tuple(p) if _seq_len(p) == 2 else None for p in padding)
-        if any(p is None or not all(_is_int(v) for v in p) for p in pairs):
+        if any(p is None or not all(is_int(v) for v in p) for p in pairs):
             pairs = None
     if pairs is None:
         raise ValueError(
@@ -105,7 +107,7 @@ def _expand(values: tuple, nd: int) -> tuple:
 
 def _pads_of(padding, nd: int):
     """Explicit (lo, hi) pairs for a padding given as an int or pairs (not for mode strings)."""
-    if _is_int(padding):
+    if is_int(padding):
         return ((padding, padding),) * nd
     return padding
 

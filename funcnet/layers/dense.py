@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from funcnet import initializers
+from funcnet._checks import array_of, check_positive_int, compute_dtype, fmt_shape
 from funcnet.core import Layer, LayerError
-from funcnet.layers._util import array_of, check_positive_int, compute_dtype, fmt_shape
 
 __all__ = ["Dense", "Embedding"]
 

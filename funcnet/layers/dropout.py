@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from funcnet._checks import array_of, check_rate
 from funcnet.core import Layer, LayerError
-from funcnet.layers._util import array_of, check_rate
 
 __all__ = ["Dropout"]
 

@@ -24,8 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnet import initializers
+from funcnet._checks import (
+    array_of,
+    check_floating,
+    check_floating_dtype,
+    check_number,
+    check_positive_int,
+    fmt_shape,
+    is_int,
+)
 from funcnet.core import Layer, LayerError
-from funcnet.layers._util import array_of, check_floating, check_positive_int, fmt_shape
 
 __all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "RMSNorm"]
 
@@ -35,14 +43,7 @@ __all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "RMSNorm"]
 
 
 def _check_epsilon(owner: str, value) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.floating))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{owner}: `epsilon` must be a finite number > 0, got {value!r}.")
-    return float(value)
+    return check_number(owner, "epsilon", value, above=0, finite=True)
 
 
 def _check_momentum(owner: str, value) -> float:
@@ -58,29 +59,16 @@ def _check_momentum(owner: str, value) -> float:
     return float(value)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_axis(owner: str, axis, *, allow_tuple: bool) -> tuple[int, ...]:
     """``axis`` as a non-empty tuple of distinct ints (an int gives a 1-tuple)."""
-    if _is_int(axis):
+    if is_int(axis):
         return (int(axis),)
     if allow_tuple and isinstance(axis, Sequence) and not isinstance(axis, str):
         axes = tuple(axis)
-        if axes and all(_is_int(a) for a in axes) and len(set(axes)) == len(axes):
+        if axes and all(is_int(a) for a in axes) and len(set(axes)) == len(axes):
             return tuple(int(a) for a in axes)
     what = "an int or a non-empty tuple of distinct ints" if allow_tuple else "an int"
     raise ValueError(f"{owner}: `axis` must be {what}, got {axis!r}.")
-
-
-def _check_dtype(owner: str, dtype):
-    if dtype is None:
-        return None
-    dt = jnp.dtype(dtype)
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise ValueError(f"{owner}: `dtype` must be a floating dtype or None, got {dt}.")
-    return dt
 
 
 def _axis_repr(axes: tuple[int, ...]):
@@ -289,7 +277,7 @@ def BatchNorm(
     momentum = _check_momentum("BatchNorm", momentum)
     epsilon = _check_epsilon("BatchNorm", epsilon)
     axes = _check_axis("BatchNorm", axis, allow_tuple=False)
-    dtype = _check_dtype("BatchNorm", dtype)
+    dtype = check_floating_dtype("BatchNorm", dtype)
     scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
     state_dtype = _at_least_float32(jnp.dtype(param_dtype))
 
@@ -399,7 +387,7 @@ def LayerNorm(
     """
     axes = _check_axis("LayerNorm", axis, allow_tuple=True)
     epsilon = _check_epsilon("LayerNorm", epsilon)
-    dtype = _check_dtype("LayerNorm", dtype)
+    dtype = check_floating_dtype("LayerNorm", dtype)
     scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
 
     def init(key, inputs):
@@ -484,7 +472,7 @@ def GroupNorm(
     """
     groups = check_positive_int("GroupNorm", "num_groups", num_groups)
     epsilon = _check_epsilon("GroupNorm", epsilon)
-    dtype = _check_dtype("GroupNorm", dtype)
+    dtype = check_floating_dtype("GroupNorm", dtype)
     scale_init, bias_init = initializers.get(scale_init), initializers.get(bias_init)
 
     def check_rank(shape):
@@ -576,7 +564,7 @@ def RMSNorm(
     """
     axes = _check_axis("RMSNorm", axis, allow_tuple=True)
     epsilon = _check_epsilon("RMSNorm", epsilon)
-    dtype = _check_dtype("RMSNorm", dtype)
+    dtype = check_floating_dtype("RMSNorm", dtype)
     scale_init = initializers.get(scale_init)
 
     def init(key, inputs):

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnet.core import Layer, LayerError
-from funcnet.layers._util import array_of, as_tuple, fmt_shape
+from funcnet._checks import array_of, as_tuple, fmt_shape
+from funcnet.core import Layer, LayerError, stateless
 from funcnet.layers.conv import (
     _check_rank,
     _expand,
@@ -183,18 +183,12 @@ def MaxPool(
     """
     args = _PoolArgs("MaxPool", window, strides, padding)
 
-    def init(key, inputs):
-        del key
-        args.geometry(inputs)
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
+    def forward(inputs):
         _, x_dtype, window_, strides_, pads, out = args.geometry(inputs)
         fill = _max_identity(x_dtype)
         if strides_ == window_:
             blocks, axes = _blocks(inputs, window_, pads, out, fill)
-            return jnp.max(blocks, axis=axes), state
+            return jnp.max(blocks, axis=axes)
         y = lax.reduce_window(
             inputs,
             fill,
@@ -203,9 +197,9 @@ def MaxPool(
             (1, *strides_, 1),
             ((0, 0), *pads, (0, 0)),
         )
-        return y, state
+        return y
 
-    return Layer(init, apply, _pool_name("MaxPool", window, strides, padding))
+    return stateless(_pool_name("MaxPool", window, strides, padding), forward, args.geometry)
 
 
 def AvgPool(
@@ -261,13 +255,7 @@ def AvgPool(
             f"AvgPool: `count_include_pad` must be True or False, got {count_include_pad!r}."
         )
 
-    def init(key, inputs):
-        del key
-        args.geometry(inputs)
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
+    def forward(inputs):
         shape, x_dtype, window_, strides_, pads, out = args.geometry(inputs)
         dt = _mean_dtype(x_dtype)
         acc = _sum_dtype(dt)
@@ -276,7 +264,7 @@ def AvgPool(
         if strides_ == window_:
             blocks, axes = _blocks(x, window_, pads, out, np.array(0, acc))
             if not padded:
-                return jnp.mean(blocks, axis=axes).astype(dt), state
+                return jnp.mean(blocks, axis=axes).astype(dt)
             total = jnp.sum(blocks, axis=axes)
         else:
             total = lax.reduce_window(
@@ -291,10 +279,11 @@ def AvgPool(
             count = np.full((1,) * (len(out) + 2), math.prod(window_))
         else:
             count = _window_counts(shape[1:-1], window_, strides_, pads, out)
-        return (total / jnp.asarray(count, acc)).astype(dt), state
+        return (total / jnp.asarray(count, acc)).astype(dt)
 
     extras = {"count_include_pad": True} if count_include_pad else {}
-    return Layer(init, apply, _pool_name("AvgPool", window, strides, padding, **extras))
+    name = _pool_name("AvgPool", window, strides, padding, **extras)
+    return stateless(name, forward, args.geometry)
 
 
 def _global_pool(kind: str, reduce, floating: bool) -> Layer:
@@ -313,22 +302,16 @@ def _global_pool(kind: str, reduce, floating: bool) -> Layer:
             )
         return shape, x_dtype
 
-    def init(key, inputs):
-        del key
-        check(inputs)
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
+    def forward(inputs):
         shape, x_dtype = check(inputs)
         axes = tuple(range(1, len(shape) - 1))
         if not floating:
-            return reduce(inputs, axis=axes), state
+            return reduce(inputs, axis=axes)
         dt = _mean_dtype(x_dtype)
         acc = _sum_dtype(dt)
-        return reduce(inputs.astype(acc), axis=axes).astype(dt), state
+        return reduce(inputs.astype(acc), axis=axes).astype(dt)
 
-    return Layer(init, apply, kind)
+    return stateless(kind, forward, check)
 
 
 def GlobalAvgPool() -> Layer:

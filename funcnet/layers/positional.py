@@ -1,7 +1,7 @@
 """Positional information for sequences: rotary (RoPE), sinusoidal and learned.
 
-Inputs are batch-major ``(N, T, D)`` arrays, or the dict form of
-:mod:`funcnet.layers.attention` (``"x"`` changed, the other entries passed
+Inputs are batch-major ``(N, T, D)`` arrays, or the sequence dict of
+:mod:`funcnet.combinators` (``"x"`` changed, the other entries passed
 through).
 """
 
@@ -12,9 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnet import initializers
-from funcnet.core import Layer, LayerError
-from funcnet.layers._sequence import at_least_float32, replace_x, sequence_of, split_inputs
-from funcnet.layers._util import array_of, check_floating, check_positive_int, fmt_shape
+from funcnet._checks import (
+    array_of,
+    check_floating,
+    check_number,
+    check_positive_int,
+    fmt_shape,
+)
+from funcnet.combinators import replace_x, split_inputs
+from funcnet.core import Layer, LayerError, stateless
+from funcnet.layers._sequence import at_least_float32, sequence_of
 
 __all__ = [
     "PositionalEmbedding",
@@ -30,9 +37,7 @@ __all__ = [
 
 
 def _check_base(owner: str, base) -> float:
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
-        raise ValueError(f"{owner}: `base` must be a number > 1, got {base!r}.")
-    return float(base)
+    return check_number(owner, "base", base, above=1)
 
 
 def apply_rope(
@@ -131,17 +136,12 @@ def RotaryEmbedding(*, base: float = 10000.0) -> Layer:
             )
         return entries, is_dict
 
-    def init(key, inputs):
-        del key
-        check(inputs)
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
+    def forward(inputs):
         entries, is_dict = check(inputs)
-        return replace_x(inputs, is_dict, apply_rope(entries["x"], base=base)), state
+        return replace_x(inputs, is_dict, apply_rope(entries["x"], base=base))
 
-    return Layer(init, apply, "RotaryEmbedding" if base == 10000.0 else f"RotaryEmbedding({base})")
+    name = "RotaryEmbedding" if base == 10000.0 else f"RotaryEmbedding({base})"
+    return stateless(name, forward, check)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,18 +217,15 @@ def SinusoidalEncoding(max_len: int | None = None, *, base: float = 10000.0) -> 
         max_len = check_positive_int("SinusoidalEncoding", "max_len", max_len)
     base = _check_base("SinusoidalEncoding", base)
 
-    def init(key, inputs):
-        del key
-        _positional_input(inputs, max_len)
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
+    def forward(inputs):
         entries, is_dict, shape, dtype = _positional_input(inputs, max_len)
         table = jnp.asarray(_sinusoid_table(shape[1], shape[2], base), dtype)
-        return replace_x(inputs, is_dict, entries["x"] + table), state
+        return replace_x(inputs, is_dict, entries["x"] + table)
 
-    return Layer(init, apply, "SinusoidalEncoding" + (f"({max_len})" if max_len else ""))
+    def check(inputs):
+        _positional_input(inputs, max_len)
+
+    return stateless("SinusoidalEncoding" + (f"({max_len})" if max_len else ""), forward, check)
 
 
 def PositionalEmbedding(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from funcnet.core import Layer, LayerError
-from funcnet.layers._util import array_of, fmt_shape
+from funcnet._checks import array_of, fmt_shape
+from funcnet.core import Layer, LayerError, stateless
 
 __all__ = ["Flatten", "Reshape"]
 
@@ -27,17 +27,11 @@ def Flatten() -> Layer:
             raise LayerError("expected inputs with a batch axis, got a scalar.")
         return shape
 
-    def init(key, inputs):
-        del key
-        check(inputs)
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
+    def forward(inputs):
         shape = check(inputs)
-        return inputs.reshape(shape[0], math.prod(shape[1:])), state
+        return inputs.reshape(shape[0], math.prod(shape[1:]))
 
-    return Layer(init, apply, "Flatten")
+    return stateless("Flatten", forward, check)
 
 
 def Reshape(shape: tuple[int, ...]) -> Layer:
@@ -72,13 +66,7 @@ def Reshape(shape: tuple[int, ...]) -> Layer:
             )
         return (in_shape[0], *(size // known if d == -1 else d for d in shape))
 
-    def init(key, inputs):
-        del key
-        target(inputs)
-        return (), ()
+    def forward(inputs):
+        return inputs.reshape(target(inputs))
 
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
-        return inputs.reshape(target(inputs)), state
-
-    return Layer(init, apply, f"Reshape({shape})")
+    return stateless(f"Reshape({shape})", forward, target)

@@ -6,14 +6,12 @@ dict with ``"x"`` replaced and every other entry passed through unchanged, so
 that ``repeat(block, n)`` (whose blocks must keep their input's structure)
 stacks blocks that share one mask or one memory.
 
-Three small helpers route the dict through ordinary layers; they are all a
-block needs beyond :func:`~funcnet.serial` and :func:`~funcnet.residual`, and a
-user writing their own block can use them the same way:
-
-- :func:`on_x` applies a layer to ``"x"`` only (e.g. a LayerNorm or an MLP);
-- :func:`select_keys` keeps some entries of the dict (e.g. the self-attention
-  of a decoder sees ``"x"`` and ``"mask"``, not the memory);
-- :func:`residual_x` is ``residual`` for the dict: ``x + f(inputs)``.
+The blocks are built with :func:`~funcnet.serial`, :func:`~funcnet.residual`
+and the three routing combinators of :mod:`funcnet.combinators` (re-exported
+here): :func:`~funcnet.combinators.on_x` applies a layer to ``"x"`` only,
+:func:`~funcnet.combinators.select_keys` keeps some entries of the dict and
+:func:`~funcnet.combinators.residual_x` is ``residual`` for the dict. A user
+writing their own block can use them the same way.
 """
 
 from __future__ import annotations
@@ -24,12 +22,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from funcnet.combinators import _call, _children, _sequence, repeat, residual, serial
-from funcnet.core import Layer, LayerError, _apply_spec, as_layer, spec_of
-from funcnet.layers._sequence import INPUT_KEYS, replace_x, sequence_of, split_inputs
-from funcnet.layers._util import check_positive_int, check_rate, fmt_shape
+from funcnet._checks import check_number, check_positive_int, check_rate, fmt_shape
+from funcnet.combinators import (
+    on_x,
+    repeat,
+    replace_x,
+    residual,
+    residual_x,
+    select_keys,
+    serial,
+    split_inputs,
+)
+from funcnet.core import Layer, LayerError, call_with_path
+from funcnet.layers._sequence import sequence_of
 from funcnet.layers.activations import gelu
-from funcnet.layers.attention import MultiHeadAttention
+from funcnet.layers.attention import ATTENTION_KEYS, MultiHeadAttention
 from funcnet.layers.dense import Dense
 from funcnet.layers.dropout import Dropout
 from funcnet.layers.norm import LayerNorm
@@ -43,119 +50,6 @@ __all__ = [
     "transformer_decoder",
     "transformer_encoder",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Routing helpers for the dict convention
-
-
-def on_x(layer: Layer | Callable) -> Layer:
-    """Apply ``layer`` to ``"x"`` only: a dict keeps its other entries, an array is passed as is.
-
-    Params and state are ``layer``'s own (no extra nesting).
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> from funcnet import LayerNorm
-        >>> norm = on_x(LayerNorm())
-        >>> inputs = {"x": jnp.ones((2, 3, 4)), "mask": jnp.ones((2, 3), bool)}
-        >>> params, state = norm.init(jax.random.key(0), inputs)
-        >>> jax.tree.map(jnp.shape, params)
-        {'bias': (4,), 'scale': (4,)}
-        >>> out, _ = norm.apply(params, state, inputs)
-        >>> sorted(out), out["mask"] is inputs["mask"]
-        (['mask', 'x'], True)
-    """
-    layer = as_layer(layer)
-    name = "on_x"
-
-    def init(key, inputs):
-        entries, _ = split_inputs(inputs)
-        return _call("on_x", layer.init, key, entries["x"])
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        entries, is_dict = split_inputs(inputs)
-        y, state = _call("on_x", layer.apply, params, state, entries["x"], key=key, train=train)
-        return replace_x(inputs, is_dict, y), state
-
-    return Layer(init, apply, name, (layer,))
-
-
-def select_keys(*keys: str) -> Layer:
-    """Keep only the given entries of a dict input (absent ones are skipped).
-
-    An array input is taken as ``{"x": array}``. No params, state or key.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> pick = select_keys("x", "mask")
-        >>> out, _ = pick.apply((), (), {"x": jnp.ones(2), "memory": jnp.ones(3)})
-        >>> sorted(out)
-        ['x']
-    """
-    for k in keys:
-        if k not in INPUT_KEYS:
-            raise ValueError(f"select_keys: unknown key {k!r}; the keys are {list(INPUT_KEYS)}.")
-
-    def pick(inputs):
-        entries, _ = split_inputs(inputs)
-        return {k: entries[k] for k in keys if k in entries}
-
-    def init(key, inputs):
-        del key
-        pick(inputs)
-        return (), ()
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        del params, key, train
-        return pick(inputs), state
-
-    return Layer(init, apply, f"select_keys({', '.join(map(repr, keys))})")
-
-
-def residual_x(*layers: Layer | Callable) -> Layer:
-    """``x + serial(*layers)(inputs)``: a skip connection whose branch sees the whole dict.
-
-    The branch gets the inputs (array or dict) and must return an array shaped
-    like ``"x"`` (checked at ``init``); the result replaces ``"x"``, other
-    entries pass through. Params are a tuple, one entry per layer, as
-    :func:`~funcnet.residual`.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> from funcnet import Dropout, LayerNorm
-        >>> from funcnet.layers.attention import MultiHeadAttention
-        >>> block = residual_x(on_x(LayerNorm()), MultiHeadAttention(2), Dropout(0.1))
-        >>> inputs = {"x": jnp.ones((2, 3, 4)), "mask": jnp.ones((2, 3), bool)}
-        >>> params, state = block.init(jax.random.key(0), inputs)
-        >>> [sorted(p) for p in params]
-        [['bias', 'scale'], ['key', 'out', 'query', 'value'], []]
-        >>> block.apply(params, state, inputs)[0]["x"].shape
-        (2, 3, 4)
-    """
-    labels, children = _children("residual_x", layers, {})
-    body_init, body_apply = _sequence("residual_x", labels, children)
-    body = Layer(body_init, body_apply, "residual_x")
-
-    def init(key, inputs):
-        entries, _ = split_inputs(inputs)
-        params, state = body_init(key, inputs)
-        out = _apply_spec(body, params, state, inputs)
-        want = spec_of(entries["x"])
-        if not (hasattr(out, "shape") and out.shape == want.shape and out.dtype == want.dtype):
-            raise LayerError(
-                f"the branch must return an array shaped like 'x' to be added to it: 'x' "
-                f"{want.dtype}{list(want.shape)}, branch output {out}.",
-                path=["residual_x"],
-            )
-        return params, state
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        entries, is_dict = split_inputs(inputs)
-        h, state = body_apply(params, state, inputs, key=key, train=train)
-        return replace_x(inputs, is_dict, entries["x"] + h), state
-
-    return Layer(init, apply, "residual_x", children)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,12 +86,7 @@ def _check_options(
             f"{owner}: `norm` must be 'pre' (LayerNorm before each sub-block, the default) or "
             f"'post' (after each residual add, as the original Transformer), got {norm!r}."
         )
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, (int, float, np.floating))
-        or not epsilon > 0
-    ):
-        raise ValueError(f"{owner}: `epsilon` must be a number > 0, got {epsilon!r}.")
+    check_number(owner, "epsilon", epsilon, above=0)
     if not callable(activation):
         raise ValueError(
             f"{owner}: `activation` must be a function or a layer, got {activation!r}."
@@ -281,12 +170,12 @@ def _block(
     def init(key, inputs):
         entries, _ = split_inputs(inputs, allowed, require=require)
         body = build(_width(entries, opts.heads))
-        return _call(name, body.init, key, entries)
+        return call_with_path(name, body.init, key, entries)
 
     def apply(params, state, inputs, *, key=None, train=False):
         entries, is_dict = split_inputs(inputs, allowed, require=require)
         body = build(_width(entries, opts.heads))
-        out, state = _call(name, body.apply, params, state, entries, key=key, train=train)
+        out, state = call_with_path(name, body.apply, params, state, entries, key=key, train=train)
         return replace_x(inputs, is_dict, out["x"]), state
 
     return Layer(init, apply, name)
@@ -461,7 +350,7 @@ def TransformerDecoderBlock(
         }
 
     name = _block_name(owner, opts, causal=False, rope=rope)
-    return _block(name, opts, attentions, allowed=INPUT_KEYS, require=("x", "memory"))
+    return _block(name, opts, attentions, allowed=ATTENTION_KEYS, require=("x", "memory"))
 
 
 # ---------------------------------------------------------------------------------------------

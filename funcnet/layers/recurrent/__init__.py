@@ -10,7 +10,8 @@ so a cell can drive a hand-written ``jax.lax.scan``. :func:`RNN` turns a cell
 into a :class:`~funcnet.core.Layer` that runs it over the time axis of
 batch-major ``(N, T, F)`` inputs with one ``lax.scan``.
 
-**Inputs with several arrays** (shared with the attention layers): a plain
+**Inputs with several arrays** (the convention of :mod:`funcnet.combinators`,
+shared with the attention layers and read by its ``split_inputs``): a plain
 array means ``{"x": array}``; otherwise the inputs are one dict with fixed
 keys -- ``"x"`` the main input ``(N, T, F)``, ``"lengths"`` ``(N,)`` integer
 per-sequence lengths, ``"mask"`` ``(N, T)`` bool (True = valid step) and

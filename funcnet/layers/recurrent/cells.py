@@ -11,11 +11,17 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from funcnet import initializers
+from funcnet._checks import (
+    check_floating_dtype,
+    check_number,
+    check_positive_int,
+    compute_dtype,
+    fmt_shape,
+    is_int,
+)
 from funcnet.core import LayerError
-from funcnet.layers._util import check_positive_int, compute_dtype, fmt_shape
 
 __all__ = ["GRUCell", "LSTMCell", "RecurrentCell", "SimpleRNNCell"]
 
@@ -60,19 +66,14 @@ class RecurrentCell(NamedTuple):
 
 def _check_cell_args(owner: str, features, dtype, w_init, recurrent_init, b_init):
     features = check_positive_int(owner, "features", features)
-    if dtype is not None:
-        dtype = jnp.dtype(dtype)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(f"{owner}: `dtype` must be a floating dtype or None, got {dtype}.")
+    dtype = check_floating_dtype(owner, dtype)
     inits = tuple(initializers.get(i) for i in (w_init, recurrent_init, b_init))
     return features, dtype, inits
 
 
 def _batch_shape(batch_size) -> tuple[int, ...]:
     dims = tuple(batch_size) if isinstance(batch_size, (tuple, list)) else (batch_size,)
-    if not all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims
-    ):
+    if not all(is_int(d) and d >= 0 for d in dims):
         raise ValueError(
             f"initial_carry: `batch_size` must be an int >= 0 or a tuple of them, got "
             f"{batch_size!r}."
@@ -311,9 +312,7 @@ def LSTMCell(
     features, dtype, inits = _check_cell_args(
         owner, features, dtype, w_init, recurrent_init, b_init
     )
-    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.number)):
-        raise ValueError(f"{owner}: `forget_bias` must be a number, got {forget_bias!r}.")
-    forget_bias = float(forget_bias)
+    forget_bias = check_number(owner, "forget_bias", forget_bias)
 
     def step(params, carry, xp, hp):
         del params

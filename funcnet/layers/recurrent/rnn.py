@@ -8,10 +8,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from funcnet.core import Layer, LayerError, _prepend_path, spec_of
-from funcnet.layers._util import check_positive_int, fmt_shape
+from funcnet._checks import check_bool, check_positive_int, fmt_shape, fmt_spec
+from funcnet.combinators import split_inputs
+from funcnet.core import Layer, LayerError, call_with_path, spec_of
 from funcnet.layers.recurrent.cells import GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell
 
 __all__ = ["RNN", "Bidirectional"]
@@ -32,39 +32,13 @@ class _Parts(NamedTuple):
     passthrough: dict | None  # the keys handed on to the next layer; None for array inputs
 
 
-def _fmt_spec(tree) -> str:
-    leaves = jax.tree.leaves(spec_of(tree))
-    if len(leaves) == 1 and not isinstance(tree, (tuple, list, dict)):
-        return f"{leaves[0].dtype}{list(leaves[0].shape)}"
-    return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", spec_of(tree)))
-
-
 def _is_array(a) -> bool:
     return hasattr(a, "shape") and hasattr(a, "dtype")
 
 
 def _read_inputs(inputs) -> _Parts:
     """Split the inputs by the dict convention and check every shape and dtype (static)."""
-    if isinstance(inputs, Mapping):
-        unknown = [k for k in inputs if k not in _KEYS]
-        if unknown:
-            raise LayerError(
-                f"unknown input keys {sorted(map(str, unknown))}; the allowed keys are "
-                f"{list(_KEYS)} (`x` (N, T, F), `lengths` (N,) int, `mask` (N, T) bool, "
-                "`carry` the initial carry)."
-            )
-        if inputs.get("x") is None:
-            raise LayerError(
-                f"a dict input needs the key 'x' (N, T, F), got keys {sorted(inputs)}."
-            )
-        parts = dict(inputs)
-    elif _is_array(inputs):
-        parts = {"x": inputs}
-    else:
-        raise LayerError(
-            f"expected inputs as an array (N, T, F) or a dict with keys {list(_KEYS)}, got "
-            f"{type(inputs).__name__}."
-        )
+    parts, is_dict = split_inputs(inputs, _KEYS, layout="(N, T, F)")
     x = parts["x"]
     if not _is_array(x):
         raise LayerError(f"expected `x` to be an array (N, T, F), got {type(x).__name__}.")
@@ -86,7 +60,7 @@ def _read_inputs(inputs) -> _Parts:
         or tuple(lengths.shape) != (n,)
         or not jnp.issubdtype(jnp.dtype(lengths.dtype), jnp.integer)
     ):
-        got = _fmt_spec(lengths) if _is_array(lengths) else type(lengths).__name__
+        got = fmt_spec(lengths) if _is_array(lengths) else type(lengths).__name__
         raise LayerError(
             f"expected `lengths` as an integer array of shape ({n},) (one length per sequence "
             f"of `x` {fmt_shape(shape)}), got {got}."
@@ -96,14 +70,14 @@ def _read_inputs(inputs) -> _Parts:
         or tuple(mask.shape) != (n, t)
         or jnp.dtype(mask.dtype) != jnp.dtype(bool)
     ):
-        got = _fmt_spec(mask) if _is_array(mask) else type(mask).__name__
+        got = fmt_spec(mask) if _is_array(mask) else type(mask).__name__
         raise LayerError(
             f"expected `mask` as a bool array of shape ({n}, {t}) (True = valid step of `x` "
             f"{fmt_shape(shape)}), got {got}."
         )
     passthrough = None
-    if isinstance(inputs, Mapping):
-        passthrough = {k: parts[k] for k in ("lengths", "mask") if parts.get(k) is not None}
+    if is_dict:
+        passthrough = {k: parts[k] for k in ("lengths", "mask") if k in parts}
     return _Parts(x, lengths, mask, parts.get("carry"), passthrough)
 
 
@@ -138,12 +112,6 @@ def _check_cell(cell) -> None:
             "RNN: `cell` must be a RecurrentCell (e.g. `LSTMCell(32)`) with `init`, `apply` and "
             f"`initial_carry`, got {type(cell).__name__}."
         )
-
-
-def _check_bool(owner: str, name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{owner}: `{name}` must be True or False, got {value!r}.")
-    return bool(value)
 
 
 def RNN(
@@ -226,9 +194,9 @@ def RNN(
         (2, 4)
     """
     _check_cell(cell)
-    return_sequences = _check_bool("RNN", "return_sequences", return_sequences)
-    return_state = _check_bool("RNN", "return_state", return_state)
-    reverse = _check_bool("RNN", "reverse", reverse)
+    return_sequences = check_bool("RNN", "return_sequences", return_sequences)
+    return_state = check_bool("RNN", "return_state", return_state)
+    reverse = check_bool("RNN", "reverse", reverse)
     if not (unroll is True or unroll is False):
         unroll = check_positive_int("RNN", "unroll", unroll)
     cell_name = getattr(cell, "name", type(cell).__name__)
@@ -271,9 +239,9 @@ def RNN(
             for a, s in zip(leaves, spec_leaves)
         )
         if not ok:
-            got = _fmt_spec(carry) if all(map(_is_array, leaves)) else type(carry).__name__
+            got = fmt_spec(carry) if all(map(_is_array, leaves)) else type(carry).__name__
             raise LayerError(
-                f"expected `carry` like `cell.initial_carry({n})`: {_fmt_spec(carry_spec)} "
+                f"expected `carry` like `cell.initial_carry({n})`: {fmt_spec(carry_spec)} "
                 f"(floating), got {got}."
             )
 
@@ -503,11 +471,7 @@ def Bidirectional(
         )
 
     def call(which, fn, *args):
-        try:
-            return fn(*args)
-        except Exception as err:
-            _prepend_path(err, f"Bidirectional[{which}]")
-            raise
+        return call_with_path(f"Bidirectional[{which}]", fn, *args)
 
     def init(key, inputs):
         in_f, in_b = split(inputs)

@@ -1,32 +1,22 @@
-"""Combinators: build models out of layers (and plain functions).
+"""The structural combinators: serial, residual, parallel, fanout, concat.
 
-Every combinator returns a :class:`~funcnet.core.Layer`. Children's keys are
-derived from the parent's with ``jax.random.fold_in(key, child_index)``, so a
-model takes one key at the top. Errors raised by a child get the
-combinator's part of the path (``serial[3]``) prepended.
+Also the helpers the other combinator modules build on: a combinator's
+children (positional or named), running them one after another, and the
+check of the params/state containers.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from funcnet.core import Layer, LayerError, _apply_spec, _prepend_path, as_layer, spec_of
+from funcnet._checks import fmt_spec
+from funcnet.core import Layer, LayerError, as_layer, call_with_path, output_spec, spec_of
 
-__all__ = ["concat", "fanout", "parallel", "repeat", "residual", "serial", "shared"]
-
-
-def _call(part: str, fn: Callable, *args, **kwargs):
-    """Call ``fn``; an exception passing through gets ``part`` added to its layer path."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as err:
-        _prepend_path(err, part)
-        raise
+__all__ = ["concat", "fanout", "parallel", "residual", "serial"]
 
 
 def _fold(key, i: int):
@@ -85,11 +75,11 @@ def _sequence(kind: str, labels: list, children: tuple | dict):
         params, states, x = [], [], inputs
         for i, (label, layer) in enumerate(zip(labels, layers)):
             part = f"{kind}[{label}]"
-            p, s = _call(part, layer.init, _fold(key, i), x)
+            p, s = call_with_path(part, layer.init, _fold(key, i), x)
             params.append(p)
             states.append(s)
             if i < n - 1:
-                x = _call(part, _apply_spec, layer, p, s, x)
+                x = call_with_path(part, output_spec, layer, x, p, s)
         return _pack(labels, params), _pack(labels, states)
 
     def apply(params, state, inputs, *, key=None, train=False):
@@ -97,7 +87,7 @@ def _sequence(kind: str, labels: list, children: tuple | dict):
         _check_container(kind, "state", state, labels)
         states, x = [], inputs
         for i, (label, layer) in enumerate(zip(labels, layers)):
-            x, s = _call(
+            x, s = call_with_path(
                 f"{kind}[{label}]",
                 layer.apply,
                 params[label],
@@ -157,12 +147,12 @@ def residual(*layers: Layer | Callable) -> Layer:
 
     def init(key, inputs):
         params, state = body_init(key, inputs)
-        out = _apply_spec(body, params, state, inputs)
+        out = output_spec(body, inputs, params, state)
         if not _same_spec(out, inputs):
             raise LayerError(
                 f"the block must keep its input's shape and dtype to be added to it: input "
-                f"{_fmt(inputs)}, block output {_fmt(out)}. Make the last layer of the block "
-                "produce the input's features (e.g. `Dense(d)` for inputs of width d).",
+                f"{fmt_spec(inputs)}, block output {fmt_spec(out)}. Make the last layer of the "
+                "block produce the input's features (e.g. `Dense(d)` for inputs of width d).",
                 path=["residual"],
             )
         return params, state
@@ -185,13 +175,6 @@ def _same_spec(a, b) -> bool:
     )
 
 
-def _fmt(tree) -> str:
-    leaves = jax.tree.leaves(spec_of(tree))
-    if len(leaves) == 1 and not isinstance(tree, (tuple, list, dict)):
-        return f"{leaves[0].dtype}{list(leaves[0].shape)}"
-    return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", spec_of(tree)))
-
-
 def parallel(*layers: Layer | Callable) -> Layer:
     """Apply the i-th layer to the i-th input: a tuple of n inputs gives a tuple of n outputs.
 
@@ -212,7 +195,7 @@ def parallel(*layers: Layer | Callable) -> Layer:
             got = (
                 f"a {type(inputs).__name__} of length {len(inputs)}"
                 if isinstance(inputs, (tuple, list))
-                else f"{type(inputs).__name__} {_fmt(inputs)}"
+                else f"{type(inputs).__name__} {fmt_spec(inputs)}"
             )
             raise LayerError(
                 f"expected a tuple of {n} inputs (one per layer), got {got}.", path=["parallel"]
@@ -221,7 +204,7 @@ def parallel(*layers: Layer | Callable) -> Layer:
     def init(key, inputs):
         check(inputs)
         pairs = [
-            _call(f"parallel[{i}]", layer.init, _fold(key, i), x)
+            call_with_path(f"parallel[{i}]", layer.init, _fold(key, i), x)
             for i, (layer, x) in enumerate(zip(children, inputs))
         ]
         return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
@@ -230,7 +213,7 @@ def parallel(*layers: Layer | Callable) -> Layer:
         check(inputs)
         _check_container("parallel", "params", params, labels)
         outs = [
-            _call(f"parallel[{i}]", layer.apply, p, s, x, key=_fold(key, i), train=train)
+            call_with_path(f"parallel[{i}]", layer.apply, p, s, x, key=_fold(key, i), train=train)
             for i, (layer, p, s, x) in enumerate(zip(children, params, state, inputs))
         ]
         return tuple(y for y, _ in outs), tuple(s for _, s in outs)
@@ -254,7 +237,7 @@ def fanout(*layers: Layer | Callable) -> Layer:
 
     def init(key, inputs):
         pairs = [
-            _call(f"fanout[{i}]", layer.init, _fold(key, i), inputs)
+            call_with_path(f"fanout[{i}]", layer.init, _fold(key, i), inputs)
             for i, layer in enumerate(children)
         ]
         return tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
@@ -262,7 +245,9 @@ def fanout(*layers: Layer | Callable) -> Layer:
     def apply(params, state, inputs, *, key=None, train=False):
         _check_container("fanout", "params", params, labels)
         outs = [
-            _call(f"fanout[{i}]", layer.apply, p, s, inputs, key=_fold(key, i), train=train)
+            call_with_path(
+                f"fanout[{i}]", layer.apply, p, s, inputs, key=_fold(key, i), train=train
+            )
             for i, (layer, p, s) in enumerate(zip(children, params, state))
         ]
         return tuple(y for y, _ in outs), tuple(s for _, s in outs)
@@ -290,7 +275,7 @@ def concat(*layers: Layer | Callable, axis: int = -1) -> Layer:
 
     def init(key, inputs):
         params, state = branches.init(key, inputs)
-        outs = _apply_spec(branches, params, state, inputs)
+        outs = output_spec(branches, inputs, params, state)
         shapes = [o.shape if isinstance(o, jax.ShapeDtypeStruct) else None for o in outs]
         ndim = len(shapes[0]) if shapes[0] is not None else 0
         bad = any(s is None or len(s) != ndim for s in shapes) or not -ndim <= axis < ndim
@@ -301,7 +286,7 @@ def concat(*layers: Layer | Callable, axis: int = -1) -> Layer:
             bad = len(rest) > 1 or len(dtypes) > 1
         if bad:
             raise LayerError(
-                f"cannot concatenate the branch outputs {[_fmt(o) for o in outs]} along axis "
+                f"cannot concatenate the branch outputs {[fmt_spec(o) for o in outs]} along axis "
                 f"{axis}: they must be single arrays of one dtype, equal in every other "
                 "dimension.",
                 path=["concat"],
@@ -313,175 +298,3 @@ def concat(*layers: Layer | Callable, axis: int = -1) -> Layer:
         return jnp.concatenate(outs, axis=axis), state
 
     return Layer(init, apply, f"concat(axis={axis})" if axis != -1 else "concat", branches.children)
-
-
-class _SharedSlot:
-    __slots__ = ("initializing", "key", "params", "state")
-
-    def __init__(self, params=None, state=None, key=None, initializing=False):
-        self.params, self.state, self.key, self.initializing = params, state, key, initializing
-
-
-def shared(layer: Layer | Callable, build: Callable[[Layer], Layer | Callable]) -> Layer:
-    """Use one layer's parameters in several places (weight tying).
-
-    ``build`` receives a stand-in for ``layer`` and returns the model that uses
-    it, any number of times. The parameters are created once, at the first use
-    (from the input that reaches it there), and every use reads the same
-    arrays, so their gradients add up. Params are ``{"shared": ..., "body": ...}``.
-
-    State changed by a shared layer (e.g. BatchNorm statistics) is carried from
-    one use to the next; such a layer must not be used inside ``repeat``.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> from funcnet import Dense, parallel
-        >>> siamese = shared(Dense(4), lambda enc: parallel(enc, enc))
-        >>> params, state = siamese.init(jax.random.key(0), (jnp.zeros((2, 3)),) * 2)
-        >>> jax.tree.map(jnp.shape, params["shared"])
-        {'b': (4,), 'w': (3, 4)}
-        >>> tied = shared(Dense(5), lambda d: serial(d, jnp.tanh, d))
-        >>> params, state = tied.init(jax.random.key(0), jnp.zeros((2, 5)))
-        >>> params["body"]
-        ((), (), ())
-    """
-    layer = as_layer(layer)
-    local = threading.local()
-
-    def current() -> _SharedSlot:
-        stack = getattr(local, "stack", None)
-        if not stack:
-            raise LayerError(
-                "this stand-in can only be used inside the model returned by `build`; it was "
-                "called outside its `shared(...)` layer.",
-                path=[f"shared {layer.name}"],
-            )
-        return stack[-1]
-
-    def push(slot):
-        if not hasattr(local, "stack"):
-            local.stack = []
-        local.stack.append(slot)
-
-    def ref_init(key, inputs):
-        del key
-        slot = current()
-        if slot.params is None:
-            slot.params, slot.state = layer.init(slot.key, inputs)
-        else:
-            want = jax.eval_shape(layer.init, slot.key, spec_of(inputs))
-            if not _same_spec(want, (slot.params, slot.state)):
-                raise LayerError(
-                    f"used with inputs {_fmt(inputs)} here, which need parameters "
-                    f"{_fmt(want[0])}, but its parameters were created at its first use as "
-                    f"{_fmt(slot.params)}. A shared layer must see compatible inputs everywhere.",
-                )
-        return (), ()
-
-    def ref_apply(params, state, inputs, *, key=None, train=False):
-        slot = current()
-        y, new_state = layer.apply(slot.params, slot.state, inputs, key=key, train=train)
-        if not slot.initializing:
-            slot.state = new_state
-        return y, state
-
-    ref = Layer(ref_init, ref_apply, f"shared {layer.name}", (layer,))
-    body = as_layer(build(ref))
-
-    def init(key, inputs):
-        slot = _SharedSlot(key=_fold(key, 0), initializing=True)
-        push(slot)
-        try:
-            body_params, body_state = _call("shared", body.init, _fold(key, 1), inputs)
-        finally:
-            local.stack.pop()
-        if slot.params is None:
-            raise LayerError(
-                "`build` returned a model that never uses the shared layer it was given.",
-                path=["shared"],
-            )
-        return {"shared": slot.params, "body": body_params}, {
-            "shared": slot.state,
-            "body": body_state,
-        }
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        for what, tree in (("params", params), ("state", state)):
-            if not isinstance(tree, Mapping) or set(tree) != {"shared", "body"}:
-                raise LayerError(
-                    f"expected {what} as a dict with keys ['body', 'shared'], got "
-                    f"{type(tree).__name__}. Pass the {what} returned by this model's `init`.",
-                    path=["shared"],
-                )
-        slot = _SharedSlot(params["shared"], state["shared"])
-        push(slot)
-        try:
-            y, body_state = _call(
-                "shared", body.apply, params["body"], state["body"], inputs, key=key, train=train
-            )
-        finally:
-            local.stack.pop()
-        return y, {"shared": slot.state, "body": body_state}
-
-    return Layer(init, apply, "shared", (body,))
-
-
-def repeat(block: Layer | Callable, n: int, *, unroll: int | bool = 1) -> Layer:
-    """Apply ``n`` copies of ``block`` (each with its own params) one after another.
-
-    The copies' params are stacked along a new leading axis of size ``n`` and
-    run with one ``jax.lax.scan``: the block is traced once, so compile time
-    does not grow with ``n``. The block must keep its input's shape and dtype
-    (checked at ``init``). Copy ``i`` gets ``fold_in(key, i)``.
-
-    Args:
-        block: the layer to repeat.
-        n: number of copies, >= 1.
-        unroll: passed to ``lax.scan``; on CPU, blocks with convolutions are
-            much faster fully unrolled (``unroll=True``), see JAX_NOTES.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> from funcnet import Dense
-        >>> stack = repeat(serial(Dense(8), jax.nn.relu), 4)
-        >>> params, state = stack.init(jax.random.key(0), jnp.zeros((2, 8)))
-        >>> jax.tree.map(jnp.shape, params)
-        ({'b': (4, 8), 'w': (4, 8, 8)}, ())
-    """
-    block = as_layer(block)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"repeat: `n` must be an int >= 1, got {n!r}.")
-
-    def init(key, inputs):
-        def one(i):
-            return block.init(jax.random.fold_in(key, i), inputs)
-
-        params, state = _call("repeat", jax.vmap(one), jnp.arange(n))
-        first = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (params, state))
-        out = _call("repeat", _apply_spec, block, first[0], first[1], inputs)
-        if not _same_spec(out, inputs):
-            raise LayerError(
-                f"the block must keep its input's shape and dtype to be repeated: input "
-                f"{_fmt(inputs)}, block output {_fmt(out)}.",
-                path=["repeat"],
-            )
-        return params, state
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        for leaf in jax.tree.leaves((params, state)):
-            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
-                raise LayerError(
-                    f"expected params and state stacked with a leading axis of size {n}, got a "
-                    f"leaf of shape {jnp.shape(leaf)}. Pass the params returned by this "
-                    "model's `init`.",
-                    path=["repeat"],
-                )
-
-        def body(x, per_copy):
-            p, s, i = per_copy
-            k = None if key is None else jax.random.fold_in(key, i)
-            return _call("repeat", block.apply, p, s, x, key=k, train=train)
-
-        return jax.lax.scan(body, inputs, (params, state, jnp.arange(n)), unroll=unroll)
-
-    return Layer(init, apply, f"repeat(n={n})", (block,))
