@@ -12,7 +12,6 @@ Examples:
 
 from funcnet import (
     augment,
-    callbacks,
     checkpoint,
     data,
     datasets,
@@ -21,6 +20,7 @@ from funcnet import (
     initializers,
     losses,
     metrics,
+    training,
 )
 from funcnet.checkpoint import CheckpointManager
 from funcnet.combinators import concat, fanout, parallel, repeat, residual, serial, shared
@@ -40,10 +40,19 @@ from funcnet.core import (
 from funcnet.export import load_exported
 from funcnet.layers import *  # noqa: F403
 from funcnet.layers import __all__ as _layers
-from funcnet.loop import History, evaluate, fit, predict
 from funcnet.summaries import param_count, summary
-from funcnet.train import TrainState, eval_step, predict_step, train_step
-
+from funcnet.training import (
+    History,
+    TrainState,
+    callbacks,
+    compose_optimizer,
+    eval_step,
+    evaluate,
+    fit,
+    predict,
+    predict_step,
+    train_step,
+)
 from funcnet.version import __version__
 
 __all__ = [
@@ -60,6 +69,7 @@ __all__ = [
     "as_layer",
     "augment",
     "callbacks",
+    "compose_optimizer",
     "checkpoint",
     "concat",
     "data",
@@ -88,5 +98,6 @@ __all__ = [
     "stateless",
     "summary",
     "train_step",
+    "training",
     *_layers,
 ]

@@ -3,6 +3,7 @@
 import csv
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -355,3 +356,166 @@ def test_wrong_target_shape_and_logged_schedule(key):
     _, h = fn.fit(fn.Dense(1), opt, "mse", (x, y[:, None]), epochs=3, batch_size=32, verbose=0)
     # the value after each epoch's last update (2 steps per epoch)
     np.testing.assert_allclose(h["learning_rate"], [schedule(s) for s in (1, 3, 5)], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+def _rows_seen(n):
+    """A metric counting how often each row (its index is the target) was seen."""
+    return fn.metrics.Metric(
+        init=lambda: jnp.zeros(n, jnp.int32),
+        update=lambda s, out, y, weights=None: (
+            s
+            + jnp.zeros(n, jnp.int32)
+            .at[y.astype(jnp.int32)]
+            .add(jnp.ones(y.shape, jnp.int32) if weights is None else weights.astype(jnp.int32))
+        ),
+        merge=lambda a, b: a + b,
+        compute=lambda s: s,
+        name="seen",
+    )
+
+
+def _first_batch(batch):
+    """A metric keeping the targets (row indices) of the first batch it merges."""
+    return fn.metrics.Metric(
+        init=lambda: (jnp.full(batch, -1.0), jnp.zeros((), bool)),
+        update=lambda s, out, y, weights=None: (y.astype(jnp.float32), jnp.ones((), bool)),
+        merge=lambda a, b: jax.tree.map(lambda u, v: jnp.where(a[1], u, v), a, b),
+        compute=lambda s: s[0],
+        name="first",
+    )
+
+
+def _index_data(n):
+    x = np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32)
+    return x, np.arange(n, dtype=np.float32)
+
+
+def test_validation_split_is_the_last_rows_and_disjoint_from_training():
+    x, y = _index_data(40)
+    model = fn.serial(fn.Dense(1), lambda a: a[:, 0])
+    _, h = fn.fit(
+        model,
+        optax.sgd(0.0),
+        "mse",
+        (x, y),
+        epochs=2,
+        batch_size=10,
+        validation_split=0.25,
+        metrics={"seen": _rows_seen(40)},
+        verbose=0,
+    )
+    expect_train = np.r_[np.ones(30), np.zeros(10)]  # 3 steps of 10 cover the 30 rows once
+    for epoch in range(2):
+        np.testing.assert_array_equal(h["seen"][epoch], expect_train)
+        np.testing.assert_array_equal(h["val_seen"][epoch], 1 - expect_train)
+
+
+def test_each_epoch_draws_a_new_permutation_and_shuffle_false_keeps_the_order():
+    x, y = _index_data(64)
+    model = fn.serial(fn.Dense(1), lambda a: a[:, 0])
+    metrics = {"first": _first_batch(16)}
+    _, h = fn.fit(
+        model, optax.sgd(0.0), "mse", (x, y), epochs=3, batch_size=16, metrics=metrics, verbose=0
+    )
+    firsts = [np.asarray(f) for f in h["first"]]
+    assert all(len(set(f.tolist())) == 16 for f in firsts)  # a batch has distinct rows
+    for a, b in [(0, 1), (1, 2), (0, 2)]:
+        assert set(firsts[a].tolist()) != set(firsts[b].tolist())
+    assert firsts[0].tolist() != list(range(16))
+    _, h = fn.fit(
+        model,
+        optax.sgd(0.0),
+        "mse",
+        (x, y),
+        epochs=2,
+        batch_size=16,
+        metrics=metrics,
+        shuffle=False,
+        verbose=0,
+    )
+    for f in h["first"]:
+        np.testing.assert_array_equal(f, np.arange(16))
+    _, again = fn.fit(
+        model, optax.sgd(0.0), "mse", (x, y), epochs=3, batch_size=16, metrics=metrics, verbose=0
+    )
+    np.testing.assert_array_equal(np.stack(again["first"]), np.stack(firsts))  # same key
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+
+@pytest.mark.parametrize(
+    "monitor, mode",
+    [
+        ("val_accuracy", "max"),
+        ("acc", "max"),
+        ("val_f1_macro", "max"),
+        ("val_r2", "max"),
+        ("val_auc", "max"),
+        ("val_loss", "min"),
+        ("loss", "min"),
+        ("val_mae", "min"),
+    ],
+)
+def test_early_stopping_auto_mode(monitor, mode):
+    assert EarlyStopping(monitor).mode == mode
+
+
+@pytest.mark.parametrize("patience", [0, 1, 3])
+def test_early_stopping_tolerates_patience_epochs_without_improvement(patience):
+    values = [3.0, 2.0, 1.0] + [1.5] * 10  # best at epoch 2, then no improvement
+    stop = EarlyStopping("val_loss", patience=patience)
+    for epoch, v in enumerate(values):
+        stop.on_epoch_end(epoch, {"val_loss": v}, None)
+        if stop.stop_training:
+            break
+    assert (stop.best, stop.best_epoch) == (1.0, 2)
+    assert stop.stopped_epoch == 2 + patience + 1  # the (patience+1)-th epoch without improvement
+    up = EarlyStopping("val_accuracy", patience=patience, min_delta=0.1)
+    for epoch, v in enumerate([0.5, 0.7, 0.75, 0.79, 0.8, 0.85, 0.9, 0.95]):
+        up.on_epoch_end(epoch, {"val_accuracy": v}, None)
+        if up.stop_training:
+            break
+    assert up.best == 0.7 or patience >= 3  # +0.05 steps are below min_delta
+
+
+def test_restore_best_returns_the_best_val_accuracy_epoch_with_patience(key):
+    x, y = blobs(300)
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=2e-2)
+    seen = {}
+
+    def record(epoch, logs, ts):
+        seen[epoch] = jax.device_get(ts.params)
+
+    def sabotage(epoch, logs, ts):  # after epoch 2: random params, no more learning
+        if epoch != 2:
+            return None
+        noisy = jax.tree.map(lambda p: 3.0 * jax.random.normal(key, p.shape), ts.params)
+        hyper = {**ts.opt_state.hyperparams, "learning_rate": jnp.zeros(())}
+        return ts._replace(params=noisy, opt_state=ts.opt_state._replace(hyperparams=hyper))
+
+    stop = EarlyStopping("val_accuracy", patience=2, restore_best=True)
+    ts, h = fn.fit(
+        mlp(),
+        opt,
+        "sparse_categorical_cross_entropy",
+        (x, y),
+        epochs=20,
+        batch_size=30,
+        validation_split=0.3,
+        metrics=["accuracy"],
+        verbose=0,
+        callbacks=[
+            LambdaCallback(on_epoch_end=record),
+            LambdaCallback(on_epoch_end=sabotage),
+            stop,
+        ],
+    )
+    acc = h["val_accuracy"]
+    best = int(np.argmax(acc))
+    assert best <= 2 and max(acc[3:]) < acc[best] and stop.best_epoch == best
+    assert stop.stopped_epoch == best + 3 and len(acc) == best + 4
+    chex.assert_trees_all_equal(jax.device_get(ts.params), seen[best])

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from funcnet import train
+from funcnet import training as train
 from funcnet.combinators import serial
 from funcnet.core import LayerError, output_spec, spec_of
 from funcnet.layers.dense import Dense
@@ -675,11 +675,9 @@ def test_lstm_classifier_trains():
     y = ((x[..., 0] * valid_from_lengths(lengths, t)).sum(1) > 0).astype(np.int32)
     inputs = {"x": jnp.asarray(x), "lengths": jnp.asarray(lengths)}
     model = serial(RNN(LSTMCell(16), return_sequences=False), Dense(2))
-    optimizer = optax.sgd(0.2, momentum=0.9)
+    optimizer = train.compose_optimizer(optax.sgd(0.2, momentum=0.9), clip_norm=1.0)
     ts = train.TrainState.create(model, optimizer, jax.random.key(0), inputs)
-    step = jax.jit(
-        train.train_step(model, "sparse_categorical_cross_entropy", optimizer, clip_norm=1.0)
-    )
+    step = jax.jit(train.train_step(model, "sparse_categorical_cross_entropy", optimizer))
     losses = []
     for _ in range(80):
         ts, logs = step(ts, (inputs, jnp.asarray(y)))

@@ -1,5 +1,6 @@
 """The pure train step against numpy gradients, its options, and custom GAN / VAE steps."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -329,11 +330,6 @@ def test_augment_runs_inside_the_step(key):
         train_step(model, "mse", opt, augment=3)
 
 
-def _assert_trees_close(a, b, **tol):
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(u, v, **tol)
-
-
 @pytest.mark.parametrize(
     "options",
     [{}, {"clip_norm": 0.05}, {"loss_scale": 256.0}, {"clip_norm": 0.05, "loss_scale": 256.0}],
@@ -351,7 +347,7 @@ def test_accumulation_with_sample_weights_equals_one_big_batch(key, options):
     step = jax.jit(train_step(model, "mse", opt, accumulate_steps=2, **scale))
     acc, logs_acc = step(ts, (x, y, w))
     np.testing.assert_allclose(logs_acc["loss"], logs_big["loss"], rtol=1e-5)
-    _assert_trees_close(acc.params, big.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(acc.params, big.params, rtol=1e-5, atol=1e-6)
     # the loss of the five weighted rows, by hand
     h = np.tanh(x @ ts.params[0]["w"] + ts.params[0]["b"])
     out = h @ ts.params[2]["w"] + ts.params[2]["b"]
@@ -366,7 +362,7 @@ def test_accumulation_with_all_zero_weights_in_a_micro_batch_stays_finite(key):
     big, _ = train_step(model, "mse", optax.sgd(0.1))(ts, (x, y, w))
     acc, logs = train_step(model, "mse", optax.sgd(0.1), accumulate_steps=2)(ts, (x, y, w))
     assert np.isfinite(float(logs["loss"]))
-    _assert_trees_close(acc.params, big.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(acc.params, big.params, rtol=1e-5, atol=1e-6)
 
 
 def test_loss_scale_is_undone_before_clipping(key):
@@ -376,7 +372,7 @@ def test_loss_scale_is_undone_before_clipping(key):
     ts = TrainState.create(model, opt, key, x)
     plain, _ = train_step(model, "mse", opt)(ts, (x, y))
     scaled, _ = train_step(model, "mse", opt, loss_scale=1024.0)(ts, (x, y))
-    _assert_trees_close(scaled.params, plain.params, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(scaled.params, plain.params, rtol=1e-5, atol=1e-7)
     moved = np.sqrt(
         sum(
             float(((a - b) ** 2).sum())
@@ -469,6 +465,6 @@ def test_fit_with_lbfgs_and_freeze_option(key):
         freeze=r"^0/",
         initial_state=start,
     )
-    _assert_trees_close(ts.params[0], start.params[0], rtol=0, atol=0)
+    chex.assert_trees_all_close(ts.params[0], start.params[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"`freeze='\^9/'` matches no parameter path"):
         fn.fit(model, optax.adam(1e-2), "mse", (x, y), batch_size=16, verbose=0, freeze="^9/")
