@@ -368,6 +368,24 @@ def test_mesh4_shard_map_and_pmap_steps_match_jit(runner, weighted):
 
 
 @needs4
+def test_mesh4_accumulation_with_uneven_weights_matches_one_big_batch():
+    """Micro-batches and devices are each weighted by their share of the sample weights."""
+    model = fn.serial(fn.Dense(8), fn.relu, fn.Dense(3))
+    x, y = worker.data()
+    x, y = x[:16], y[:16]
+    w = np.array([1, 1, 1, 1, 1, 0, 0, 0, 2, 0, 0, 0, 0.5, 0.5, 1, 0], np.float32)
+    opt = fn.compose_optimizer(optax.sgd(0.1), clip_norm=0.05)
+    ts = fn.TrainState.create(model, opt, jax.random.key(0), x)
+    ref, ref_logs = jax.jit(fn.train_step(model, LOSS, opt))(ts, (x, y, w))
+    step = fn.train_step(model, LOSS, opt, accumulate_steps=2, axis_name="data")
+    mesh = distributed.make_mesh()
+    run = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
+    got, logs = run(ts, (x, y, w))
+    assert_trees_close(got.params, ref.params)
+    np.testing.assert_allclose(logs["loss"], ref_logs["loss"], rtol=1e-5)
+
+
+@needs4
 @pytest.mark.parametrize("axis_types", ["auto", "explicit"])
 def test_mesh4_fit_matches_one_device(reference, axis_types):
     """Arrays, on-device epochs, 2 fused steps per call, BatchNorm, SGD: the one-device params."""

@@ -468,3 +468,14 @@ def test_fit_with_lbfgs_and_freeze_option(key):
     chex.assert_trees_all_close(ts.params[0], start.params[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"`freeze='\^9/'` matches no parameter path"):
         fn.fit(model, optax.adam(1e-2), "mse", (x, y), batch_size=16, verbose=0, freeze="^9/")
+
+
+def test_train_step_and_fit_refuse_a_softmax_model_with_a_logits_loss():
+    model = fn.serial(fn.Dense(3), jax.nn.softmax)
+    x, y = np.ones((8, 2), np.float32), np.zeros(8, np.int32)
+    with pytest.raises(ValueError, match=r"train_step: the model's last layer .*softmax"):
+        train_step(model, "sparse_categorical_cross_entropy", optax.sgd(0.1))
+    with pytest.raises(ValueError, match=r"last layer .*softmax"):
+        fn.fit(model, optax.sgd(0.1), "sparse_categorical_cross_entropy", (x, y), verbose=0)
+    probs = fn.losses.get("sparse_categorical_cross_entropy", from_logits=False)
+    train_step(model, probs, optax.sgd(0.1))  # accepted

@@ -264,19 +264,20 @@ def _gradients(objective, accumulate_steps: int):
         shares = _micro_shares(w, accumulate_steps, batch)
 
         def body(carry, inputs):
-            grad_sum, loss_sum, st = carry
+            grad_sum, st = carry
             (mx, my, mw), i, part = inputs
             g, (total, outputs, st) = grad_fn(
                 params, st, mx, my, mw, jax.random.fold_in(key, i), share * part
             )
-            return (jax.tree.map(jnp.add, grad_sum, g), loss_sum + part * total, st), outputs
+            return (jax.tree.map(jnp.add, grad_sum, g), st), (total, outputs)
 
+        # the losses are scan outputs, not a carry: under shard_map a carry must keep its
+        # varying/invariant type, and a device's loss varies
         zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, total, new_state), outputs = jax.lax.scan(
-            body,
-            (zeros, jnp.zeros((), jnp.float32), state),
-            (micro, jnp.arange(accumulate_steps), shares),
+        (grads, new_state), (totals, outputs) = jax.lax.scan(
+            body, (zeros, state), (micro, jnp.arange(accumulate_steps), shares)
         )
+        total = jnp.sum(shares * totals)
         outputs = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), outputs)
         return grads, total, outputs, new_state
 
