@@ -148,13 +148,14 @@ def residual(*layers: Layer | Callable) -> Layer:
     def init(key, inputs):
         params, state = body_init(key, inputs)
         out = output_spec(body, inputs, params, state)
-        if not _same_spec(out, inputs):
-            raise LayerError(
-                f"the block must keep its input's shape and dtype to be added to it: input "
-                f"{fmt_spec(inputs)}, block output {fmt_spec(out)}. Make the last layer of the "
-                "block produce the input's features (e.g. `Dense(d)` for inputs of width d).",
-                path=["residual"],
-            )
+        _require_same_spec(
+            "residual",
+            out,
+            inputs,
+            "be added to it",
+            " Make the last layer of the block produce the input's features (e.g. `Dense(d)` "
+            "for inputs of width d).",
+        )
         return params, state
 
     def apply(params, state, inputs, *, key=None, train=False):
@@ -173,6 +174,16 @@ def _same_spec(a, b) -> bool:
         x.shape == y.shape and x.dtype == y.dtype
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
     )
+
+
+def _require_same_spec(kind: str, out, inputs, purpose: str, hint: str = "") -> None:
+    """Raise unless a block's output ``out`` has its ``inputs``' structure, shapes and dtypes."""
+    if not _same_spec(out, inputs):
+        raise LayerError(
+            f"the block must keep its input's shape and dtype to {purpose}: input "
+            f"{fmt_spec(inputs)}, block output {fmt_spec(out)}.{hint}",
+            path=[kind],
+        )
 
 
 def parallel(*layers: Layer | Callable) -> Layer:

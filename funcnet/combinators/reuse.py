@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnet._checks import check_positive_int, fmt_spec
-from funcnet.combinators.basic import _fold, _same_spec
+from funcnet.combinators.basic import _fold, _require_same_spec, _same_spec
 from funcnet.core import Layer, LayerError, as_layer, call_with_path, output_spec, spec_of
 
 __all__ = ["repeat", "shared"]
@@ -159,12 +159,7 @@ def repeat(block: Layer | Callable, n: int, *, unroll: int | bool = 1) -> Layer:
         params, state = call_with_path("repeat", jax.vmap(one), jnp.arange(n))
         first = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (params, state))
         out = call_with_path("repeat", output_spec, block, inputs, first[0], first[1])
-        if not _same_spec(out, inputs):
-            raise LayerError(
-                f"the block must keep its input's shape and dtype to be repeated: input "
-                f"{fmt_spec(inputs)}, block output {fmt_spec(out)}.",
-                path=["repeat"],
-            )
+        _require_same_spec("repeat", out, inputs, "be repeated")
         return params, state
 
     def apply(params, state, inputs, *, key=None, train=False):

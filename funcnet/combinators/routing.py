@@ -8,15 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from funcnet._checks import fmt_shape
-from funcnet.combinators.basic import _children, _sequence
+from funcnet._checks import fmt_shape, fmt_spec
+from funcnet.combinators.basic import _children, _same_spec, _sequence
 from funcnet.core import (
     Layer,
     LayerError,
     as_layer,
     call_with_path,
     output_spec,
-    spec_of,
     stateless,
 )
 
@@ -197,11 +196,10 @@ def residual_x(*layers: Layer | Callable) -> Layer:
         entries, _ = split_inputs(inputs)
         params, state = body_init(key, inputs)
         out = output_spec(body, inputs, params, state)
-        want = spec_of(entries["x"])
-        if not (hasattr(out, "shape") and out.shape == want.shape and out.dtype == want.dtype):
+        if not _same_spec(out, entries["x"]):
             raise LayerError(
                 f"the branch must return an array shaped like 'x' to be added to it: 'x' "
-                f"{want.dtype}{list(want.shape)}, branch output {out}.",
+                f"{fmt_spec(entries['x'])}, branch output {fmt_spec(out)}.",
                 path=["residual_x"],
             )
         return params, state
