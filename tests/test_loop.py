@@ -416,32 +416,20 @@ def test_validation_split_is_the_last_rows_and_disjoint_from_training():
 def test_each_epoch_draws_a_new_permutation_and_shuffle_false_keeps_the_order():
     x, y = _index_data(64)
     model = fn.serial(fn.Dense(1), lambda a: a[:, 0])
-    metrics = {"first": _first_batch(16)}
-    _, h = fn.fit(
-        model, optax.sgd(0.0), "mse", (x, y), epochs=3, batch_size=16, metrics=metrics, verbose=0
-    )
-    firsts = [np.asarray(f) for f in h["first"]]
+
+    def first_batches(**options):
+        _, h = fn.fit(model, optax.sgd(0.0), "mse", (x, y), batch_size=16, verbose=0,
+                      metrics={"first": _first_batch(16)}, **options)  # fmt: skip
+        return [np.asarray(f) for f in h["first"]]
+
+    firsts = first_batches(epochs=3)
     assert all(len(set(f.tolist())) == 16 for f in firsts)  # a batch has distinct rows
     for a, b in [(0, 1), (1, 2), (0, 2)]:
         assert set(firsts[a].tolist()) != set(firsts[b].tolist())
     assert firsts[0].tolist() != list(range(16))
-    _, h = fn.fit(
-        model,
-        optax.sgd(0.0),
-        "mse",
-        (x, y),
-        epochs=2,
-        batch_size=16,
-        metrics=metrics,
-        shuffle=False,
-        verbose=0,
-    )
-    for f in h["first"]:
+    for f in first_batches(epochs=2, shuffle=False):
         np.testing.assert_array_equal(f, np.arange(16))
-    _, again = fn.fit(
-        model, optax.sgd(0.0), "mse", (x, y), epochs=3, batch_size=16, metrics=metrics, verbose=0
-    )
-    np.testing.assert_array_equal(np.stack(again["first"]), np.stack(firsts))  # same key
+    np.testing.assert_array_equal(np.stack(first_batches(epochs=3)), np.stack(firsts))  # same key
 
 
 # ----------------------------------------------------------------------------- early stopping
