@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnet._checks import fmt_shape as _shape
+
 __all__ = ["Loss", "weighted_mean"]
 
 _EPSILON = 1e-7
@@ -26,10 +28,6 @@ class Loss(Protocol):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _shape(shape) -> str:
-    return str(tuple(int(d) for d in shape))
 
 
 def _float_dtype(dtype) -> np.dtype:

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnet._checks import fmt_shape as _shape
+
 __all__ = ["Metric", "mean"]
 
 MetricState = Any
@@ -44,10 +46,6 @@ class Metric(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _shape(shape) -> str:
-    return str(tuple(int(d) for d in shape))
 
 
 def _is_int(dtype) -> bool:
