@@ -463,7 +463,7 @@ def test_early_stopping_tolerates_patience_epochs_without_improvement(patience):
     assert (stop.best, stop.best_epoch) == (1.0, 2)
     assert stop.stopped_epoch == 2 + patience + 1  # the (patience+1)-th epoch without improvement
     up = EarlyStopping("val_accuracy", patience=patience, min_delta=0.1)
-    for epoch, v in enumerate([0.5, 0.7, 0.75, 0.79, 0.8, 0.85, 0.9, 0.95]):
+    for epoch, v in enumerate([0.5, 0.7, 0.75, 0.78, 0.79, 0.85, 0.9, 0.92]):
         up.on_epoch_end(epoch, {"val_accuracy": v}, None)
         if up.stop_training:
             break
