@@ -7,6 +7,8 @@
   folder you provide (:func:`read_idx` reads one file).
 - :func:`load_csv`: numeric tabular data; clean it with :func:`funcnet.data.clean`.
 
+A malformed file raises :class:`DatasetError` (a ``ValueError``) naming it.
+
 The image loaders return numpy arrays ``(x_train, y_train), (x_test, y_test)``
 with labels as int32 class indices and images channels-last ``(N, H, W, C)``
 (``flatten=True`` gives ``(N, H * W)``).
@@ -22,16 +24,20 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+import io
 import math
 import os
 import random
+import stat
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from funcnet._checks import is_int
+from funcnet.core import FuncnetError
 from funcnet.data import train_val_test_split
 
 __all__ = [
@@ -40,6 +46,7 @@ __all__ = [
     "load_mnist",
     "load_fashion_mnist",
     "read_idx",
+    "DatasetError",
     "Table",
     "load_csv",
 ]
@@ -155,41 +162,131 @@ def load_mnist1d(
 
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/).
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_MAX_NDIM = 32  # numpy's limit before 2.0
+_DEFLATE_MAX_RATIO = 1032  # deflate expands one byte to at most 1032 (RFC 1951 block limits)
+_CHUNK = 1 << 20
 
 
-def _read_bytes(path: Path) -> bytes:
+class DatasetError(FuncnetError, ValueError):
+    """A data file is malformed (bad header, wrong size, undecodable text); the message names it.
+
+    A :class:`~funcnet.core.FuncnetError` and a ``ValueError``.
+
+    Examples:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte")
+        >>> with open(path, "wb") as f:
+        ...     _ = f.write(b"PK")
+        >>> read_idx(path)
+        Traceback (most recent call last):
+        ...
+        funcnet.datasets.DatasetError: read_idx: ... is not an IDX file: ...
+    """
+
+
+def _open_regular(path: Path, where: str):
+    """Open ``path`` for reading in binary, refusing FIFOs, sockets and devices (never blocks)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"read_idx: no such file: {path}") from err
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, ValueError) as err:
-            raise ValueError(
-                f"read_idx: {path} starts like a gzip file but cannot be decompressed ({err}); "
-                "the file is probably truncated or corrupt: replace it with a fresh copy."
-            ) from err
-    return raw
+        raise FileNotFoundError(f"{where}: no such file: {path}") from err
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DatasetError(
+            f"{where}: {path} is not a regular file (a FIFO, socket, device or folder); pass "
+            "the path of the data file itself."
+        )
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def _read_exactly(stream, size: int) -> bytearray:
+    """``size`` bytes from ``stream`` (in chunks, so a short file allocates no more than it has)."""
+    out = bytearray()
+    while len(out) < size:
+        chunk = stream.read(min(_CHUNK, size - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _idx_header(stream, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+    """Read and validate the magic number and dimensions, leaving ``stream`` at the data."""
+    magic = bytes(_read_exactly(stream, 4))
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+        raise DatasetError(
+            f"read_idx: {path} is not an IDX file: expected a magic number 0x0000TTDD "
+            f"(TT a type in {[hex(t) for t in _IDX_TYPES]}, DD the number of dimensions), "
+            f"got {magic.hex() or 'an empty file'}; replace it with the original file."
+        )
+    dtype, ndim = np.dtype(_IDX_TYPES[magic[2]]), magic[3]
+    if ndim > _MAX_NDIM:
+        raise DatasetError(
+            f"read_idx: {path} is corrupt: its header announces {ndim} dimensions, expected at "
+            f"most {_MAX_NDIM}; replace it with a fresh copy."
+        )
+    dims = bytes(_read_exactly(stream, 4 * ndim))
+    if len(dims) < 4 * ndim:
+        raise DatasetError(
+            f"read_idx: {path} is truncated: its header needs {4 + 4 * ndim} bytes for {ndim} "
+            f"dimensions, the file has {4 + len(dims)}."
+        )
+    return dtype, struct.unpack(f">{ndim}I", dims)
+
+
+def _idx_data(stream, path: Path, shape, dtype, file_size, compressed, max_bytes) -> bytearray:
+    """Exactly the data the header announces, refusing sizes the file cannot hold up front."""
+    expected = math.prod(shape) * dtype.itemsize
+    after_header = file_size - 4 - 4 * len(shape)
+    said = f"read_idx: {path} is corrupt: its header says shape {shape} ({expected} bytes of data)"
+    fix = "replace it with a fresh copy."
+    if expected > max_bytes:
+        raise DatasetError(
+            f"{said}, more than `max_bytes={max_bytes}`; if the file is genuine pass a larger "
+            f"`max_bytes`, else {fix}"
+        )
+    if not compressed and after_header != expected:
+        raise DatasetError(f"{said}, but the file holds {after_header} bytes after it; {fix}")
+    if compressed and expected > _DEFLATE_MAX_RATIO * file_size:
+        raise DatasetError(
+            f"{said}, but gzip expands its {file_size} bytes at most {_DEFLATE_MAX_RATIO}-fold; "
+            f"{fix}"
+        )
+    data = _read_exactly(stream, expected)
+    if len(data) < expected:
+        raise DatasetError(f"{said}, but the file holds {len(data)} bytes after it; {fix}")
+    if stream.read(1):  # for gzip, this also checks the CRC at the end of the stream
+        raise DatasetError(f"{said}, but the file holds more after it; {fix}")
+    return data
+
+
+def read_idx(path: str | os.PathLike, *, max_bytes: int = 1 << 32) -> np.ndarray:
     """Read one IDX file (raw or gzip-compressed) into a numpy array, validating it.
 
     The IDX format (used by MNIST and Fashion-MNIST): two zero bytes, a type
     byte (``0x08`` unsigned byte, ``0x09`` signed byte, ``0x0B`` int16,
     ``0x0C`` int32, ``0x0D`` float32, ``0x0E`` float64), the number of
     dimensions, one big-endian uint32 per dimension, then the data. gzip is
-    recognized by its content, not the file name.
+    recognized by its content, not the file name. The header is read and
+    checked first; a gzip file is decompressed as it is read, only up to the
+    size the header announces (so a small file that expands to gigabytes is
+    refused without allocating them).
+
+    Args:
+        path: the file.
+        max_bytes: the largest data size accepted (default 4 GiB).
 
     Returns:
         An array of the stored shape, in native byte order.
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: for a corrupt file: bad magic number or type, or a data
-            size that does not match the header. The message names the file.
+        DatasetError: (a ``ValueError``) for a corrupt file: bad magic number
+            or type, a truncated header, data shorter or longer than the header
+            announces, a damaged gzip stream, or not a regular file. The message
+            names the file.
 
     Examples:
         >>> import tempfile, os, numpy as np
@@ -200,30 +297,23 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         array([7, 2, 1], dtype=uint8)
     """
     path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(
-            f"read_idx: {path} is not an IDX file: expected a magic number 0x0000TTDD "
-            f"(TT a type in {[hex(t) for t in _IDX_TYPES]}, DD the number of dimensions), "
-            f"got {raw[:4].hex() or 'an empty file'}; replace it with the original file."
-        )
-    dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(
-            f"read_idx: {path} is truncated: its header needs {header} bytes for {ndim} "
-            f"dimensions, the file has {len(raw)}."
-        )
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = math.prod(shape) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(
-            f"read_idx: {path} is corrupt: its header says shape {shape} ({expected} bytes of "
-            f"data), but the file holds {len(raw) - header} bytes after the header; replace it "
-            "with a fresh copy."
-        )
-    array = np.frombuffer(raw, dtype, offset=header).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))
+    with _open_regular(path, "read_idx") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        compressed = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if compressed else f
+        try:
+            dtype, shape = _idx_header(stream, path)
+            data = _idx_data(stream, path, shape, dtype, file_size, compressed, max_bytes)
+        except (OSError, EOFError, zlib.error) as err:
+            if not compressed:
+                raise
+            raise DatasetError(
+                f"read_idx: {path} starts like a gzip file but cannot be decompressed ({err}); "
+                "the file is probably truncated or corrupt: replace it with a fresh copy."
+            ) from err
+    array = np.frombuffer(data, dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)
 
 
 _IDX_STEMS = {
@@ -254,7 +344,7 @@ def _find_idx(folder: Path, stem: str, dims: int, where: str) -> Path:
 
 def _check_idx(array: np.ndarray, path: Path, ndim: int, what: str, where: str) -> None:
     if array.dtype != np.uint8 or array.ndim != ndim:
-        raise ValueError(
+        raise DatasetError(
             f"{where}: {path} should hold {what} (unsigned bytes, magic number "
             f"0x0000080{ndim}), got {array.ndim} dimensions of {array.dtype}; the images and "
             "labels files may be swapped or from another dataset."
@@ -278,13 +368,13 @@ def _load_idx_pair(
         _check_idx(images, image_path, 3, "images (N, rows, cols)", where)
         _check_idx(labels, label_path, 1, "labels (N,)", where)
         if len(images) != len(labels):
-            raise ValueError(
+            raise DatasetError(
                 f"{where}: the {split} files disagree: {image_path.name} has {len(images)} "
                 f"images, {label_path.name} {len(labels)} labels; replace them with a matching "
                 "pair."
             )
         if labels.size and labels.max() > 9:
-            raise ValueError(
+            raise DatasetError(
                 f"{where}: {label_path} holds labels up to {labels.max()}, expected classes "
                 "0..9; replace it with the original file."
             )
@@ -316,7 +406,7 @@ def load_mnist(
     Raises:
         FileNotFoundError: if the folder or a file is missing (the message
             lists the expected files and where they come from).
-        ValueError: if a file is corrupt or the files do not match.
+        DatasetError: (a ``ValueError``) if a file is corrupt or the files do not match.
     """
     return _load_idx_pair(path, flatten, "load_mnist")
 
@@ -361,6 +451,67 @@ def _to_float(text: str) -> float:
     return float(text)
 
 
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _read_rows(f, path: Path, delimiter: str) -> tuple[list[list[str]], list[int]]:
+    """The non-empty rows and the line each starts on."""
+    reader = csv.reader(f, delimiter=delimiter)
+    rows, lines = [], []
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return rows, lines
+        except csv.Error as err:
+            raise DatasetError(
+                f"load_csv: {path} line {line}: {err}; a field this long or malformed usually "
+                'comes from an unbalanced quote (`"`) or a binary file: check the quoting, the '
+                f"`delimiter` ({delimiter!r}) and that the file is CSV text."
+            ) from err
+        if row:
+            rows.append(row)
+            lines.append(line)
+
+
+def _decode_error(path: Path, encoding: str) -> DatasetError:
+    """Where the file stops being ``encoding``: line and byte, read again as bytes."""
+    raw = path.read_bytes()
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - raw.rfind(b"\n", 0, err.start)
+        bad = raw[err.start : err.end]
+        return DatasetError(
+            f"load_csv: {path} line {line}, byte {column}: {bad!r} is not valid {encoding} "
+            f'({err.reason}); pass the file\'s `encoding` (e.g. `encoding="latin-1"`) or save '
+            "it as UTF-8."
+        )
+    return DatasetError(f"load_csv: {path} is not valid {encoding}; pass the file's `encoding`.")
+
+
+def _target_index(target, names: list[str], header: bool, path: Path) -> int | None:
+    width = len(names)
+    if target is None:
+        return None
+    if isinstance(target, str):
+        if not header or target not in names:
+            raise ValueError(
+                f"load_csv: no column named {target!r} in {path} (columns: {names}); pass one "
+                "of them, or an index, as `target`."
+            )
+        return names.index(target)
+    if is_int(target) and -width <= target < width:
+        return int(target) % width
+    raise ValueError(
+        f"load_csv: `target` must be a column name or an index in [-{width}, {width}), "
+        f"got {target!r}."
+    )
+
+
 def load_csv(
     path: str | os.PathLike,
     target: str | int | None = None,
@@ -368,6 +519,7 @@ def load_csv(
     delimiter: str = ",",
     header: bool = True,
     dtype: Any = np.float32,
+    encoding: str = "utf-8-sig",
 ) -> Table:
     """Read a CSV file of numeric feature columns and an optional target column.
 
@@ -382,14 +534,18 @@ def load_csv(
         delimiter: the field separator.
         header: whether the first row holds column names (else they are "0", "1", ...).
         dtype: the dtype of ``x``.
+        encoding: the text encoding (default UTF-8, with or without a byte-order mark).
 
     Returns:
         A :class:`Table` ``(x, y, columns)``.
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: for an unknown target, a row with the wrong number of
-            fields, or a feature value that is not a number (naming line and column).
+        DatasetError: (a ``ValueError``) for bytes that are not valid
+            ``encoding``, a malformed or over-long field (e.g. an unbalanced
+            quote), a row with the wrong number of fields, or a feature value
+            that is not a number; the message names the file and line.
+        ValueError: for an unknown ``target``.
 
     Examples:
         >>> import tempfile, os
@@ -404,49 +560,33 @@ def load_csv(
     """
     path = Path(path)
     try:
-        with open(path, newline="") as f:
-            rows = [row for row in csv.reader(f, delimiter=delimiter) if row]
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"load_csv: no such file: {path}") from err
-    first_line = 1
+        with io.TextIOWrapper(_open_regular(path, "load_csv"), encoding, newline="") as f:
+            rows, lines = _read_rows(f, path, delimiter)
+    except UnicodeDecodeError as err:
+        raise _decode_error(path, encoding) from err
     if header:
         if not rows:
-            raise ValueError(f"load_csv: {path} is empty; expected a header row of column names.")
-        names, rows, first_line = [n.strip() for n in rows[0]], rows[1:], 2
+            raise DatasetError(f"load_csv: {path} is empty; expected a header row of column names.")
+        names, rows, lines = [n.strip() for n in rows[0]], rows[1:], lines[1:]
     else:
         names = [str(i) for i in range(len(rows[0]) if rows else 0)]
-    width = len(names)
-    for i, row in enumerate(rows):
-        if len(row) != width:
-            raise ValueError(
-                f"load_csv: {path} line {i + first_line} has {len(row)} fields, expected "
-                f"{width} like the first row; check the `delimiter` ({delimiter!r}) and quoting."
+    for row, line in zip(rows, lines):
+        if len(row) != len(names):
+            raise DatasetError(
+                f"load_csv: {path} line {line} has {len(row)} fields, expected "
+                f"{len(names)} like the first row; check the `delimiter` ({delimiter!r}) and "
+                "quoting."
             )
-    if target is None:
-        target_index = None
-    elif isinstance(target, str):
-        if not header or target not in names:
-            raise ValueError(
-                f"load_csv: no column named {target!r} in {path} (columns: {names}); pass one "
-                "of them, or an index, as `target`."
-            )
-        target_index = names.index(target)
-    elif is_int(target) and -width <= target < width:
-        target_index = int(target) % width
-    else:
-        raise ValueError(
-            f"load_csv: `target` must be a column name or an index in [-{width}, {width}), "
-            f"got {target!r}."
-        )
-    features = [j for j in range(width) if j != target_index]
+    target_index = _target_index(target, names, header, path)
+    features = [j for j in range(len(names)) if j != target_index]
     x = np.empty((len(rows), len(features)), np.float64)
-    for i, row in enumerate(rows):
+    for i, (row, line) in enumerate(zip(rows, lines)):
         for col, j in enumerate(features):
             try:
                 x[i, col] = _to_float(row[j])
             except ValueError:
-                raise ValueError(
-                    f"load_csv: {path} line {i + first_line}, column {names[j]!r}: {row[j]!r} "
+                raise DatasetError(
+                    f"load_csv: {path} line {line}, column {names[j]!r}: {_short(row[j])} "
                     "is not a number; load_csv reads numeric features only: encode this "
                     "column first, or make it the `target`."
                 ) from None

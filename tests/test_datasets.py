@@ -1,16 +1,20 @@
 """Tests for funcnet.datasets: IDX files written here, bundled/generated data, CSV."""
 
 import gzip
+import io
+import os
 import random
+import re
 import struct
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from funcnet import datasets
 from funcnet.data import clean
-from funcnet.datasets import load_csv, load_fashion_mnist, load_mnist, read_idx
+from funcnet.datasets import DatasetError, load_csv, load_fashion_mnist, load_mnist, read_idx
 
 # --------------------------------------------------------------------------- IDX
 
@@ -261,3 +265,149 @@ def test_mnist1d_hidden_by_a_local_file(tmp_path, monkeypatch):
         for name in [k for k in sys.modules if k.split(".")[0] == "mnist1d"]:
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+# --------------------------------------------------------------------------- hostile IDX files
+
+
+def _gzip_zeros(header, zeros, chunk=1 << 20):
+    """gzip bytes of ``header`` followed by ``zeros`` zero bytes, compressed chunk by chunk."""
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb") as f:
+        f.write(header)
+        for start in range(0, zeros, chunk):
+            f.write(bytes(min(chunk, zeros - start)))
+    return out.getvalue()
+
+
+def _peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_gzip_bomb_with_trailing_data_stops_at_the_announced_size(tmp_path):
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    path.write_bytes(_gzip_zeros(_labels_bytes([1, 2, 3]), 64 << 20))  # 64 MiB of zeros
+    assert path.stat().st_size < 100_000
+
+    def read():
+        with pytest.raises(
+            DatasetError,
+            match=rf"^read_idx: {re.escape(str(path))} is corrupt: its header says shape \(3,\) "
+            r"\(3 bytes of data\), but the file holds more after it; replace it",
+        ):
+            read_idx(path)
+
+    assert _peak_bytes(read) < 4 << 20
+
+
+def test_gzip_bomb_announcing_gigabytes_is_refused_before_reading(tmp_path):
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 1 << 20, 32, 32)  # 1 GiB announced
+    path.write_bytes(_gzip_zeros(header, 1 << 20))
+    size = path.stat().st_size
+
+    def read():
+        with pytest.raises(
+            DatasetError,
+            match=rf"shape \(1048576, 32, 32\) \(1073741824 bytes of data\), but gzip expands "
+            rf"its {size} bytes at most 1032-fold; replace it with a fresh copy",
+        ):
+            read_idx(path)
+
+    assert _peak_bytes(read) < 4 << 20
+    header = bytes([0, 0, 8, 1]) + struct.pack(">I", 100)
+    path.write_bytes(_gzip_zeros(header, 100))
+    with pytest.raises(DatasetError, match=r"more than `max_bytes=50`; if the file is genuine"):
+        read_idx(path, max_bytes=50)
+    assert read_idx(path, max_bytes=100).shape == (100,)
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        (
+            gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 1000) + bytes(range(250)) * 2),
+            r"header says shape \(1000,\) \(1000 bytes of data\), but the file holds 500 bytes",
+        ),
+        (gzip.compress(bytes([0, 0, 8, 2, 0, 0, 0])), r"is truncated: its header needs 12 bytes"),
+        (gzip.compress(b""), r"is not an IDX file: .*got an empty file"),
+        (gzip.compress(bytes([0, 0, 7, 1])), r"is not an IDX file: .*got 00000701"),
+        (bytes([0, 0, 8, 40]) + bytes(160), r"announces 40 dimensions, expected at most 32"),
+        (gzip.compress(_labels_bytes([1, 2, 3]))[:12], r"starts like a gzip file but cannot be"),
+        (gzip.compress(_labels_bytes([1, 2, 3])) + b"junk", r"starts like a gzip file but cannot"),
+    ],
+)
+def test_hostile_idx_headers(tmp_path, payload, match):
+    path = tmp_path / "x-idx1-ubyte"
+    path.write_bytes(payload)
+    with pytest.raises(DatasetError, match=rf"^read_idx: {re.escape(str(path))}.*{match}"):
+        read_idx(path)
+
+
+def test_gzip_crc_is_checked(tmp_path):
+    raw = bytearray(gzip.compress(_labels_bytes(list(range(200))), compresslevel=0))
+    raw[-20] ^= 1  # a data byte of a stored (uncompressed) block: only the CRC notices
+    path = tmp_path / "x-idx1-ubyte.gz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=r"cannot be decompressed \(CRC check failed"):
+        read_idx(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_idx_and_csv_refuse_a_fifo(tmp_path):
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    with pytest.raises(DatasetError, match=r"read_idx: .*fifo is not a regular file"):
+        read_idx(path)
+    with pytest.raises(DatasetError, match=r"load_csv: .*fifo is not a regular file"):
+        load_csv(path)
+
+
+# --------------------------------------------------------------------------- hostile CSV files
+
+
+def test_csv_not_utf8_names_file_line_and_byte(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"a,b\n1,2\n3,caf\xe9\n")
+    with pytest.raises(
+        DatasetError,
+        match=rf"^load_csv: {re.escape(str(path))} line 3, byte 6: b'\\xe9' is not valid "
+        r"utf-8-sig \(invalid continuation byte\); pass the file's `encoding`",
+    ) as info:
+        load_csv(path, target="b")
+    assert isinstance(info.value.__cause__, UnicodeDecodeError)
+    _, y, _ = load_csv(path, target="b", encoding="latin-1")
+    assert y.tolist() == ["2", "café"]
+
+
+def test_csv_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffa,b\n1,2\n".encode())
+    assert load_csv(path).columns == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "text", ['a,b\n1,2\n3,"' + "x" * 200_000 + "\n4,5\n", "a,b\n1,2\n3," + "9" * 200_000 + "\n"]
+)
+def test_csv_over_long_field(tmp_path, text):
+    path = _write(tmp_path, text)
+    with pytest.raises(
+        DatasetError,
+        match=rf"^load_csv: {re.escape(str(path))} line 3: field larger than field limit "
+        r"\(131072\); .*unbalanced quote",
+    ):
+        load_csv(path)
+
+
+def test_csv_line_numbers_count_blank_lines_and_quoted_newlines(tmp_path):
+    path = _write(tmp_path, 'a,b\n\n1,2\n"3\n",4\n6,' + "y" * 100 + "\n")
+    with pytest.raises(
+        DatasetError, match=r"line 6, column 'b': 'yyyy.*'\.\.\. \(100 characters\) is not a number"
+    ):
+        load_csv(path)
