@@ -185,6 +185,45 @@ def test_bad_data_errors(key):
         fn.fit(*args, 3, verbose=0)
 
 
+def test_every_labelled_input_is_checked(key):
+    """Out-of-range labels, string labels and Python lists are named wherever they come in:
+    evaluate's arrays and batches, fit's validation data and fit's batches."""
+    x, y = blobs(40)
+    model, loss = mlp(), "sparse_categorical_cross_entropy"
+    params, state = model.init(key, x[:1])
+    fit = lambda data, **kw: fn.fit(
+        model, optax.sgd(0.1), loss, data, batch_size=8, verbose=0, **kw
+    )
+    out_of_range = (
+        r"{}: labels must be in \[0, 3\) for a model with 3 outputs, got labels in \[{}\]"
+    )
+    with pytest.raises(ValueError, match=out_of_range.format("evaluate", "10, 12")):
+        fn.evaluate(model, params, state, (x, y + 10), loss=loss, metrics=["accuracy"])
+    with pytest.raises(ValueError, match=out_of_range.format("evaluate", "-1, 1")):
+        fn.evaluate(model, params, state, [(x, y), (x, y - 1)], loss=loss)
+    with pytest.raises(ValueError, match=out_of_range.format(r"fit \(validation_data\)", "0, 3")):
+        fit((x, y), validation_data=(x, np.where(y == 2, 3, y)))
+    with pytest.raises(
+        ValueError, match=out_of_range.format(r"fit \(batch 2 of epoch 1\)", "3, 5")
+    ):
+        fit([(x[:8], y[:8]), (x[8:16], y[8:16] + 3)])
+    names = np.array(["cat", "dog", "emu"])[y]
+    strings = r"{}: \['y'\] has dtype <U3 .*`funcnet.data.encode_labels\(y\)`"
+    with pytest.raises(TypeError, match=strings.format("fit")):
+        fit((x, names))
+    with pytest.raises(TypeError, match=strings.format("evaluate")):
+        fn.evaluate(model, params, state, [(x, names)], loss=loss)
+    with pytest.raises(TypeError, match=r"fit: `x` is a Python list of numbers, not an array"):
+        fit((x.tolist(), y))
+    with pytest.raises(TypeError, match=r"fit: `y` is a Python list .*np.asarray\(y"):
+        fit((x, y.tolist()))
+    # in range: accepted, and a multi-input x (a list of arrays) is still arrays
+    fn.evaluate(model, params, state, (x, y), loss=loss)
+    two = fn.serial(lambda xs: jnp.concatenate(xs, -1), mlp())
+    p2, s2 = two.init(key, [x[:1, :2], x[:1, 2:]])
+    fn.evaluate(two, p2, s2, ([x[:, :2], x[:, 2:]], y), loss=loss)
+
+
 def test_nonfinite_step_is_reported(key):
     x, y = blobs()
 

@@ -35,7 +35,8 @@ __all__ = [
     "BatchEpochs",
     "Placement",
     "check_arrays",
-    "check_labels",
+    "batch_check",
+    "check_dtypes",
     "eval_chunks",
     "is_arrays",
     "iterate",
@@ -147,20 +148,34 @@ def _is_array(a) -> bool:
     )
 
 
-def is_arrays(data) -> bool:
-    """True for a tuple ``(x, y)`` / ``(x, y, weights)`` of arrays (a list is batches)."""
-    return (
-        isinstance(data, tuple)
-        and len(data) in (2, 3)
-        and len(jax.tree.leaves(data)) > 0
-        and all(_is_array(leaf) for leaf in jax.tree.leaves(data))
-    )
+def is_arrays(data, where: str = "fit") -> bool:
+    """True for a tuple ``(x, y)`` / ``(x, y, weights)`` of arrays (a list is batches).
+
+    Raises:
+        TypeError: for such a tuple holding Python lists or numbers instead of arrays.
+    """
+    if not (isinstance(data, tuple) and len(data) in (2, 3)):
+        return False
+    leaves = jax.tree.leaves(data)
+    if leaves and all(_is_array(leaf) for leaf in leaves):
+        return True
+    for name, part in zip(("x", "y", "weights"), data):
+        if isinstance(part, (list, tuple)) and any(
+            isinstance(leaf, (int, float, complex, bool)) for leaf in jax.tree.leaves(part)
+        ):
+            raise TypeError(
+                f"{where}: `{name}` is a Python {type(part).__name__} of numbers, not an array: "
+                f"the data must be arrays. Convert it first, e.g. `{name} = np.asarray({name}, "
+                "np.float32)`."
+            )
+    return False
 
 
 def check_arrays(data, where: str):
     """``data`` as ``(x, y, w_or_None, n)``; clear errors for bad input (NaN/Inf included)."""
     x, y, *rest = data
     w = rest[0] if rest else None
+    check_dtypes((x, y, w), where)
     leaves = jax.tree_util.tree_flatten_with_path({"x": x, "y": y, "weights": w})[0]
     lengths = {}
     for path, leaf in leaves:
@@ -183,6 +198,25 @@ def check_arrays(data, where: str):
     return x, y, w, n
 
 
+def check_dtypes(batch, where: str) -> None:
+    """No strings or objects in ``(x, y, weights)``: JAX arrays are numbers."""
+    flat = jax.tree_util.tree_flatten_with_path(dict(zip(("x", "y", "weights"), batch)))[0]
+    for path, leaf in flat:
+        kind = np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)).kind
+        if kind in "USOV":
+            name = jax.tree_util.keystr(path)
+            fix = (
+                "encode class names as integers with `funcnet.data.encode_labels(y)`"
+                if name.startswith("['y']")
+                else "convert it to numbers first (e.g. `funcnet.data.encode_labels` for "
+                "categories)"
+            )
+            raise TypeError(
+                f"{where}: {name} has dtype {leaf.dtype} (not numbers); JAX arrays hold "
+                f"numbers: {fix}."
+            )
+
+
 def _check_finite_rows(a: np.ndarray, n: int, name: str, where: str) -> None:
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating)):
         return
@@ -196,26 +230,38 @@ def _check_finite_rows(a: np.ndarray, n: int, name: str, where: str) -> None:
         )
 
 
-def check_labels(model, loss_fn, x, y, where: str) -> None:
-    """Integer labels for a sparse loss must index the model's outputs."""
+def batch_check(model, loss_fn):
+    """``check(x, y, w, where)`` for every input of fit/evaluate: no strings, and integer labels
+    of a sparse loss must index the model's outputs (the class count is found once)."""
     base = getattr(loss_fn, "func", loss_fn)  # functools.partial(..., from_logits=False)
-    if base is not losses_lib.sparse_categorical_cross_entropy or not _is_array(y):
+    sparse = base is losses_lib.sparse_categorical_cross_entropy
+    classes = []
+
+    def check(x, y, w, where: str) -> None:
+        check_dtypes((x, y, w), where)
+        if not sparse or not _is_array(y) or not np.issubdtype(y.dtype, np.integer):
+            return
+        if isinstance(y, jax.Array) and not y.is_fully_addressable:
+            return  # a global array of several processes: each checked its own rows
+        if not classes:
+            spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), x)
+            out = output_spec(model, spec)
+            ok = isinstance(out, jax.ShapeDtypeStruct) and out.ndim > 0
+            classes.append(out.shape[-1] if ok else None)
+        _check_label_range(np.asarray(y), classes[0], where)
+
+    return check
+
+
+def _check_label_range(y: np.ndarray, classes: int | None, where: str) -> None:
+    if classes is None or y.size == 0:
         return
-    y = np.asarray(y)
-    if not np.issubdtype(y.dtype, np.integer):
-        return
-    out = output_spec(
-        model, jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), x)
-    )
-    if not isinstance(out, jax.ShapeDtypeStruct) or not out.shape:
-        return
-    classes = out.shape[-1]
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= classes:
         raise ValueError(
             f"{where}: labels must be in [0, {classes}) for a model with {classes} outputs, got "
-            f"labels in [{low}, {high}]. Re-encode the labels (funcnet.data label encoding) or "
-            "give the last layer as many outputs as there are classes."
+            f"labels in [{low}, {high}]. Re-encode the labels (`funcnet.data.encode_labels`) "
+            "or give the last layer as many outputs as there are classes."
         )
 
 
@@ -266,27 +312,31 @@ def _masked_weights(w, mask, xp):
     return xp.where(m, w, xp.zeros((), w.dtype))
 
 
-def eval_chunks(data, batch_size: int, placement: Placement, where: str):
+def eval_chunks(data, batch_size: int, placement: Placement, where: str, check=None):
     """The evaluation data as chunks ``((x, y, weights), stacked)`` for one compiled call each.
 
     Arrays give one chunk of all batches stacked ``(batches, batch, ...)``,
     padded, weighted 0 where padded and placed once (a list, reusable every
     epoch). An iterable gives a generator of its batches, each padded to a
     multiple of this process's devices and assembled into global arrays.
+    ``check(x, y, w, where)`` (see :func:`batch_check`) sees every batch.
     """
-    if is_arrays(data):
+    check = check or (lambda x, y, w, where: check_dtypes((x, y, w), where))
+    if is_arrays(data, where):
         x, y, w, n = check_arrays(data, where)
+        check(x, y, w, where)
         bs = placement.batch_size(batch_size, n)
         (xb, yb, wb), mask = stack_batches((x, y, w), n, bs, placement.xp)
         chunk = (xb, yb, _masked_weights(wb, mask, placement.xp))
         return [(placement.put(chunk, placement.stacked), True)]
-    return _batch_chunks(data, placement, where)
+    return _batch_chunks(data, placement, where, check)
 
 
-def _batch_chunks(data, placement: Placement, where: str):
+def _batch_chunks(data, placement: Placement, where: str, check):
     parts = max(1, placement.parts // jax.process_count())
     for batch in iterate(data, where):
         x, y, w = unpack_batch(batch, where)
+        check(x, y, w, where)
         (x, y, w), mask = pad_rows((x, y, w), parts, placement.xp)
         batch = (x, y, _masked_weights(w, mask, placement.xp))
         yield placement.global_batch(batch, where), False
@@ -337,11 +387,11 @@ class ArrayEpochs:
 class BatchEpochs:
     """fit's epochs over an iterable of batches: one compiled step per batch."""
 
-    def __init__(self, data, placement: Placement):
+    def __init__(self, data, placement: Placement, check):
         first = next(iterate(data, "fit"), None)
         if first is None:
             raise ValueError("fit: `train_data` yielded no batches.")
-        self.data, self.placement, self.steps = data, placement, None
+        self.data, self.placement, self.steps, self.check = data, placement, None, check
         self.example = spec_of(first[0])
 
     def compile(self, step, metrics, ts_shardings, **_):
@@ -363,6 +413,7 @@ class BatchEpochs:
             count += 1
             if i < first:
                 continue
+            self.check(*unpack_batch(batch, "fit"), f"fit (batch {i + 1} of epoch {epoch + 1})")
             ts, acc = self.run(ts, acc, self.placement.global_batch(batch, "fit"))
             if i % every == every - 1:
                 jax.block_until_ready(acc)

@@ -43,8 +43,8 @@ from funcnet.training.feed import (
     ArrayEpochs,
     BatchEpochs,
     Placement,
+    batch_check,
     check_arrays,
-    check_labels,
     eval_chunks,
     is_arrays,
     split_validation,
@@ -155,7 +155,8 @@ def evaluate(
     check_positive_int("evaluate", "batch_size", batch_size)
     placement = Placement(mesh, "evaluate")
     run = make_evaluator(model, loss_fn, metrics, placement)
-    acc = run(params, state, eval_chunks(data, batch_size, placement, "evaluate"))
+    check = batch_check(model, loss_fn)
+    acc = run(params, state, eval_chunks(data, batch_size, placement, "evaluate", check))
     return logs_compute(metrics, acc, with_loss=loss_fn is not None)
 
 
@@ -445,12 +446,13 @@ def fit(
         if not is_arrays(train_data):
             raise ValueError("fit: `validation_split` needs arrays `(x, y)`, not an iterable.")
         train_data, validation_data = split_validation(train_data, validation_split)
+    check = batch_check(model, loss_fn)
     if is_arrays(train_data):
         arrays = check_arrays(train_data, "fit")
-        check_labels(model, loss_fn, arrays[0], arrays[1], "fit")
+        check(*arrays[:3], "fit")
         feed = ArrayEpochs(arrays, batch_size, placement)
     else:
-        feed = BatchEpochs(train_data, placement)
+        feed = BatchEpochs(train_data, placement, check)
     manager = _checkpoint_manager(checkpoint, checkpoint_every, steps_per_execution)
     _check_best_metric(manager, metrics, validation_data is not None)
     ts, ts_shardings = _start_state(
@@ -464,23 +466,24 @@ def fit(
     validate = None
     if validation_data is not None:
         validate = _validator(
-            model, loss_fn, metrics, placement, validation_data, validation_batch_size
+            model, loss_fn, metrics, placement, validation_data, validation_batch_size, check
         )
     run = _Run(feed, manager, checkpoint_every, callbacks, verbose, epochs)
     ts, history = run.epochs(ts, key, shuffle, metrics, placement, validate)
     return placement.to_user(ts), history
 
 
-def _validator(model, loss_fn, metrics, placement, data, batch_size):
+def _validator(model, loss_fn, metrics, placement, data, batch_size, check):
     """``validate(ts) -> {"val_<name>": value}``; array data is padded and placed once."""
-    chunks = eval_chunks(data, batch_size, placement, "fit (validation_data)")
+    where = "fit (validation_data)"
+    chunks = eval_chunks(data, batch_size, placement, where, check)
     run = make_evaluator(model, loss_fn, metrics, placement)
 
     def validate(ts):
         current = (
             chunks
             if isinstance(chunks, list)
-            else eval_chunks(data, batch_size, placement, "fit (validation_data)")
+            else eval_chunks(data, batch_size, placement, where, check)
         )
         logs = logs_compute(metrics, run(ts.params, ts.state, current))
         return {f"val_{k}": v for k, v in logs.items()}
