@@ -7,7 +7,9 @@ import pytest
 
 _cache = os.environ.get("FUNCNET_TEST_CACHE", os.path.join(os.path.dirname(__file__), ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", _cache)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# tools/mutation.py caches every compile (0): most of a mutant's programs are unchanged
+_min_secs = float(os.environ.get("FUNCNET_TEST_CACHE_MIN_SECS", "0.5"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", _min_secs)
 
 
 @pytest.fixture(autouse=True)

@@ -510,6 +510,67 @@ def test_early_stopping_tolerates_patience_epochs_without_improvement(patience):
     assert up.best == (0.85 if patience >= 3 else 0.7)
 
 
+def _watch(stop, values, monitor="val_loss", state=None):
+    stop.on_train_begin(state)
+    for epoch, v in enumerate(values):
+        stop.on_epoch_end(epoch, {monitor: v}, state)
+        if stop.stop_training:
+            break
+    return stop
+
+
+def test_early_stopping_details():
+    with pytest.raises(ValueError, match=r"must be >= 0, got -1 and 0\.0"):
+        EarlyStopping(patience=-1)
+    with pytest.raises(ValueError, match=r"must be >= 0, got 0 and -0\.5"):
+        EarlyStopping(min_delta=-0.5)
+    # an equal value is no improvement, nor is NaN (it counts against patience)
+    assert _watch(EarlyStopping(), [1.0, 1.0]).stopped_epoch == 1
+    stop = _watch(EarlyStopping(patience=1), [np.nan, 1.0, 2.0, 3.0])
+    assert (stop.best_epoch, stop.stopped_epoch) == (1, 3)
+    # no copy of the state is kept unless restore_best asks for it
+    state = {"w": np.ones(3)}
+    stop = _watch(EarlyStopping(), [1.0, 0.5], state=state)
+    assert stop.best_state is None and stop.on_train_end(state) is None
+    stop = _watch(EarlyStopping(restore_best=True), [1.0, 0.5], state=state)
+    np.testing.assert_array_equal(stop.on_train_end(state)["w"], state["w"])
+    # one instance serves several fits: each starts fresh
+    stop = _watch(EarlyStopping(), [1.0, 2.0])
+    assert (stop.best, stop.stopped_epoch) == (1.0, 1)
+    stop = _watch(stop, [5.0, 4.0, 3.0])
+    assert (stop.best, stop.best_epoch, stop.stopped_epoch, stop.stop_training) == (
+        3.0, 2, None, False
+    )  # fmt: skip
+
+
+def test_learning_rate_scheduler_gets_the_next_epoch():
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    params = {"w": jnp.ones(2)}
+    ts = fn.training.TrainState(jnp.array(0), params, (), opt.init(params), None)
+    calls = []
+    sched = LearningRateScheduler(lambda epoch, lr: calls.append((epoch, lr)) or lr * 0.5)
+    for epoch in range(3):
+        ts = sched.on_epoch_end(epoch, {}, ts)
+    assert [e for e, _ in calls] == [1, 2, 3]
+    np.testing.assert_allclose([lr for _, lr in calls], [0.1, 0.05, 0.025], rtol=1e-6)
+
+
+@pytest.mark.parametrize("logger", [CSVLogger, JSONLogger])
+def test_loggers_rewrite_unless_appending(tmp_path, logger):
+    path = tmp_path / "log"
+    for append, expected in ((False, [0]), (True, [0, 0])):
+        log = logger(path, append=append) if append else logger(path)
+        log.on_train_begin(None)
+        log.on_epoch_end(0, {"loss": np.float32(1.5)}, None)
+        text = path.read_text().splitlines()
+        epochs = (
+            [int(r["epoch"]) for r in csv.DictReader(text)]
+            if logger is CSVLogger
+            else [json.loads(line)["epoch"] for line in text]
+        )
+        assert epochs == expected
+
+
 def test_restore_best_returns_the_best_val_accuracy_epoch_with_patience(key):
     x, y = blobs(300)
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=2e-2)

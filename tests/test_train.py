@@ -479,3 +479,16 @@ def test_train_step_and_fit_refuse_a_softmax_model_with_a_logits_loss():
         fn.fit(model, optax.sgd(0.1), "sparse_categorical_cross_entropy", (x, y), verbose=0)
     probs = fn.losses.get("sparse_categorical_cross_entropy", from_logits=False)
     train_step(model, probs, optax.sgd(0.1))  # accepted
+
+
+def test_device_share_and_axis_names():
+    from funcnet.training.collectives import check_axis_name, device_share
+
+    share = jax.vmap(lambda w: device_share(w, "d"), axis_name="d")
+    np.testing.assert_array_equal(share(jnp.zeros((2, 3))), [0.0, 0.0])  # no weight: 0, not NaN
+    # a total weight below 1 is still a total: shares 0.25 / 0.5 and 0.25 / 0.5
+    np.testing.assert_allclose(share(jnp.array([[0.25, 0.0], [0.25, 0.0]])), [0.5, 0.5])
+    np.testing.assert_allclose(share(jnp.array([[1.0, 2.0], [1.0, 0.0]])), [0.75, 0.25])
+    assert check_axis_name(["a", "b"], "w") == ("a", "b")
+    with pytest.raises(TypeError, match=r"w: `axis_name` must be .* got \('a', \('b',\)\)"):
+        check_axis_name(("a", ("b",)), "w")

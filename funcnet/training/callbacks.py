@@ -87,7 +87,8 @@ class EarlyStopping(Callback):
     Args:
         monitor: the log key to watch (``"val_loss"``, ``"val_accuracy"``, ...).
         patience: epochs without improvement before stopping.
-        min_delta: the smallest change that counts as an improvement.
+        min_delta: an improvement must be larger than this (an equal or NaN
+            value is never one).
         mode: ``"min"``, ``"max"`` or ``"auto"`` (``max`` for names containing
             accuracy, precision, recall, f1, r2 or auc; else ``min``).
         restore_best: at the end of training, return the ``TrainState`` of the
@@ -128,7 +129,11 @@ class EarlyStopping(Callback):
             mode = "max" if any(b in monitor.lower() for b in bigger) else "min"
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
         self.mode, self.restore_best = mode, restore_best
-        self.best = math.inf if mode == "min" else -math.inf
+        self.on_train_begin(None)
+
+    def on_train_begin(self, train_state):
+        """Start fresh, so that one instance can serve several ``fit`` calls (as in Keras)."""
+        self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch, self.stopped_epoch, self.wait = None, None, 0
         self.best_state = None
         self.stop_training = False
@@ -202,7 +207,8 @@ class LearningRateScheduler(Callback):
 
 
 def _plain(logs: dict) -> dict:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in logs.items()}
+    arrays = (np.ndarray, np.generic, jax.Array)  # numpy scalars and jax arrays too
+    return {k: (v.tolist() if isinstance(v, arrays) else v) for k, v in logs.items()}
 
 
 class CSVLogger(Callback):
