@@ -72,13 +72,23 @@ def make_fixtures(root: Path) -> None:
 
     model = fn.serial(fn.Dense(5), jax.nn.tanh, fn.Dense(2))
     params, state = model.init(jax.random.key(0), jnp.zeros((1, 4)))
-    export(model, params, state, jax.ShapeDtypeStruct((1, 4), jnp.float32), root / "baked")
+    spec = jax.ShapeDtypeStruct((1, 4), jnp.float32)
+    export(model, params, state, spec, root / "baked", platforms=("cpu",))  # the worker runs on CPU
     np.save(root / "baked_x.npy", np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))
 
     two = fn.serial(lambda d: jnp.concatenate([d["a"], d["b"]], -1), fn.Dense(3), fn.BatchNorm())
     spec = {"a": jnp.zeros((2, 3)), "b": jnp.zeros((2, 1))}
     params, state = two.init(jax.random.key(1), spec)
-    export(two, params, state, spec, root / "args", params_as_args=True, batch_polymorphic=False)
+    export(
+        two,
+        params,
+        state,
+        spec,
+        root / "args",
+        params_as_args=True,
+        batch_polymorphic=False,
+        platforms=("cpu",),
+    )
     x = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones((2, 1), np.float32)}
     np.savez(root / "args_x.npz", **x)
 
