@@ -272,7 +272,7 @@ def coverage_map(workdir: Path) -> tuple[dict, dict]:
     env = dict(os.environ, COVERAGE_FILE=str(cov_file))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
            "--cov=funcnet", "--cov-context=test", "--cov-report=",
-           f"--junitxml={junit}", *[t for t in TESTS if (ROOT / t).exists()]]  # fmt: skip
+           f"--junitxml={junit}", *[t for t in TESTS if (repo / t).exists()]]  # fmt: skip
     print("coverage run:", " ".join(cmd[3:]), flush=True)
     subprocess.run(cmd, cwd=repo, env=env, check=False)
     import coverage
