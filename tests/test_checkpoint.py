@@ -2,13 +2,13 @@
 
 import contextlib
 import dataclasses
+import errno
 import importlib.util
-import json
 import os
+import re
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -271,155 +271,6 @@ def test_arrays_on_several_processes(tmp_path, monkeypatch, key):
         save(tmp_path / "x.safetensors", {"w": x})
 
 
-# ----------------------------------------------------------------------------- corrupt files
-
-
-def _valid_file(tmp_path) -> Path:
-    path = tmp_path / "good.safetensors"
-    save(path, {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4)}, metadata={"who": "me"})
-    return path
-
-
-def _header_len(raw: bytes) -> int:
-    return struct.unpack("<Q", raw[:8])[0]
-
-
-def _corrupt(kind: str, raw: bytes) -> bytes:
-    n = _header_len(raw)
-    if kind == "empty":
-        return b""
-    if kind == "short":
-        return raw[:5]
-    if kind == "cut_header":
-        return raw[: 8 + n // 2]
-    if kind == "cut_data":
-        return raw[:-7]
-    if kind == "trailing":
-        return raw + b"\0\0\0\0"
-    if kind == "flip_data":
-        b = bytearray(raw)
-        b[8 + n + 5] ^= 0x10
-        return bytes(b)
-    if kind == "flip_header":
-        b = bytearray(raw)
-        b[9] ^= 0xFF
-        return bytes(b)
-    if kind == "huge_header":
-        return struct.pack("<Q", 1 << 40) + raw[8:]
-    if kind == "tamper_metadata":  # same length, valid JSON, different content
-        return raw.replace(b'\\"who\\":\\"me\\"', b'\\"who\\":\\"it\\"')
-    if kind == "tamper_shape":
-        return raw.replace(b'"shape":[3,4]', b'"shape":[4,3]')
-    raise AssertionError(kind)
-
-
-@pytest.mark.parametrize(
-    "kind, message",
-    [
-        ("empty", r"truncated \(0 bytes; a checkpoint has at least 8\)"),
-        ("short", r"truncated \(5 bytes"),
-        ("cut_header", r"truncated \(\d+ bytes, its header alone needs \d+\)"),
-        ("cut_data", r"truncated: its arrays need 64 bytes of data, only 57 are there"),
-        ("trailing", r"4 unexpected bytes after its data"),
-        ("flip_data", r"checksum does not match: the file is corrupted or was modified"),
-        ("flip_header", r"the header is not valid JSON"),
-        ("huge_header", r"header length field is 1099511627776 bytes"),
-        ("tamper_metadata", r"checksum does not match"),
-        ("tamper_shape", r"checksum does not match"),
-    ],
-)
-def test_bad_files_raise_naming_the_file(tmp_path, kind, message):
-    good = _valid_file(tmp_path)
-    raw = _corrupt(kind, good.read_bytes())
-    assert raw != good.read_bytes()
-    bad = tmp_path / f"{kind}.safetensors"
-    bad.write_bytes(raw)
-    with pytest.raises(CheckpointError, match=rf"checkpoint `.*{kind}\.safetensors`: .*{message}"):
-        load(bad)
-
-
-def _write_raw(path, table: dict, meta: dict, data: bytes) -> None:
-    header = dict(table)
-    header["__metadata__"] = meta
-    raw = json.dumps(header).encode()
-    Path(path).write_bytes(struct.pack("<Q", len(raw)) + raw + data)
-
-
-@pytest.mark.parametrize(
-    "table, meta, message",
-    [
-        ([1, 2], None, r"the header is not a JSON object"),
-        ({"x": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}, {}, r"unsupported dtype"),
-        (
-            {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}},
-            {},
-            r"`x` \(F32\[2\]\) has data offsets \[0, 4\] that do not match its size",
-        ),
-        (
-            {"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}},
-            {},
-            r"the data of `x` starts at byte 4, expected 0",
-        ),
-        (
-            {"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
-            {"format": "funcnet.checkpoint", "funcnet": "{not json"},
-            r"its funcnet metadata is unreadable",
-        ),
-        (
-            {"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
-            {"format": "funcnet.checkpoint", "funcnet": '{"format_version": 99, "tree": []}'},
-            r"has format version 99.*Upgrade funcnet",
-        ),
-    ],
-)
-def test_malformed_headers(tmp_path, table, meta, message):
-    path = tmp_path / "bad.safetensors"
-    if meta is None:
-        raw = json.dumps(table).encode()
-        path.write_bytes(struct.pack("<Q", len(raw)) + raw)
-    else:
-        _write_raw(path, table, meta, b"\0" * 4)
-    with pytest.raises(CheckpointError, match=message):
-        load(path)
-
-
-@pytest.mark.parametrize(
-    "tree, message",
-    [
-        (["dict", [["y", ["array", "y"]]]], r"tree structure does not match its arrays"),
-        (["dict", [["x", ["pickle", "x"]]]], r"tree structure is malformed .*unknown node kind"),
-        (["dict", 5], r"tree structure is malformed"),
-    ],
-)
-def test_tree_that_does_not_match_the_arrays(tmp_path, tree, message):
-    # a well-formed, correctly checksummed file whose funcnet structure is wrong
-    table = {"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
-    info = json.dumps({"format_version": 1, "tree": tree})
-    data = b"\0" * 4
-    digest = ckpt_format._digest(table, info, [data])
-    meta = {"format": "funcnet.checkpoint", "funcnet": info, "sha256": digest}
-    _write_raw(tmp_path / "t.safetensors", table, meta, data)
-    with pytest.raises(CheckpointError, match=message):
-        load(tmp_path / "t.safetensors")
-
-
-def test_missing_file_and_file_shrinking_while_read(tmp_path, monkeypatch):
-    with pytest.raises(CheckpointError, match=r"`.*nope\.safetensors` does not exist"):
-        load(tmp_path / "nope.safetensors")
-    good = _valid_file(tmp_path)
-    real_fstat = os.fstat
-
-    class Stat:
-        def __init__(self, st):
-            self.st_size = st.st_size + 8
-
-    monkeypatch.setattr(os, "fstat", lambda fd: Stat(real_fstat(fd)))
-    raw = good.read_bytes()
-    good.write_bytes(raw[:-8])  # 8 bytes short, but fstat claims the full size
-    with pytest.raises(CheckpointError, match=r"truncated: read 56 of 64 bytes of data"):
-        load(good)
-
-
 # ----------------------------------------------------------------------------- templates
 
 
@@ -633,6 +484,67 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     np.testing.assert_array_equal(load(path)["w"], np.zeros(3))
 
 
+def _enospc(*filenames):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *filenames)
+
+
+class _FullDisk:
+    """A file object whose writes fail as on a full disk."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise _enospc()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _raise(error):
+    raise error
+
+
+def _disk_full(where: str, monkeypatch) -> None:
+    """Make one step of an atomic save fail with ENOSPC, with the filenames the OS gives."""
+    real_fdopen = os.fdopen
+    if where == "open":  # creating the temporary file
+        monkeypatch.setattr(os, "open", lambda path, *a, **k: _raise(_enospc(path)))
+    elif where == "write":
+        monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real_fdopen(fd, *a, **k)))
+    elif where == "fsync":
+        monkeypatch.setattr(os, "fsync", lambda fd: _raise(_enospc()))
+    else:  # a failed rename names both files
+        monkeypatch.setattr(os, "replace", lambda a, b: _raise(_enospc(a, None, b)))
+
+
+@pytest.mark.parametrize("where", ["open", "write", "fsync", "replace"])
+def test_disk_full_during_a_save_names_the_checkpoint(tmp_path, monkeypatch, where):
+    path = tmp_path / "c.safetensors"
+    save(path, {"w": jnp.zeros(3)})
+    before = path.read_bytes()
+    _disk_full(where, monkeypatch)
+    if where == "replace":
+        name = rf"'.*\.tmp' -> '{re.escape(str(path))}'"
+    else:
+        name = re.escape(f"'{path}'")
+    message = rf"^\[Errno {errno.ENOSPC}\] No space left on device: {name}(\n|$)"
+    with pytest.raises(OSError, match=message) as err:
+        save(path, {"w": jnp.ones(3)})
+    monkeypatch.undo()
+    assert type(err.value) is OSError and err.value.errno == errno.ENOSPC
+    if sys.version_info >= (3, 11):
+        assert f"writing `{path}` failed; the previous file there" in err.value.__notes__[0]
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.safetensors"]  # the temp file was removed
+
+
 _SAVER = textwrap.dedent(
     """
     import sys
@@ -767,6 +679,89 @@ def test_manager_errors(tmp_path):
     manager.save(1, jnp.zeros(1))
     with pytest.raises(CheckpointError, match=r"no checkpoint for step 7 .* saved steps are \[1\]"):
         manager.restore(7)
+
+
+def _flip_a_data_byte(path) -> None:
+    raw = bytearray(Path(path).read_bytes())
+    raw[-1] ^= 0x01
+    Path(path).write_bytes(raw)
+
+
+def _three_steps(directory, **kwargs) -> CheckpointManager:
+    manager = CheckpointManager(directory, max_to_keep=2, **kwargs)
+    for step in (1, 2, 3):
+        manager.save(step, {"w": jnp.full(2, float(step))})
+    return manager
+
+
+def test_restore_latest_falls_back_past_corrupt_checkpoints(tmp_path):
+    manager = CheckpointManager(tmp_path, max_to_keep=3)
+    for step in (1, 2, 3, 4):
+        manager.save(step, {"w": jnp.full(2, float(step))})
+    newest, truncated = manager.path(4), manager.path(3)
+    _flip_a_data_byte(newest)
+    Path(truncated).write_bytes(Path(truncated).read_bytes()[:-3])
+    skipped = (
+        rf"`{re.escape(newest)}`: .*checksum does not match.*\n"
+        rf"  `{re.escape(truncated)}`: .*truncated"
+    )
+    with pytest.warns(
+        CheckpointWarning,
+        match=rf"resuming from step 2 \(`.*step_00000002\.safetensors`\), the newest intact "
+        rf"checkpoint; skipped 2 newer corrupt one\(s\), renamed to `<file>\.corrupt`:\n  "
+        rf"{skipped}.*\nTo stop instead of falling back, use `CheckpointManager\(\.\.\., "
+        r"on_corrupt='raise'\)`",
+    ):
+        restored = manager.restore_latest(like={"w": jnp.zeros(2)})
+    assert restored.step == 2 and restored.tree["w"].tolist() == [2.0, 2.0]
+    assert [path for path, _ in restored.skipped] == [manager.path(4), manager.path(3)]
+    assert "checksum does not match" in restored.skipped[0][1]
+    # the corrupt files are set aside, so they are not latest and pruning keeps new saves
+    assert manager.all_steps() == [2] and manager.latest_step() == 2
+    assert sorted(os.listdir(tmp_path)) == [
+        "step_00000002.safetensors",
+        "step_00000003.safetensors.corrupt",
+        "step_00000004.safetensors.corrupt",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing skipped now: no warning
+        again = manager.restore_latest()
+    assert again.step == 2 and again.skipped == []
+    for step in (3, 4, 5):  # training goes on from step 2
+        manager.save(step, {"w": jnp.full(2, 10.0 * step)})
+    assert manager.all_steps() == [3, 4, 5] and manager.restore_latest().step == 5
+
+
+def test_restore_latest_strict_and_errors(tmp_path):
+    assert CheckpointManager(tmp_path / "empty").restore_latest() is None
+    strict = _three_steps(tmp_path / "strict", on_corrupt="raise")
+    _flip_a_data_byte(strict.path(3))
+    with pytest.raises(CheckpointError, match=r"step_00000003\.safetensors`: the checksum") as err:
+        strict.restore_latest()
+    assert err.value.corrupt and strict.all_steps() == [2, 3]  # nothing renamed
+    _flip_a_data_byte(strict.path(2))
+    strict.on_corrupt = "fallback"
+    with pytest.raises(
+        CheckpointError, match=r"every checkpoint in `.*strict` is corrupt \(2\):\n"
+    ):
+        strict.restore_latest()
+    assert strict.all_steps() == [2, 3]  # not set aside: the next run says the same
+    # intact but unusable: a template the checkpoint does not fit raises, no fallback
+    manager = _three_steps(tmp_path / "model")
+    manager.save(4, {"w": jnp.zeros(5)})
+    with pytest.raises(CheckpointError, match=r"does not fit `like`") as err:
+        manager.restore_latest(like={"w": jnp.zeros(2)})
+    assert not err.value.corrupt and manager.all_steps() == [3, 4]
+    with pytest.raises(ValueError, match=r"`on_corrupt` must be 'fallback' .* or 'raise', got 'x'"):
+        CheckpointManager(tmp_path, on_corrupt="x")
+
+
+def test_restore_latest_skips_a_fifo(tmp_path):
+    manager = _three_steps(tmp_path)
+    os.mkfifo(manager.path(9))
+    with pytest.warns(CheckpointWarning, match=r"step_00000009\.safetensors` is a FIFO"):
+        assert manager.restore_latest().step == 3
+    assert manager.all_steps() == [2, 3]
 
 
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):

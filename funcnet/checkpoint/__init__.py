@@ -22,7 +22,20 @@ file; nothing in it is ever executed (no pickle).
   and mismatched path at once; ``strict=False`` loads what matches.
 - :class:`CheckpointManager` keeps a directory of numbered checkpoints (the
   last ``max_to_keep`` plus the best by a metric) and is what
-  :func:`funcnet.fit` uses to resume.
+  :func:`funcnet.fit` uses to resume; :meth:`CheckpointManager.restore_latest`
+  falls back past corrupt checkpoints to the newest intact one.
+
+What a load verifies, and what not: the SHA-256 checksum covers the tensor
+table, funcnet's description and all array bytes, so corruption is detected;
+a funcnet file is told apart from a foreign safetensors file (which has no
+checksum) so that no single corrupted byte can turn the check off (see
+:mod:`funcnet.checkpoint.header`). Everything in the header and the tree
+description is then checked as untrusted input (types, shapes, offsets,
+depth, sizes bounded by the file's), so a malformed file raises
+:class:`CheckpointError`, never another exception, and only regular files are
+read (a FIFO or a device is refused). The checksum is not a signature: a
+forger can recompute it and make a valid checkpoint of other numbers. Loading
+never executes anything from the file.
 
 Leaves that can be stored: JAX arrays (also sharded over a mesh, when every
 shard is addressable by this process), typed PRNG keys (stored as their key
@@ -59,11 +72,11 @@ from __future__ import annotations
 from funcnet.checkpoint.atomic import atomic_write
 from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning, LoadReport
 from funcnet.checkpoint.format import FORMAT, FORMAT_VERSION, read_metadata, save
-from funcnet.checkpoint.manager import CheckpointManager
+from funcnet.checkpoint.manager import CheckpointManager, Restored
 from funcnet.checkpoint.restore import load
 
 # Documented (and shown in tracebacks and reprs) as funcnet.checkpoint.<name>.
-for _cls in (CheckpointError, CheckpointManager, CheckpointWarning, LoadReport):
+for _cls in (CheckpointError, CheckpointManager, CheckpointWarning, LoadReport, Restored):
     _cls.__module__ = __name__
 del _cls
 
@@ -74,6 +87,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointWarning",
     "LoadReport",
+    "Restored",
     "atomic_write",
     "load",
     "read_metadata",

@@ -49,6 +49,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
         path: the file to write.
         write: a function that writes the contents to the file object it gets.
 
+    Raises:
+        OSError: when writing fails (e.g. ``ENOSPC``, disk full): the same error,
+            with its type and ``errno``, naming ``path`` (``.filename``), with a
+            note that the previous file is unchanged.
+
     Examples:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "note.txt")
@@ -60,18 +65,39 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     tmp = _temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+    except OSError as err:
+        _name_the_file(err, path, tmp)
         raise
     _fsync_dir(directory)
+
+
+def _name_the_file(err: OSError, path: str, tmp: str) -> None:
+    """Make a failed write's error (ENOSPC, EIO, ...) name ``path``, keeping its type and errno.
+
+    The error named the temporary file, or nothing (a failed ``write``); with an errno it
+    now reads ``[Errno 28] No space left on device: '<path>'``, and a note tells what
+    happened to the previous file.
+    """
+    if err.errno is not None and err.filename in (None, tmp) and err.filename2 is None:
+        err.filename = path  # (a failed rename names both files already: 'tmp' -> 'path')
+    if hasattr(err, "add_note"):  # Python >= 3.11
+        err.add_note(
+            f"atomic_write: writing `{path}` failed; the previous file there, if any, is "
+            "unchanged (the new contents go to a temporary file in the same directory, "
+            "renamed over it only once complete)."
+        )
 
 
 def _remove_stale_temp_files(directory: str) -> list[str]:

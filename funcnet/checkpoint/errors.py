@@ -16,11 +16,17 @@ class CheckpointError(FuncnetError, ValueError):
 
     Attributes:
         report: for a template mismatch, the :class:`LoadReport`; else ``None``.
+        corrupt: ``True`` when the file itself is bad (missing, not a regular
+            file, truncated, a checksum mismatch, a malformed header or tree),
+            so an older checkpoint may be the one to use; ``False`` when the
+            file is intact but cannot be used here (it does not fit the
+            template, or a newer funcnet wrote it).
     """
 
-    def __init__(self, message: str, report: LoadReport | None = None):
+    def __init__(self, message: str, report: LoadReport | None = None, *, corrupt: bool = False):
         super().__init__(message)
         self.report = report
+        self.corrupt = corrupt
 
 
 class LoadReport(NamedTuple):
@@ -50,8 +56,14 @@ class LoadReport(NamedTuple):
 
 
 class CheckpointWarning(UserWarning):
-    """Issued by ``load(..., strict=False)`` when entries were skipped; ``.report`` lists them."""
+    """Something was skipped: entries by ``load(..., strict=False)``, or corrupt checkpoints.
 
-    def __init__(self, message: str, report: LoadReport):
+    Attributes:
+        report: for ``load(..., strict=False)``, the :class:`LoadReport` of the
+            skipped entries; ``None`` for :meth:`CheckpointManager.restore_latest`,
+            whose message names each skipped file and why.
+    """
+
+    def __init__(self, message: str, report: LoadReport | None = None):
         super().__init__(message)
         self.report = report

@@ -4,45 +4,39 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
+import stat
 import struct
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from funcnet.checkpoint.atomic import atomic_write
 from funcnet.checkpoint.errors import CheckpointError
-from funcnet.checkpoint.tree import _encode, _host_arrays, _jsonable, _leaf_kinds
+from funcnet.checkpoint.header import (
+    DTYPES,
+    FORMAT,
+    FORMAT_VERSION,
+    MAX_HEADER,
+    Fail,
+    check_info,
+    check_marker,
+    check_table,
+    is_ours,
+    name_str,
+    parse_info,
+    parse_json,
+    short,
+    split_header,
+)
+from funcnet.checkpoint.tree import _encode, _host_arrays, _jsonable, check_tree
 from funcnet.version import __version__
 
-FORMAT = "funcnet.checkpoint"
-FORMAT_VERSION = 1
-_MAX_HEADER = 256 * 1024 * 1024  # bytes; a larger header length means a corrupt file
+__all__ = ["FORMAT", "FORMAT_VERSION", "read_metadata", "save"]
 
-# safetensors dtype codes <-> numpy dtypes
-_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "U8": np.dtype(np.uint8),
-    "I8": np.dtype(np.int8),
-    "U16": np.dtype(np.uint16),
-    "I16": np.dtype(np.int16),
-    "U32": np.dtype(np.uint32),
-    "I32": np.dtype(np.int32),
-    "U64": np.dtype(np.uint64),
-    "I64": np.dtype(np.int64),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(jnp.bfloat16),
-    "F32": np.dtype(np.float32),
-    "F64": np.dtype(np.float64),
-    "C64": np.dtype(np.complex64),
-    "F8_E4M3": np.dtype(jnp.float8_e4m3fn),
-    "F8_E5M2": np.dtype(jnp.float8_e5m2),
-}
-_CODES = {dtype: code for code, dtype in _DTYPES.items()}
+_CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 
 def _host_dtype(dtype: np.dtype, name: str) -> str:
@@ -50,7 +44,7 @@ def _host_dtype(dtype: np.dtype, name: str) -> str:
     if code is None:
         raise TypeError(
             f"checkpoint: cannot store `{name}` of dtype {dtype}; safetensors supports "
-            f"{', '.join(str(d) for d in _DTYPES.values())}. Cast it first (e.g. "
+            f"{', '.join(str(d) for d in DTYPES.values())}. Cast it first (e.g. "
             "`x.astype(jnp.float32)`)."
         )
     return code
@@ -59,7 +53,7 @@ def _host_dtype(dtype: np.dtype, name: str) -> str:
 def _digest(table: Mapping, info: str, chunks) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(table, sort_keys=True, separators=(",", ":")).encode())
-    h.update(b"\n" + info.encode() + b"\n")
+    h.update(b"\n" + info.encode("utf-8", "surrogatepass") + b"\n")
     for chunk in chunks:
         h.update(chunk)
     return h.hexdigest()
@@ -168,112 +162,158 @@ class _Contents(NamedTuple):
     table: dict  # name -> {"dtype", "shape", "data_offsets"}
     meta: dict  # the header's "__metadata__" strings
     info: dict | None  # funcnet's description; None for a foreign safetensors file
+    kinds: dict  # name -> (kind, key impl) of every array (all "array" for a foreign file)
     buffer: Any  # the data bytes (None when only the header was read)
+
+
+def _failure(path: str) -> Fail:
+    def fail(what: str) -> NoReturn:
+        raise CheckpointError(
+            f"checkpoint `{path}`: {what}; restore an earlier checkpoint or save it again.",
+            corrupt=True,
+        )
+
+    return fail
+
+
+_FILE_KINDS = {
+    stat.S_IFDIR: "directory",
+    stat.S_IFIFO: "FIFO (named pipe)",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def _check_regular(path: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "special file")
+        raise CheckpointError(
+            f"checkpoint `{path}` is a {kind}, not a regular file (reading it could block or "
+            "never end); pass the path of a checkpoint file written by `save`.",
+            corrupt=True,
+        )
+
+
+def _open(path: str):
+    """``path`` opened for reading; anything but a regular file is refused, never read."""
+    try:
+        _check_regular(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK)  # a FIFO swapped in now cannot block
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"checkpoint `{path}` does not exist; check the path (a CheckpointManager lists "
+            "its steps with `all_steps()`).",
+            corrupt=True,
+        ) from None
+    try:
+        _check_regular(path, os.fstat(fd).st_mode)
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_header(f, size: int, fail: Fail) -> tuple[dict, dict, int]:
+    """The tensor table, the ``__metadata__`` strings and the header's length."""
+    head = f.read(8)
+    if size < 8 or len(head) < 8:
+        fail(f"the file is truncated ({len(head)} bytes; a checkpoint has at least 8)")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER:
+        fail(f"the header length field is {n} bytes, not a valid safetensors file")
+    if 8 + n > size:
+        fail(f"the file is truncated ({size} bytes, its header alone needs {8 + n})")
+    raw = f.read(n)
+    if len(raw) != n:
+        fail(f"the file is truncated: read {len(raw)} of its {n} header bytes")
+    table, meta = split_header(parse_json(raw, "the header", fail), fail)
+    return table, meta, n
+
+
+def _read_data(f, expected: int, fail: Fail) -> bytearray:
+    buffer = bytearray(expected)  # no larger than the file: its size was checked
+    got = f.readinto(buffer)
+    if got != expected:  # the file shrank while being read
+        fail(f"the file is truncated: read {got} of {expected} bytes of data")
+    return buffer
+
+
+def _check_bools(table: dict, buffer, fail: Fail) -> None:
+    """Bool arrays hold only bytes 0 and 1 (numpy and XLA assume it)."""
+    for name, entry in table.items():
+        begin, end = entry["data_offsets"]
+        bad = entry["dtype"] == "BOOL" and begin < end
+        if bad and np.frombuffer(buffer, np.uint8, end - begin, begin).max() > 1:
+            fail(f"the bool array `{name_str(name)}` holds bytes other than 0 and 1")
+
+
+def _declared_version(text: str) -> Any:
+    try:
+        return json.loads(text).get("format_version")
+    except (ValueError, RecursionError, AttributeError):
+        return None
+
+
+def _verify(path: str, table: dict, meta: dict, buffer, fail: Fail) -> tuple[dict, dict]:
+    """funcnet's description and leaf kinds, after the checksum (with data) and every check."""
+    if buffer is not None:
+        digest = _digest(table, meta["funcnet"], [memoryview(buffer)])
+        if digest != meta["sha256"]:
+            version, hint = _declared_version(meta["funcnet"]), ""
+            if isinstance(version, int) and version > FORMAT_VERSION:
+                hint = f" (it claims format version {version}; this funcnet reads {FORMAT_VERSION})"
+            fail(
+                "the checksum does not match: the file is corrupted or was modified after it "
+                f"was written (stored sha256 {meta['sha256'][:12]}..., computed "
+                f"{digest[:12]}...){hint}"
+            )
+    info, version = parse_info(meta["funcnet"], fail)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint `{path}` has format version {version}, written by funcnet "
+            f"{short(info.get('funcnet_version'))}; this funcnet reads up to version "
+            f"{FORMAT_VERSION}. Upgrade funcnet to load it."
+        )
+    check_info(info, fail)
+    return info, check_tree(info["tree"], table, fail)
 
 
 def _read(path, *, data: bool = True) -> _Contents:
     """Read and check a safetensors file; every problem raises CheckpointError naming it."""
     path = os.fspath(path)
-
-    def fail(what: str, fix: str = "restore an earlier checkpoint or save it again"):
-        return CheckpointError(f"checkpoint `{path}`: {what}; {fix}.")
-
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"checkpoint `{path}` does not exist; check the path (a CheckpointManager lists "
-            "its steps with `all_steps()`)."
-        ) from None
-    with f:
+    fail = _failure(path)
+    with _open(path) as f:
         size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise fail(f"the file is truncated ({size} bytes; a checkpoint has at least 8)")
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > _MAX_HEADER:
-            raise fail(f"the header length field is {n} bytes, not a valid safetensors file")
-        if 8 + n > size:
-            raise fail(f"the file is truncated ({size} bytes, its header alone needs {8 + n})")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise fail(f"the header is not valid JSON ({err})") from None
-        if not isinstance(header, dict):
-            raise fail("the header is not a JSON object")
-        meta = header.pop("__metadata__", None) or {}
-        table = header
-        spans = []
-        for name, entry in table.items():
-            try:
-                dtype = _DTYPES[entry["dtype"]]
-                shape = [int(d) for d in entry["shape"]]
-                begin, end = (int(o) for o in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise fail(
-                    f"the entry `{name}` is malformed or has an unsupported dtype ({entry!r})"
-                ) from None
-            if any(d < 0 for d in shape) or end - begin != math.prod(shape) * dtype.itemsize:
-                raise fail(
-                    f"the entry `{name}` ({entry['dtype']}{shape}) has data offsets "
-                    f"[{begin}, {end}] that do not match its size"
-                )
-            spans.append((begin, end, name))
-        spans.sort()
-        expected = 0
-        for begin, end, name in spans:
-            if begin != expected:
-                raise fail(f"the data of `{name}` starts at byte {begin}, expected {expected}")
-            expected = end
+        table, meta, n = _read_header(f, size, fail)
+        expected = check_table(table, fail)
         available = size - 8 - n
         if available < expected:
-            raise fail(
+            fail(
                 f"the file is truncated: its arrays need {expected} bytes of data, only "
                 f"{available} are there"
             )
         if available > expected:
-            raise fail(f"the file has {available - expected} unexpected bytes after its data")
-        info = None
-        if meta.get("format") == FORMAT:
-            try:
-                info = json.loads(meta["funcnet"])
-                version = int(info["format_version"])
-                if not isinstance(info["tree"], list):
-                    raise TypeError("`tree` is not a list")
-            except (KeyError, TypeError, ValueError) as err:
-                raise fail(f"its funcnet metadata is unreadable ({err!r})") from None
-            if version > FORMAT_VERSION:
-                raise CheckpointError(
-                    f"checkpoint `{path}` has format version {version}, written by funcnet "
-                    f"{info.get('funcnet_version')}; this funcnet reads up to version "
-                    f"{FORMAT_VERSION}. Upgrade funcnet to load it."
-                )
-        buffer = None
-        if data:
-            buffer = bytearray(expected)
-            got = f.readinto(buffer)
-            if got != expected:  # the file shrank while being read
-                raise fail(f"the file is truncated: read {got} of {expected} bytes of data")
-    if info is not None and data:
-        want = meta.get("sha256")
-        digest = _digest(table, meta["funcnet"], [memoryview(buffer)])
-        if want != digest:
-            raise fail(
-                "the checksum does not match: the file is corrupted or was modified after it "
-                f"was written (stored sha256 {str(want)[:12]}..., computed {digest[:12]}...)"
-            )
-        try:
-            kinds = _leaf_kinds(info["tree"], {})
-        except (ValueError, TypeError, IndexError, KeyError) as err:
-            raise fail(f"its tree structure is malformed ({err!r})") from None
-        if set(kinds) != set(table):
-            raise fail("its tree structure does not match its arrays")
-    return _Contents(table, meta, info, buffer)
+            fail(f"the file has {available - expected} unexpected bytes after its data")
+        ours = is_ours(meta)
+        if ours:  # then it must verify: see funcnet/checkpoint/header.py
+            check_marker(meta, fail)
+        buffer = _read_data(f, expected, fail) if data else None
+    info, kinds = None, {name: ("array", None) for name in table}
+    if ours:
+        info, kinds = _verify(path, table, meta, buffer, fail)
+    if buffer is not None:
+        _check_bools(table, buffer, fail)
+    return _Contents(table, meta, info, kinds, buffer)
 
 
 def _arrays(contents: _Contents) -> dict[str, np.ndarray]:
     out = {}
     for name, entry in contents.table.items():
-        dtype = _DTYPES[entry["dtype"]]
+        dtype = DTYPES[entry["dtype"]]
         begin, end = entry["data_offsets"]
         a = np.frombuffer(
             contents.buffer, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin

@@ -6,21 +6,39 @@ import contextlib
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
 from funcnet._checks import is_int
 from funcnet.checkpoint.atomic import _remove_stale_temp_files
-from funcnet.checkpoint.errors import CheckpointError
+from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning
 from funcnet.checkpoint.format import _save, read_metadata
 from funcnet.checkpoint.restore import load
 
-__all__ = ["CheckpointManager"]
+__all__ = ["CheckpointManager", "Restored"]
 
 
 _STEP_RE = re.compile(r"^step_(\d+)\.safetensors$")
+_ASIDE = ".corrupt"  # suffix of a corrupt checkpoint moved aside by restore_latest
+
+
+class Restored(NamedTuple):
+    """What :meth:`CheckpointManager.restore_latest` loaded.
+
+    Attributes:
+        step: the step of the checkpoint loaded.
+        tree: its contents (see :func:`~funcnet.checkpoint.load`).
+        skipped: ``(file, reason)`` for each newer checkpoint that was corrupt,
+            newest first (each moved aside to ``<file>.corrupt``); empty when
+            the latest one was intact.
+    """
+
+    step: int
+    tree: Any
+    skipped: list[tuple[str, str]]
 
 
 class CheckpointManager:
@@ -41,6 +59,11 @@ class CheckpointManager:
             ``"val_loss"``) that decides which checkpoint is best.
         best_mode: ``"min"`` or ``"max"``: whether a smaller or a larger value
             of ``best_metric`` is better. Ties keep the earlier step.
+        on_corrupt: what :meth:`restore_latest` (and so :func:`funcnet.fit`
+            resuming) does when the latest checkpoint is corrupt:
+            ``"fallback"`` (the default: a long job resumes from the newest
+            intact checkpoint, with a :class:`CheckpointWarning` naming each
+            skipped file and why) or ``"raise"`` (stop with its error).
 
     Examples:
         >>> import tempfile, jax.numpy as jnp
@@ -60,6 +83,7 @@ class CheckpointManager:
         max_to_keep: int | None = 3,
         best_metric: str | None = None,
         best_mode: str = "min",
+        on_corrupt: str = "fallback",
     ):
         if max_to_keep is not None and (not is_int(max_to_keep) or max_to_keep < 1):
             raise ValueError(
@@ -70,6 +94,11 @@ class CheckpointManager:
             raise ValueError(
                 f"CheckpointManager: `best_mode` must be 'min' or 'max', got {best_mode!r}."
             )
+        if on_corrupt not in ("fallback", "raise"):
+            raise ValueError(
+                f"CheckpointManager: `on_corrupt` must be 'fallback' (resume from the newest "
+                f"intact checkpoint) or 'raise', got {on_corrupt!r}."
+            )
         if best_metric is not None and not isinstance(best_metric, str):
             raise TypeError(
                 f"CheckpointManager: `best_metric` must be a metric name (str), got "
@@ -79,13 +108,15 @@ class CheckpointManager:
         self.max_to_keep = max_to_keep
         self.best_metric = best_metric
         self.best_mode = best_mode
+        self.on_corrupt = on_corrupt
         os.makedirs(self.directory, exist_ok=True)
         _remove_stale_temp_files(self.directory)
 
     def __repr__(self) -> str:
         return (
             f"CheckpointManager({self.directory!r}, max_to_keep={self.max_to_keep}, "
-            f"best_metric={self.best_metric!r}, best_mode={self.best_mode!r})"
+            f"best_metric={self.best_metric!r}, best_mode={self.best_mode!r}, "
+            f"on_corrupt={self.on_corrupt!r})"
         )
 
     def path(self, step: int) -> str:
@@ -203,3 +234,76 @@ class CheckpointManager:
                 f"saved steps are {steps}."
             )
         return load(self.path(step), like=like, strict=strict)
+
+    def restore_latest(self, like: Any = None, *, strict: bool = True) -> Restored | None:
+        """Load the newest intact checkpoint: what :func:`funcnet.fit` resumes from.
+
+        Checkpoints are tried newest first. A corrupt one (truncated, a checksum
+        mismatch, a malformed header or tree, not a regular file: a
+        :class:`CheckpointError` whose ``corrupt`` is true) is, with
+        ``on_corrupt="fallback"``, skipped; once an intact one loads, the
+        skipped files are renamed to ``<file>.corrupt`` (by process 0), so that
+        :meth:`latest_step` and pruning no longer count them and new saves are
+        kept, and a :class:`CheckpointWarning` names each and why. With
+        ``on_corrupt="raise"`` the first corrupt one raises. A checkpoint that
+        is intact but unusable raises at once either way: one that does not fit
+        ``like`` (the model changed) or that a newer funcnet wrote; an older
+        checkpoint would not be the answer.
+
+        Args:
+            like, strict: as for :func:`~funcnet.checkpoint.load`.
+
+        Returns:
+            A :class:`Restored` ``(step, tree, skipped)``, or ``None`` when the
+            directory has no checkpoint.
+
+        Raises:
+            CheckpointError: when every checkpoint is corrupt (listing each and
+                why; nothing is moved, and training does not silently start
+                over), with ``on_corrupt="raise"`` for a corrupt latest one, and
+                for the errors above.
+        """
+        skipped: list[tuple[str, str]] = []
+        for step in reversed(self.all_steps()):
+            try:
+                tree = load(self.path(step), like=like, strict=strict)
+            except CheckpointError as err:
+                if not err.corrupt or self.on_corrupt == "raise":
+                    raise
+                skipped.append((self.path(step), str(err)))
+                continue
+            if skipped:
+                self._set_aside(step, skipped)
+            return Restored(step, tree, skipped)
+        if skipped:
+            raise CheckpointError(
+                f"CheckpointManager: every checkpoint in `{self.directory}` is corrupt "
+                f"({len(skipped)}):\n{_reasons(skipped)}\nRestore one from a backup, or move "
+                "them away to start from scratch.",
+                corrupt=True,
+            )
+        return None
+
+    def _set_aside(self, step: int, skipped: list[tuple[str, str]]) -> None:
+        """Rename the corrupt ``skipped`` files to ``*.corrupt`` and warn, naming them."""
+        moved = True
+        if jax.process_index() == 0:  # one process renames (the others skip the same files)
+            for path, _ in skipped:
+                try:
+                    os.replace(path, path + _ASIDE)
+                except OSError:
+                    moved = False
+        where = f"renamed to `<file>{_ASIDE}`" if moved else "could not all be renamed"
+        warnings.warn(
+            CheckpointWarning(
+                f"CheckpointManager: resuming from step {step} (`{self.path(step)}`), the newest "
+                f"intact checkpoint; skipped {len(skipped)} newer corrupt one(s), {where}:\n"
+                f"{_reasons(skipped)}\nTo stop instead of falling back, use "
+                "`CheckpointManager(..., on_corrupt='raise')`."
+            ),
+            stacklevel=3,
+        )
+
+
+def _reasons(skipped: list[tuple[str, str]]) -> str:
+    return "\n".join(f"  `{path}`: {reason}" for path, reason in skipped)

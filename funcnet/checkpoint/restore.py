@@ -11,7 +11,7 @@ import numpy as np
 
 from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning, LoadReport
 from funcnet.checkpoint.format import _arrays, _read
-from funcnet.checkpoint.tree import _decode, _is_key, _leaf_kinds
+from funcnet.checkpoint.tree import _decode, _is_key
 from funcnet.core import path_str
 
 
@@ -114,9 +114,11 @@ def load(path: str | os.PathLike, like: Any = None, *, strict: bool = True) -> A
         ``{name: jax.Array}``.
 
     Raises:
-        CheckpointError: for a missing, truncated, corrupted or modified file
-            (naming it and the problem), or, with ``like`` and ``strict=True``,
-            listing every missing, unexpected and mismatched path.
+        CheckpointError: for a missing, truncated, corrupted, modified or
+            malformed file, or one that is not a regular file (naming it and
+            the problem; its ``corrupt`` is true), for a file of a newer
+            format version, or, with ``like`` and ``strict=True``, listing
+            every missing, unexpected and mismatched path.
         TypeError: for a template leaf that is not array-like.
 
     Examples:
@@ -137,11 +139,7 @@ def load(path: str | os.PathLike, like: Any = None, *, strict: bool = True) -> A
         ([[1.0, 1.0], [1.0, 1.0]], (3,))
     """
     contents = _read(path)
-    arrays = _arrays(contents)
-    if contents.info is not None:
-        kinds = _leaf_kinds(contents.info["tree"], {})
-    else:
-        kinds = {name: ("array", None) for name in contents.table}
+    arrays, kinds = _arrays(contents), contents.kinds
     if like is None:
         if contents.info is None:
             return {name: jax.device_put(a) for name, a in arrays.items()}

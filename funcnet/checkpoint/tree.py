@@ -7,12 +7,14 @@ pytree path (``params/0/w``, as :func:`funcnet.core.path_str` writes it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
 
+from funcnet.checkpoint.header import DTYPES, Fail, clip, is_int, name_str, short
 from funcnet.core import path_str
 
 
@@ -86,6 +88,12 @@ def _encode(tree) -> tuple[Any, list[tuple[str, Any]]]:
         return [kind, name]
 
     def visit(x, parts):
+        if len(parts) > MAX_DEPTH:
+            raise ValueError(
+                f"checkpoint: the tree is nested deeper than {MAX_DEPTH} levels (at "
+                f"`{'/'.join(parts[:5])}/...`); checkpoints hold at most {MAX_DEPTH}. Flatten it "
+                "(e.g. a dict keyed by path)."
+            )
         if x is None:
             return ["none"]
         children = _children(x)
@@ -152,25 +160,118 @@ def _decode(node, arrays: Mapping[str, Any]):
     return jax.device_put(data)
 
 
-def _leaf_kinds(node, out: dict) -> dict:
-    """``{name: (kind, impl)}`` of every leaf in a JSON structure; ValueError if malformed."""
+MAX_DEPTH = 100  # levels of containers; save refuses deeper trees, load rejects them
+_CONTAINERS = ("dict", "namedtuple", "node", "tuple", "list")
+_SCALARS = {"bool": "BOOL", "int": "I64", "float": "F64"}  # what save writes for Python scalars
+_LEAVES = ("array", "numpy", "bool", "int", "float", "key")
+_ARITY = {"none": 1, "dict": 2, "tuple": 2, "list": 2, "namedtuple": 3, "node": 3, "key": 3}
+
+
+def _where(parts: tuple) -> str:
+    """A tree path for a message: ``params/0/w``, ``(root)``, long ones shortened."""
+    return name_str("/".join(parts)) if parts else "(root)"
+
+
+def _pairs(items, parts: tuple, key_ok, expected: str, fail: Fail) -> list:
+    """The ``[key, node]`` pairs of a dict or of named fields, keys checked and unique."""
+    if not isinstance(items, list):
+        _bad(parts, f"expected a list of [key, node], got {short(items)}", fail)
+    seen = set()
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 2 and key_ok(item[0])):
+            _bad(parts, f"expected [{expected}, node], got {short(item)}", fail)
+        if item[0] in seen:
+            _bad(parts, f"the key {short(item[0])} appears twice", fail)
+        seen.add(item[0])
+    return items
+
+
+def _bad(parts: tuple, what: str, fail: Fail) -> NoReturn:
+    fail(f"its tree is malformed at `{_where(parts)}`: {what}")
+
+
+def _stored_children(node: list, parts: tuple, fail: Fail) -> list:
+    """``[(child, parts), ...]`` of a container node, its layout checked."""
     kind = node[0]
     if kind == "dict":
-        for _, v in node[1]:
-            _leaf_kinds(v, out)
+        key_ok = lambda k: isinstance(k, str) or is_int(k)
+        items = _pairs(node[1], parts, key_ok, "str or int key", fail)
     elif kind in ("namedtuple", "node"):
-        for _, v in node[2]:
-            _leaf_kinds(v, out)
-    elif kind in ("tuple", "list"):
-        for v in node[1]:
-            _leaf_kinds(v, out)
-    elif kind == "key":
-        out[str(node[1])] = (kind, str(node[2]))
-    elif kind in ("array", "numpy", "bool", "int", "float"):
-        out[str(node[1])] = (kind, None)
-    elif kind != "none":
-        raise ValueError(f"unknown node kind {kind!r}")
-    return out
+        if not isinstance(node[1], str):
+            _bad(parts, f"the type name is {short(node[1])}, not a string", fail)
+        items = _pairs(node[2], parts, lambda k: isinstance(k, str), "field name", fail)
+    else:
+        if not isinstance(node[1], list):
+            _bad(parts, f"a {kind} of {short(node[1])}, expected a list", fail)
+        items = list(enumerate(node[1]))
+    return [(child, (*parts, str(key))) for key, child in items]
+
+
+@functools.lru_cache(maxsize=64)
+def _key_problem(impl: str, dtype: str, shape: tuple) -> str | None:
+    """Why jax cannot wrap key data of ``dtype[shape]`` as ``impl`` keys (``None`` if it can)."""
+    try:
+        wrap = functools.partial(jax.random.wrap_key_data, impl=impl)
+        jax.eval_shape(wrap, jax.ShapeDtypeStruct(shape, DTYPES[dtype]))
+    except (TypeError, ValueError) as err:
+        return str(err).split("\n")[0].split(" for impl=")[0]
+    return None
+
+
+def _check_leaf(node: list, parts: tuple, table: dict, kinds: dict, fail: Fail) -> None:
+    kind, name = node[0], node[1]
+    if name != "/".join(parts):  # save names every leaf by its path
+        _bad(parts, f"the leaf names the array {short(name)}, not its path", fail)
+    if name not in table:
+        _bad(parts, "the file has no array of this name", fail)
+    if name in kinds:
+        _bad(parts, "a second leaf with this path", fail)
+    dtype, shape = table[name]["dtype"], table[name]["shape"]
+    if kind in _SCALARS and (dtype, shape) != (_SCALARS[kind], []):
+        _bad(parts, f"a Python {kind} is stored as {_SCALARS[kind]}[], got {dtype}{shape}", fail)
+    impl = node[2] if kind == "key" else None
+    if kind == "key" and not isinstance(impl, str):
+        _bad(parts, f"a PRNG key whose implementation is {short(impl)}, not a name", fail)
+    problem = _key_problem(impl, dtype, tuple(shape)) if kind == "key" else None
+    if problem:
+        _bad(
+            parts,
+            f"a PRNG key of implementation {short(impl)} with data {dtype}{shape}, which jax "
+            f"does not accept ({clip(problem)})",
+            fail,
+        )
+    kinds[name] = (kind, impl)
+
+
+def check_tree(tree: Any, table: dict, fail: Fail) -> dict:
+    """``{name: (kind, key impl)}`` of every leaf of a stored structure, after checking it.
+
+    The structure is untrusted (a forger can recompute the checksum): every node's layout,
+    key types, depth (at most ``MAX_DEPTH``), leaf name (its path) and scalar/key entry is
+    checked, iteratively, and the leaves must name each array of ``table`` exactly once.
+    Problems go to ``fail`` with the path in the tree.
+    """
+    kinds: dict[str, tuple[str, str | None]] = {}
+    stack: list[tuple[Any, tuple]] = [(tree, ())]
+    while stack:
+        node, parts = stack.pop()
+        if len(parts) > MAX_DEPTH:
+            _bad(parts[:3], f"nested deeper than the {MAX_DEPTH} levels a checkpoint holds", fail)
+        if not (isinstance(node, list) and node and isinstance(node[0], str)):
+            _bad(parts, f"expected a node [kind, ...], got {short(node)}", fail)
+        kind = node[0]
+        if kind not in _ARITY and kind not in _LEAVES:
+            _bad(parts, f"unknown node kind {short(kind)}", fail)
+        if len(node) != _ARITY.get(kind, 2):
+            _bad(parts, f"a {kind} node of {len(node)} items, expected {_ARITY.get(kind, 2)}", fail)
+        if kind in _CONTAINERS:
+            stack.extend(reversed(_stored_children(node, parts, fail)))
+        elif kind != "none":
+            _check_leaf(node, parts, table, kinds, fail)
+    if len(kinds) != len(table):
+        unnamed = sorted(set(table) - set(kinds))
+        fail(f"its tree does not match its arrays: no leaf for {short(unnamed)}")
+    return kinds
 
 
 def _host_arrays(leaves: list[tuple[str, Any]]) -> list[np.ndarray]:
