@@ -452,7 +452,7 @@ def main() -> None:
             m.tests = len(tests)
             m.status = run_one(m, tests, durations, copy, cache)
             with lock:
-                results[m.id] = asdict(m)
+                results[m.id] = {"id": m.id, **asdict(m)}
                 _save_results(results)
             if m.status in ("survived", "uncovered"):
                 print(f"{m.status}: {m.key} (line {m.line})", flush=True)
@@ -461,7 +461,9 @@ def main() -> None:
         list(pool.map(job, range(args.jobs)))
     shutil.rmtree(work, ignore_errors=True)
     triage = json.loads(TRIAGE.read_text()) if TRIAGE.exists() else {}
-    everything = [Mutant(**r) for r in _load_results().values()]
+    everything = [
+        Mutant(**{k: v for k, v in r.items() if k != "id"}) for r in _load_results().values()
+    ]
     total = sum(len(mutants_of(f)) for f in target_files())
     write_report(everything, triage, total)
     print(REPORT.read_text().split("## Survivors")[0])
