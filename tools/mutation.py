@@ -334,9 +334,11 @@ def run_one(m: Mutant, tests: list[str], durations: dict, copy: Path, cache: str
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     try:
         proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, timeout=budget)
-        status = "survived" if proc.returncode == 0 else "killed"
-        if proc.returncode not in (0, 1):  # 2: collection error, 4/5: bad ids
-            status = "killed" if b"rror" in proc.stdout + proc.stderr else status
+        # 0: passed, 1: failed, 2/3: the mutant broke an import; 4/5: bad test ids, a bug here
+        status = {0: "survived", 1: "killed", 2: "killed", 3: "killed"}.get(proc.returncode)
+        if status is None:
+            print(proc.stdout.decode()[-2000:], flush=True)
+            status = "error"  # not counted, run again next time
     except subprocess.TimeoutExpired:
         status = "timeout"
     finally:
@@ -358,7 +360,7 @@ def tests_for(m: Mutant, lines: dict) -> list[str]:
 
 def write_report(mutants: list[Mutant], triage: dict, total_mutants: int) -> None:
     by_file: dict[str, list[Mutant]] = {}
-    for m in mutants:
+    for m in (m for m in mutants if m.status in ("killed", "timeout", "survived", "uncovered")):
         by_file.setdefault(m.path, []).append(m)
     rows, survivors, equivalent = [], [], []
     total = dead = 0
