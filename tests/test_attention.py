@@ -279,33 +279,62 @@ def test_attention_dropout(key):
 
 
 def test_dropout_keeps_weights_unbiased(key):
-    # Inverted dropout: the mean over many keys of the dropped-weights output is the output.
+    # Inverted dropout: out = sum_s keep_s w_s v_s / (1 - p) with keep_s ~ Bernoulli(1 - p), so
+    # over many keys its mean is the output without dropout, and its variance per element is
+    # p / (1 - p) sum_s w_s^2 v_s^2. The mean of `draws` outputs must be within 5 standard
+    # errors. That bound rejects dropout without the 1 / (1 - p) rescaling (mean (1 - p) base),
+    # as checked below; so it does a keep probability of p instead of 1 - p, or of 1 - 1.1 p
+    # (a 4% bias, which atol=0.1 let pass).
+    rate, draws = 0.3, 4000
     q = k = v = jnp.asarray(rand(1, 3, 1, 4))
-    base, _ = dot_product_attention(q, k, v)
-    keys = jax.random.split(key, 4000)
-    outs = jax.vmap(lambda kk: dot_product_attention(q, k, v, drop_rate=0.3, dropout_key=kk)[0])(
+    base, weights = dot_product_attention(q, k, v)
+    keys = jax.random.split(key, draws)
+    outs = jax.vmap(lambda kk: dot_product_attention(q, k, v, drop_rate=rate, dropout_key=kk)[0])(
         keys
     )
-    np.testing.assert_allclose(outs.mean(0), base, atol=0.1)
+    w = np.asarray(weights, np.float64)[0, 0]  # (Tq, Tk)
+    values = np.asarray(v, np.float64)[0, :, 0]  # (Tk, V)
+    bound = 5 * np.sqrt(rate / (1 - rate) * (w**2 @ values**2) / draws)  # (Tq, V)
+    base = np.asarray(base, np.float64)[0, :, 0]
+    error = np.abs(np.asarray(outs, np.float64).mean(0)[0, :, 0] - base)
+    assert (error <= bound).all(), (error / bound).max()
+    assert (rate * np.abs(base) > 2 * bound).any()  # an unscaled dropout would fail
+
+
+def _bf16(a):
+    """``a`` rounded to bfloat16, as float64."""
+    return np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64)
 
 
 def test_bfloat16_inputs(key):
     x = rand(2, 4, 8)
     mha = MultiHeadAttention(2)
     params, state = mha.init(key, x)
-    ref = np_mha(params, x)[0]
+    # bfloat16 inputs with float32 params: promoted, so float32 numbers from the rounded inputs.
     y, _ = mha.apply(params, state, jnp.asarray(x, jnp.bfloat16))
     assert y.dtype == jnp.float32  # promoted with the float32 params, as Dense
+    close(y, np_mha(params, _bf16(x))[0])
+    # Computing in bfloat16: the reference gets the inputs and params rounded to bfloat16 as the
+    # layer does. What remains is the rounding of the intermediate results (projections,
+    # weights, products, output), each at most u = 2**-8 relative in bfloat16; allow 4u of the
+    # output's scale (measured: about 1.1u). A logits scale of 1/sqrt(K + 1) for 1/sqrt(K) is
+    # far outside it (13u), and atol=0.1 let it pass.
+    u = 2.0**-8
+    ref, ref_w = np_mha(jax.tree.map(_bf16, params), _bf16(x))
+    tol = 4 * u * np.abs(ref).max()
     half = MultiHeadAttention(2, dtype=jnp.bfloat16)
     y, _ = half.apply(params, state, x)
     assert y.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.1)
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0, atol=tol)
     (y, w), _ = MultiHeadAttention(2, dtype=jnp.bfloat16, return_weights=True).apply(
         params, state, x
     )
-    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.1)
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=0, atol=tol)
     assert w.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(w, np.float32).sum(-1), 1.0, atol=0.02)
+    # weights <= 1 from a float32 softmax of bfloat16 queries and keys, rounded once: 2u
+    np.testing.assert_allclose(np.asarray(w, np.float64), ref_w, rtol=0, atol=2 * u)
+    # each weight rounded by at most u of itself, and they sum to 1 before rounding
+    np.testing.assert_allclose(np.asarray(w, np.float64).sum(-1), 1.0, rtol=0, atol=u + 1e-6)
 
 
 def test_float64_uses_the_reference_path():
