@@ -55,9 +55,19 @@ def test_binary_classifier_fit_and_hand_written_loop_agree(capsys):
     result = load("binary_classifier").main(epochs=5, n_train=4000, lr=1e-2)
     # logistic regression gets ~0.57 on this XOR-like task; the best possible is 0.95
     assert result["fit_accuracy"] > 0.8
-    assert result["manual_accuracy"] > 0.8
-    assert abs(result["fit_accuracy"] - result["manual_accuracy"]) < 0.1
-    assert "test accuracy:" in capsys.readouterr().out.splitlines()[-1]
+    # The hand-written loop uses fit's keys (initialisation, each epoch's shuffle), so after
+    # 310 steps both hold the same parameters: bitwise on CPU; the tolerance leaves room for
+    # another backend fusing fit's compiled steps differently. A different order of the
+    # batches moves them by several 1e-2 (0.07 for fit shuffling with the next epoch's key).
+    fit_params, manual_params = result["fit_params"], result["manual_params"]
+    assert jax.tree.structure(fit_params) == jax.tree.structure(manual_params)
+    for a, b in zip(jax.tree.leaves(fit_params), jax.tree.leaves(manual_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # the same accuracy, up to a borderline test example or two
+    assert result["manual_accuracy"] == pytest.approx(result["fit_accuracy"], abs=2.5e-3)
+    out = capsys.readouterr().out
+    assert "largest difference between the two sets of parameters:" in out
+    assert "test accuracy:" in out.splitlines()[-1]
 
 
 def test_mlp_reads_mnist_idx_files(tmp_path, capsys):
