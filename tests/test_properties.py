@@ -177,6 +177,7 @@ def test_stratified_split_training_part_within_one_of_its_share():
         assert abs((labels[train] == c).sum() - share) < 1, (c, labels[train])
 
 
+# Caught: indices deduplicated and sorted (`np.unique`); only the first leaf indexed.
 @PROPERTY
 @given(st.integers(1, 30), st.data())
 def test_take_indexes_every_leaf_alike(n, draw):
