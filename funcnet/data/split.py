@@ -65,18 +65,41 @@ def _count(size: Any, n: int, name: str) -> int:
     )
 
 
-def _allocate(quota: np.ndarray, total: int, cap: np.ndarray) -> np.ndarray:
-    """Integers close to ``quota`` (largest remainder), each <= ``cap``, summing to ``total``."""
-    out = np.minimum(np.floor(quota).astype(np.int64), cap)
-    remainder = quota - out
-    for i in np.argsort(-remainder, kind="stable"):
-        if out.sum() >= total:
-            break
-        if out[i] < cap[i]:
-            out[i] += 1
-    while out.sum() < total:  # only when quotas were capped
-        out[np.argmax(cap - out)] += 1
-    return out
+def _controlled_round(sizes: np.ndarray, parts: list[int]) -> np.ndarray:
+    """Examples of each class (rows) in each part (columns): every entry is its exact share
+    ``sizes[c] * parts[p] / n`` rounded down or up, and rows and columns keep their sums.
+
+    Such a rounding always exists (the shares are a point of a transportation polytope, whose
+    corners are integral); it is found as a flow of the rounded-up units from classes to
+    parts, trying the largest remainders first.
+    """
+    n = int(sizes.sum())
+    exact = np.outer(sizes, parts)  # n times the shares, as integers
+    table, remainder = exact // n, exact % n
+    need_row = sizes - table.sum(1)
+    need_col = np.asarray(parts) - table.sum(0)
+    up = np.zeros(table.shape, bool)  # which entries are rounded up
+
+    def augment(c: int, seen: set) -> bool:  # an alternating path from class c to a part
+        for p in np.argsort(-remainder[c], kind="stable"):
+            if remainder[c, p] == 0 or up[c, p] or p in seen:
+                continue
+            seen.add(p)
+            if need_col[p] > 0:
+                need_col[p] -= 1
+                up[c, p] = True
+                return True
+            for other in np.flatnonzero(up[:, p]):  # move another class's unit elsewhere
+                if augment(int(other), seen):
+                    up[other, p], up[c, p] = False, True
+                    return True
+        return False
+
+    for c in range(len(sizes)):
+        for _ in range(int(need_row[c])):
+            found = augment(c, set())
+            assert found, "a controlled rounding exists"
+    return table + up
 
 
 def train_val_test_split(
@@ -141,12 +164,11 @@ def train_val_test_split(
     else:
         labels = _labels_1d(stratify, n, "train_val_test_split", "stratify")[order]
         classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-        test_c = _allocate(sizes * n_test / n, n_test, sizes)
-        val_c = _allocate(sizes * n_val / n, n_val, sizes - test_c)
+        table = _controlled_round(sizes, [n - n_val - n_test, n_val, n_test])
         parts = [[], [], []]
         for c in range(len(classes)):
             members = order[inverse.reshape(-1) == c]
-            cuts = [sizes[c] - val_c[c] - test_c[c], sizes[c] - test_c[c]]
+            cuts = np.cumsum(table[c, :2])
             for part, chunk in zip(parts, np.split(members, cuts)):
                 part.append(chunk)
         parts = [np.concatenate(p) for p in parts]
