@@ -27,6 +27,7 @@ table, funcnet's description or its tree with the checksum recomputed (a
 forger), or of the metadata strings with the data corrupted (never loads).
 """
 
+import copy
 import hashlib
 import json
 import os
@@ -89,7 +90,7 @@ def summary(tree):
 def spec(tree):
     """The tree structure and each leaf's kind, dtype and shape, not its values."""
     treedef, leaves = summary(tree)
-    return treedef, [d[:3] for d in leaves]
+    return treedef, [d[:1] if d[0] in ("bool", "int", "float") else d[:3] for d in leaves]
 
 
 def outcome(read, expected, forged: bool) -> str:
@@ -119,7 +120,8 @@ VALUES = [
     *(-1, 0, 1, 2, 3, 2**31, 2**53 + 1, 2**63, 2**64, 10**40, 1.5, -0.0, 1e308),
     *("", "x", "F32", "BOOL", "I64", "U32", "key", "dict", "array", "int", "list", "none"),
     *("threefry2x32", "rbg", "w", "n", None, True, False, [], {}, [1], [[]], {"a": 1}),
-    *([1] * 65, [0, 2**62], ["none"], ["array", "w"], ["int", "n"], ["key", "key", "x"]),
+    *([1] * 64, [1] * 65, [0, 2**62], [3, 2], [6], [], -(2**63), "\ud800", "é/ü", "a/b"),
+    *(["none"], ["array", "w"], ["int", "n"], ["key", "key", "x"], ["key", "key", "rbg"]),
     *("DEEP", "DEEPTREE"),
 ]
 DEEP = {  # sentinels replaced in the JSON text (json.dumps would recurse)
@@ -177,21 +179,20 @@ def edit(rng: random.Random, doc) -> str:
     if not places:
         return "none"
     node, k = rng.choice(places)
-    op = rng.choice(["replace", "replace", "replace", "delete", "insert", "copy", "swap"])
+    other, k2 = rng.choice(places)
+    # fresh copies only: no value is shared with VALUES or another place (no cycles)
+    value = copy.deepcopy(rng.choice([*VALUES, node[k], other[k2]]))
+    op = rng.choice(["replace", "replace", "replace", "delete", "insert", "swap"])
     if op == "replace":
-        node[k] = rng.choice([*VALUES, node[k]])
+        node[k] = value
     elif op == "delete":
         node.pop(k)
     elif op == "insert" and isinstance(node, dict):
-        node[rng.choice(["x", "w", "dtype", "extra", "step", "1"])] = rng.choice(VALUES)
+        node[rng.choice(["x", "w", "dtype", "extra", "step", "1"])] = value
     elif op == "insert":
-        node.insert(rng.randint(0, len(node)), rng.choice([*VALUES, node[k]]))
-    elif op == "copy":
-        other, k2 = rng.choice(places)
-        node[k] = json.loads(json.dumps(other[k2]))
-    else:
-        other, k2 = rng.choice(places)
-        node[k], other[k2] = other[k2], node[k]
+        node.insert(rng.randint(0, len(node)), value)
+    else:  # a node may be swapped with its own child: through copies
+        node[k], other[k2] = copy.deepcopy(other[k2]), copy.deepcopy(node[k])
     return op
 
 
@@ -209,24 +210,30 @@ def digest(table: dict, info: str, data: bytes) -> str:
 
 
 def json_mutation(rng: random.Random, raw: bytes, n: int) -> tuple[bytes, str, bool]:
-    """An edit of the table, the description or the tree, with the checksum recomputed;
-    or of the metadata strings, with the data corrupted. Returns (file, what, forged)."""
+    """1-3 edits of the table, the description or the tree, with the checksum recomputed;
+    or one of the metadata strings, with the data corrupted. Returns (file, what, forged)."""
     header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
     meta = header.pop("__metadata__")
     info = json.loads(meta["funcnet"])
-    target = rng.choice(["table", "table", "info", "tree", "tree", "tree", "meta"])
-    doc = {"table": header, "info": info, "tree": info["tree"], "meta": meta}[target]
-    op = edit(rng, doc)
-    if target == "meta":
+    forged = rng.random() > 1 / 7
+    edits = []
+    for _ in range(rng.choice([1, 1, 2, 3]) if forged else 1):
+        target = (
+            rng.choice(["table", "table", "info", "tree", "tree", "tree"]) if forged else "meta"
+        )
+        doc = {"table": header, "info": info, "tree": info.get("tree"), "meta": meta}[target]
+        op = edit(rng, doc) if isinstance(doc, (dict, list)) else "none"
+        edits.append(f"{target}-{op}")
+    if forged:
+        meta["funcnet"] = deepen(json.dumps(info, separators=(",", ":")))
+        meta["sha256"] = digest(header, meta["funcnet"], data)
+    else:
         corrupted = bytearray(data)
         corrupted[rng.randrange(len(data))] ^= 1
         data = bytes(corrupted)
-    else:
-        meta["funcnet"] = deepen(json.dumps(info, separators=(",", ":")))
-        meta["sha256"] = digest(header, meta["funcnet"], data)
     header["__metadata__"] = meta
     text = deepen(json.dumps(header, separators=(",", ":"))).encode()
-    return struct.pack("<Q", len(text)) + text + data, f"{target}-{op}", target != "meta"
+    return struct.pack("<Q", len(text)) + text + data, "+".join(edits), forged
 
 
 # ----------------------------------------------------------------------------- the loop

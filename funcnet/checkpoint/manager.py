@@ -262,6 +262,21 @@ class CheckpointManager:
                 why; nothing is moved, and training does not silently start
                 over), with ``on_corrupt="raise"`` for a corrupt latest one, and
                 for the errors above.
+
+        Examples:
+            >>> import tempfile, warnings, jax.numpy as jnp
+            >>> manager = CheckpointManager(tempfile.mkdtemp())
+            >>> for step in (1, 2):
+            ...     _ = manager.save(step, {"w": jnp.full(2, step)})
+            >>> with open(manager.path(2), "r+b") as f:  # corrupt the newest one's last byte
+            ...     _ = f.seek(-1, 2)
+            ...     _ = f.write(b"x")
+            >>> with warnings.catch_warnings(record=True) as caught:
+            ...     restored = manager.restore_latest()
+            >>> restored.step, restored.tree["w"].tolist(), manager.all_steps()
+            (1, [1, 1], [1])
+            >>> restored.skipped[0][1].split(": ")[1]
+            'the checksum does not match'
         """
         skipped: list[tuple[str, str]] = []
         for step in reversed(self.all_steps()):

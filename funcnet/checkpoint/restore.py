@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning, LoadReport
@@ -66,6 +67,15 @@ def _restore_leaf(t, want, data: np.ndarray):
     return placed
 
 
+def _converts(dtype: np.dtype, to: str) -> bool:
+    """Whether values of ``dtype`` convert exactly to the Python scalar type ``to``."""
+    if dtype == np.bool_:
+        return True
+    if jnp.issubdtype(dtype, jnp.integer):
+        return to != "bool"
+    return to == "float" and jnp.issubdtype(dtype, jnp.floating)
+
+
 def _mismatch(want, kind: str, impl: str | None, data: np.ndarray) -> str | None:
     """Why the file's entry (``kind``, key ``impl``, ``data``) cannot fill a template leaf."""
     got = _spec_str(data.dtype, data.shape)
@@ -75,7 +85,8 @@ def _mismatch(want, kind: str, impl: str | None, data: np.ndarray) -> str | None
         if (kind, impl, data.shape) != ("key", want[3], want[2]):
             return f"expected key<{want[3]}> data {want[2]}, got {got}"
     elif want[0] in ("bool", "int", "float"):
-        if data.shape != () or kind == "key":
+        # a Python scalar takes a 0-d value that converts exactly (no float -> int, complex)
+        if data.shape != () or kind == "key" or not _converts(data.dtype, want[0]):
             return f"expected a scalar ({want[0]}), got {got}"
     elif kind == "key" or data.shape != want[2] or data.dtype != want[1]:
         return f"expected {_spec_str(want[1], want[2])}, got {got}"
@@ -119,6 +130,8 @@ def load(path: str | os.PathLike, like: Any = None, *, strict: bool = True) -> A
             the problem; its ``corrupt`` is true), for a file of a newer
             format version, or, with ``like`` and ``strict=True``, listing
             every missing, unexpected and mismatched path.
+        OSError: when the file cannot be read (e.g. ``PermissionError``),
+            naming it.
         TypeError: for a template leaf that is not array-like.
 
     Examples:
