@@ -38,6 +38,7 @@ from funcnet.core import (
     stateless,
 )
 from funcnet.export import load_exported
+from funcnet.generation import generate, init_cache
 from funcnet.layers import *  # noqa: F403
 from funcnet.layers import __all__ as _layers
 from funcnet.summaries import param_count, summary
@@ -80,6 +81,8 @@ __all__ = [
     "export",
     "fanout",
     "fit",
+    "generate",
+    "init_cache",
     "init_spec",
     "initializers",
     "load_exported",

@@ -60,6 +60,7 @@ def np_mha(params, x, memory=None, allowed=None, causal=False, rope=False):
     memory = x if memory is None else np.asarray(memory, np.float64)
     n, tq, tk = x.shape[0], x.shape[1], memory.shape[1]
     heads = p["query"]["w"].shape[1]
+    group = heads // p["key"]["w"].shape[1]  # query heads per key/value head (GQA)
     out = np.zeros((n, tq, p["out"]["w"].shape[-1]))
     weights = np.zeros((n, heads, tq, tk))
     mask = np.ones((n, heads, tq, tk), bool)
@@ -70,8 +71,9 @@ def np_mha(params, x, memory=None, allowed=None, causal=False, rope=False):
     for b in range(n):
         for h in range(heads):
             q = x[b] @ p["query"]["w"][:, h] + p["query"].get("b", np.zeros((heads, 1)))[h]
-            k = memory[b] @ p["key"]["w"][:, h] + p["key"].get("b", np.zeros((heads, 1)))[h]
-            v = memory[b] @ p["value"]["w"][:, h] + p["value"].get("b", np.zeros((heads, 1)))[h]
+            g = h // group
+            k = memory[b] @ p["key"]["w"][:, g] + p["key"].get("b", np.zeros((heads, 1)))[g]
+            v = memory[b] @ p["value"]["w"][:, g] + p["value"].get("b", np.zeros((heads, 1)))[g]
             if rope:
                 q, k = np_rope(q, np.arange(tq)), np_rope(k, np.arange(tk))
             w = np_softmax(q @ k.T / math.sqrt(q.shape[-1]), mask[b, h])
@@ -377,6 +379,135 @@ def test_matches_torch_multihead_attention(key):
         )
     close(y, y_t.numpy(), tol=1e-5)
     close(w, w_t.numpy(), tol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped-query and multi-query attention
+
+
+def torch_sdpa_layer(torch, params, x, *, allowed=None, causal=False, rope=False):
+    """The layer written with torch's ``scaled_dot_product_attention(enable_gqa=True)``, float64.
+
+    Projections with the same weights; ``allowed`` a boolean mask (True = may attend)
+    broadcastable to ``(N, H, Tq, Tk)``.
+    """
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    x = np.asarray(x, np.float64)
+    q, k, v = (
+        np.einsum("ntd,dhk->nthk", x, p[n]["w"]) + p[n]["b"] for n in ("query", "key", "value")
+    )
+    if rope:
+        positions = np.arange(x.shape[1])[:, None]
+        q, k = np_rope(q, positions), np_rope(k, positions)
+    qt, kt, vt = (torch.tensor(a).transpose(1, 2) for a in (q, k, v))  # (N, heads, T, K)
+    mask = None if allowed is None else torch.tensor(np.asarray(allowed))
+    o = torch.nn.functional.scaled_dot_product_attention(
+        qt, kt, vt, attn_mask=mask, is_causal=causal, enable_gqa=True
+    )
+    return np.einsum("nthv,hvo->nto", o.transpose(1, 2).numpy(), p["out"]["w"]) + p["out"]["b"]
+
+
+@pytest.mark.parametrize("variant", ["plain", "causal", "masked", "causal_masked", "rope"])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_grouped_query_attention_matches_torch_sdpa(key, kv_heads, variant):
+    torch = pytest.importorskip("torch")
+    x = rand(2, 6, 8)
+    mha = MultiHeadAttention(
+        4, num_kv_heads=kv_heads, causal="causal" in variant, rope=variant == "rope"
+    )
+    params, state = mha.init(key, x)
+    assert params["key"]["w"].shape == params["value"]["w"].shape == (8, kv_heads, 2)
+    assert params["query"]["w"].shape == (8, 4, 2) and params["key"]["b"].shape == (kv_heads, 2)
+    inputs, allowed, torch_mask = x, None, None
+    if "masked" in variant:
+        pad = lengths_mask([6, 4], 6)
+        inputs, allowed = {"x": x, "mask": pad}, pad[:, None, None, :]
+        torch_mask = allowed & np.tril(np.ones((6, 6), bool)) if "causal" in variant else allowed
+    ref = torch_sdpa_layer(
+        torch, params, x, allowed=torch_mask, causal=variant == "causal", rope=variant == "rope"
+    )
+    y, _ = jax.jit(mha.apply)(params, state, inputs)  # jax.nn.dot_product_attention
+    close(y, ref, tol=1e-5)
+    # the einsum reference path, and its weights against numpy
+    with_weights = MultiHeadAttention(
+        4,
+        num_kv_heads=kv_heads,
+        causal="causal" in variant,
+        rope=variant == "rope",
+        return_weights=True,
+    )
+    (y, w), _ = jax.jit(with_weights.apply)(params, state, inputs)
+    close(y, ref, tol=1e-5)
+    _, ref_w = np_mha(
+        params, x, allowed=allowed, causal="causal" in variant, rope=variant == "rope"
+    )
+    close(w, ref_w, tol=1e-5)
+
+
+def test_grouped_query_attention_with_dropout_and_bfloat16(key):
+    x = rand(2, 5, 8)
+    mha = MultiHeadAttention(4, num_kv_heads=2, drop_rate=0.5)
+    params, state = mha.init(key, x)
+    eval_y, _ = mha.apply(params, state, x)
+    close(eval_y, np_mha(params, x)[0])
+    y1, _ = mha.apply(params, state, x, key=jax.random.key(1), train=True)
+    y2, _ = mha.apply(params, state, x, key=jax.random.key(1), train=True)
+    y3, _ = mha.apply(params, state, x, key=jax.random.key(2), train=True)
+    np.testing.assert_array_equal(np.asarray(y1), np.asarray(y2))
+    assert not np.allclose(y1, eval_y) and not np.allclose(y1, y3)
+    half = MultiHeadAttention(4, num_kv_heads=1, dtype=jnp.bfloat16)
+    params, state = half.init(key, x)
+    y, _ = half.apply(params, state, x)
+    assert y.dtype == jnp.bfloat16
+    ref = np_mha(jax.tree.map(_bf16, params), _bf16(x))[0]
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, atol=4 * 2.0**-8 * np.abs(ref).max())
+
+
+def test_dot_product_attention_groups_key_heads(key):
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(2, 3, 6, 4)), F32)
+    k = jnp.asarray(rng.normal(size=(2, 5, 2, 4)), F32)
+    v = jnp.asarray(rng.normal(size=(2, 5, 2, 3)), F32)
+    out, w = dot_product_attention(q, k, v, causal=True)
+    # query head h attends with key/value head h // 3: the same as repeating each kv head 3 times
+    rk, rv = jnp.repeat(k, 3, axis=2), jnp.repeat(v, 3, axis=2)
+    out_rep, w_rep = dot_product_attention(q, rk, rv, causal=True)
+    close(out, np.asarray(out_rep), tol=1e-6)
+    close(w, np.asarray(w_rep), tol=1e-6)
+    with pytest.raises(
+        ValueError, match=r"the key/value heads G=4 must divide the query heads H=6"
+    ):
+        dot_product_attention(q, jnp.ones((2, 5, 4, 4)), jnp.ones((2, 5, 4, 4)))
+
+
+def test_grouped_query_errors(key):
+    with pytest.raises(
+        ValueError,
+        match=r"^MultiHeadAttention: `num_kv_heads=3` must divide `num_heads=4` .*\[1, 2, 4\]",
+    ):
+        MultiHeadAttention(4, num_kv_heads=3)
+    with pytest.raises(ValueError, match=r"MultiHeadAttention: `num_kv_heads` must be an int >= 1"):
+        MultiHeadAttention(4, num_kv_heads=0)
+    with pytest.raises(
+        ValueError, match=r"TransformerEncoderBlock: `num_kv_heads=3` must divide `num_heads=4`"
+    ):
+        fn.TransformerEncoderBlock(4, num_kv_heads=3)
+    x = jnp.ones((2, 3, 8))
+    gqa = MultiHeadAttention(4, num_kv_heads=2, causal=True)
+    assert repr(gqa) == "MultiHeadAttention(4, num_kv_heads=2, causal=True)"
+    params, state = gqa.init(key, x)
+    with pytest.raises(
+        LayerError,
+        match=r"^MultiHeadAttention\(4\): the params do not fit `num_heads=4`: .*"
+        r"\(8, 2, 2\)",
+    ):
+        MultiHeadAttention(4).apply(params, state, x)
+    with pytest.raises(
+        LayerError,
+        match=r"MultiHeadAttention\(4, num_kv_heads=1\): the params do not fit "
+        r"`num_heads=4`, `num_kv_heads=1`",
+    ):
+        MultiHeadAttention(4, num_kv_heads=1).apply(params, state, x)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,9 +3,23 @@
 Inputs are batch-major ``(N, T, D)`` arrays, or the sequence dict of
 :mod:`funcnet.combinators` (``"x"`` changed, the other entries passed
 through).
+
+**Decoding.** A model that generates one token after another keeps, in its
+``state``, where each row of the batch has got to: a :class:`Positions` per
+layer that needs it (the positional layers here, and the KV cache of
+:func:`~funcnet.layers.attention.MultiHeadAttention`). Such state is made by
+:func:`funcnet.init_cache`, which runs the model's ``init`` inside
+:func:`requesting_cache`; a layer whose ``init`` sees a :func:`cache_request`
+returns its decoding state, and its ``apply``, given that state, reads the
+positions of the new tokens from it and advances them.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +38,138 @@ from funcnet.core import Layer, LayerError, stateless
 from funcnet.layers._sequence import at_least_float32, sequence_of
 
 __all__ = [
+    "CacheRequest",
     "PositionalEmbedding",
+    "Positions",
     "RotaryEmbedding",
     "SinusoidalEncoding",
     "apply_rope",
+    "cache_request",
+    "requesting_cache",
     "sinusoidal_encoding",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding: positions per row
+
+
+class CacheRequest(NamedTuple):
+    """What :func:`funcnet.init_cache` asks of the layers: decoding state for ``max_len`` positions.
+
+    Attributes:
+        max_len: the number of positions the state must hold (the longest
+            prompt plus the tokens to generate).
+        dtype: the dtype of cached keys and values; ``None``: each layer's
+            computation dtype.
+    """
+
+    max_len: int
+    dtype: Any = None
+
+
+_REQUESTS = threading.local()
+
+
+@contextlib.contextmanager
+def requesting_cache(request: CacheRequest) -> Iterator[CacheRequest]:
+    """Within this context, the ``init`` of a layer that decodes returns its decoding state.
+
+    Only :func:`funcnet.init_cache` needs this; it traces the model's ``init``
+    (with a function object of its own, so no trace cached outside the
+    context is reused).
+
+    Examples:
+        >>> with requesting_cache(CacheRequest(8)):
+        ...     cache_request()
+        CacheRequest(max_len=8, dtype=None)
+        >>> cache_request() is None
+        True
+    """
+    stack = getattr(_REQUESTS, "stack", None)
+    if stack is None:
+        stack = _REQUESTS.stack = []
+    stack.append(request)
+    try:
+        yield request
+    finally:
+        stack.pop()
+
+
+def cache_request() -> CacheRequest | None:
+    """The innermost :func:`requesting_cache` request, or ``None`` outside one."""
+    stack = getattr(_REQUESTS, "stack", None)
+    return stack[-1] if stack else None
+
+
+@jax.tree_util.register_pytree_node_class
+class Positions:
+    """Where each row of a decoding batch has got to: a pytree, part of a layer's ``state``.
+
+    ``index`` ``(N,)`` int32 is the number of tokens each row has seen so far,
+    i.e. the position of its next token; ``max_len`` (static, not a leaf) is
+    the number of positions the state holds. A layer that receives ``T`` new
+    tokens gives them positions ``index[:, None] + arange(T)`` (:meth:`take`)
+    and returns ``advance(T)``. Rows are **right-padded**: row ``i``'s tokens
+    sit at positions ``0 .. index[i] - 1``, with no gaps, so RoPE and learned
+    positions see the same numbers as in a full forward pass.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> p = Positions(jnp.array([0, 3], jnp.int32), max_len=8)
+        >>> p.take(2)
+        Array([[0, 1],
+               [3, 4]], dtype=int32)
+        >>> p.advance(2).index, p.advance(2).max_len
+        (Array([2, 5], dtype=int32), 8)
+    """
+
+    __slots__ = ("index", "max_len")
+
+    def __init__(self, index: jax.Array, max_len: int):
+        self.index = index
+        self.max_len = max_len
+
+    def take(self, t: int) -> jax.Array:
+        """The positions ``(N, t)`` of ``t`` new tokens."""
+        return self.index[..., None] + jnp.arange(t, dtype=jnp.int32)
+
+    def advance(self, t: int) -> Positions:
+        """These positions after ``t`` new tokens."""
+        return Positions(self.index + jnp.int32(t), self.max_len)
+
+    def tree_flatten(self):
+        return (self.index,), self.max_len
+
+    @classmethod
+    def tree_unflatten(cls, max_len, leaves):
+        return cls(leaves[0], max_len)
+
+    def __repr__(self) -> str:
+        return f"Positions(index={self.index!r}, max_len={self.max_len})"
+
+    @classmethod
+    def zeros(cls, batch: int, max_len: int) -> Positions:
+        """Positions of ``batch`` empty rows."""
+        return cls(jnp.zeros((batch,), jnp.int32), max_len)
+
+
+def _decoding(state: Any, batch: int, t: int) -> Positions | None:
+    """``state`` as :class:`Positions` when the layer is decoding (else ``None``), checked."""
+    if not isinstance(state, Positions):
+        return None
+    rows = jnp.shape(state.index)[-1]
+    if rows != batch:
+        raise LayerError(
+            f"the decoding state holds positions for {rows} rows, got inputs of {batch} rows. "
+            "Make the state with `funcnet.init_cache` for inputs of this batch size."
+        )
+    if t > state.max_len:
+        raise LayerError(
+            f"got {t} new tokens for a decoding state of `max_len={state.max_len}` positions. "
+            "Make the state with `funcnet.init_cache` and a larger `max_len`."
+        )
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,6 +185,7 @@ def apply_rope(
     positions: jax.typing.ArrayLike | None = None,
     *,
     base: float = 10000.0,
+    max_len: int | None = None,
 ) -> jax.Array:
     """Rotary position embedding (RoPE, Su et al. 2021) of batch-major ``x`` ``(N, T, ..., D)``.
 
@@ -63,6 +204,12 @@ def apply_rope(
             last are broadcast over).
         positions: ``(T,)`` or ``(N, T)`` positions; default ``0 .. T-1``.
         base: the frequency base.
+        max_len: with traced ``positions`` (under ``jit``, e.g. while
+            decoding), a bound on them: the angles are then looked up in a
+            table of ``max_len`` rows computed in float64, so they equal those
+            of static positions exactly (without it they are computed in
+            float32 from the traced positions). Positions outside ``[0,
+            max_len)`` give NaN.
 
     Returns:
         An array of ``x``'s shape and dtype (computed in at least float32).
@@ -77,6 +224,8 @@ def apply_rope(
     """
     x = jnp.asarray(x)
     base = _check_base("apply_rope", base)
+    if max_len is not None:
+        max_len = check_positive_int("apply_rope", "max_len", max_len)
     if x.ndim < 3 or x.shape[-1] % 2:
         raise ValueError(
             f"apply_rope: expected x of shape (N, T, ..., D) with an even D, got shape {x.shape}."
@@ -93,6 +242,12 @@ def apply_rope(
     if static:  # exact angles, computed in float64 at trace time
         angles = np.asarray(pos, np.float64)[..., None] * inv_freq
         cos, sin = jnp.asarray(np.cos(angles), ct), jnp.asarray(np.sin(angles), ct)
+    elif max_len is not None:  # the same exact angles, looked up
+        angles = np.arange(max_len, dtype=np.float64)[:, None] * inv_freq
+        cos, sin = (
+            jnp.take(jnp.asarray(table, ct), pos, axis=0, mode="fill", fill_value=np.nan)
+            for table in (np.cos(angles), np.sin(angles))
+        )
     else:
         angles = pos.astype(ct)[..., None] * jnp.asarray(inv_freq, ct)
         cos, sin = jnp.cos(angles), jnp.sin(angles)
@@ -192,12 +347,36 @@ def _positional_input(inputs, max_len):
     return entries, is_dict, shape, dtype
 
 
+def _decoding_state(batch: int, table_len: int | None) -> Positions | tuple:
+    """A positional layer's state: ``()``, or :class:`Positions` inside :func:`requesting_cache`."""
+    request = cache_request()
+    if request is None:
+        return ()
+    if table_len is not None and request.max_len > table_len:
+        raise LayerError(
+            f"a decoding state of `max_len={request.max_len}` positions needs positions up to "
+            f"{request.max_len - 1}, but the layer has `max_len={table_len}`. Build the model "
+            f"with `max_len >= {request.max_len}`, or decode at most {table_len} positions "
+            "(prompt plus new tokens)."
+        )
+    return Positions.zeros(batch, request.max_len)
+
+
+def _rows(table: jax.Array, positions: Positions | None, t: int) -> jax.Array:
+    """Rows ``0 .. t-1`` of ``table``, or the rows at the decoding positions ``(N, t, D)``."""
+    if positions is None:
+        return table[:t]
+    return jnp.take(table, positions.take(t), axis=0, mode="fill", fill_value=np.nan)
+
+
 def SinusoidalEncoding(max_len: int | None = None, *, base: float = 10000.0) -> Layer:
     """Add the fixed sinusoidal position table (:func:`sinusoidal_encoding`) to ``x``.
 
     Inputs ``(N, T, D)`` (or the dict form: ``"x"`` changed, other entries
     passed through); outputs the same shape and dtype, ``x + PE[:T]``. No
-    params, state or key. ``x`` is not rescaled (the paper multiplies the
+    params or key; no state, except while decoding (the :class:`Positions`
+    made by :func:`funcnet.init_cache`: new tokens get the rows of their
+    positions). ``x`` is not rescaled (the paper multiplies the
     embeddings by ``sqrt(D)`` first; do that in the model if wanted).
 
     Args:
@@ -217,15 +396,21 @@ def SinusoidalEncoding(max_len: int | None = None, *, base: float = 10000.0) -> 
         max_len = check_positive_int("SinusoidalEncoding", "max_len", max_len)
     base = _check_base("SinusoidalEncoding", base)
 
-    def forward(inputs):
-        entries, is_dict, shape, dtype = _positional_input(inputs, max_len)
-        table = jnp.asarray(_sinusoid_table(shape[1], shape[2], base), dtype)
-        return replace_x(inputs, is_dict, entries["x"] + table)
+    def init(key, inputs):
+        del key
+        _, _, shape, _ = _positional_input(inputs, max_len)
+        return (), _decoding_state(shape[0], max_len)
 
-    def check(inputs):
-        _positional_input(inputs, max_len)
+    def apply(params, state, inputs, *, key=None, train=False):
+        del params, key, train
+        entries, is_dict, (n, t, d), dtype = _positional_input(inputs, max_len)
+        positions = _decoding(state, n, t)
+        rows = t if positions is None else positions.max_len
+        table = jnp.asarray(_sinusoid_table(rows, d, base), dtype)
+        y = entries["x"] + _rows(table, positions, t)
+        return replace_x(inputs, is_dict, y), state if positions is None else positions.advance(t)
 
-    return stateless("SinusoidalEncoding" + (f"({max_len})" if max_len else ""), forward, check)
+    return Layer(init, apply, "SinusoidalEncoding" + (f"({max_len})" if max_len else ""))
 
 
 def PositionalEmbedding(
@@ -239,7 +424,10 @@ def PositionalEmbedding(
     Inputs ``(N, T, D)`` with ``T <= max_len`` (or the dict form: ``"x"``
     changed, other entries passed through); outputs the same shape and dtype
     (the table is cast to ``x``'s dtype). Params ``{"table": (max_len, D)}``,
-    default init normal with stddev 0.02 (as BERT and GPT-2); no state; no key.
+    default init normal with stddev 0.02 (as BERT and GPT-2); no key; no
+    state, except while decoding (the :class:`Positions` made by
+    :func:`funcnet.init_cache`, whose ``max_len`` must not exceed this one's:
+    new tokens get the rows of their positions).
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -257,7 +445,8 @@ def PositionalEmbedding(
 
     def init(key, inputs):
         _, _, shape, _ = _positional_input(inputs, max_len)
-        return {"table": table_init(key, (max_len, shape[2]), param_dtype)}, ()
+        params = {"table": table_init(key, (max_len, shape[2]), param_dtype)}
+        return params, _decoding_state(shape[0], max_len)
 
     def apply(params, state, inputs, *, key=None, train=False):
         del key, train
@@ -268,7 +457,10 @@ def PositionalEmbedding(
                 f"expected 'x' with {table.shape[1]} features (the table's width), got shape "
                 f"{fmt_shape(shape)}."
             )
-        y = entries["x"] + table[: shape[1]].astype(dtype)
-        return replace_x(inputs, is_dict, y), state
+        positions = _decoding(state, shape[0], shape[1])
+        y = entries["x"] + _rows(table, positions, shape[1]).astype(dtype)
+        return replace_x(inputs, is_dict, y), state if positions is None else positions.advance(
+            shape[1]
+        )
 
     return Layer(init, apply, f"PositionalEmbedding({max_len})")

@@ -60,6 +60,7 @@ class _BlockOptions(NamedTuple):
     """The hyperparameters the encoder and decoder blocks share, checked."""
 
     heads: int
+    kv_heads: int | None
     mlp_ratio: float
     drop_rate: float
     attention_drop_rate: float
@@ -69,9 +70,25 @@ class _BlockOptions(NamedTuple):
 
 
 def _check_options(
-    owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
+    owner,
+    num_heads,
+    num_kv_heads,
+    mlp_ratio,
+    drop_rate,
+    attention_drop_rate,
+    norm,
+    activation,
+    epsilon,
 ) -> _BlockOptions:
     heads = check_positive_int(owner, "num_heads", num_heads)
+    kv_heads = None
+    if num_kv_heads is not None:
+        kv_heads = check_positive_int(owner, "num_kv_heads", num_kv_heads)
+        if heads % kv_heads:
+            raise ValueError(
+                f"{owner}: `num_kv_heads={kv_heads}` must divide `num_heads={heads}`; use one "
+                f"of {[g for g in range(1, heads + 1) if heads % g == 0]}."
+            )
     if (
         isinstance(mlp_ratio, bool)
         or not isinstance(mlp_ratio, (int, float, np.integer, np.floating))
@@ -92,12 +109,14 @@ def _check_options(
             f"{owner}: `activation` must be a function or a layer, got {activation!r}."
         )
     return _BlockOptions(
-        heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
+        heads, kv_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
     )
 
 
 def _block_name(owner: str, opts: _BlockOptions, *, causal: bool, rope: bool) -> str:
     args = [str(opts.heads)]
+    if opts.kv_heads is not None:
+        args.append(f"num_kv_heads={opts.kv_heads}")
     if opts.norm != "pre":
         args.append(f"norm={opts.norm!r}")
     if causal:
@@ -184,6 +203,7 @@ def _block(
 def TransformerEncoderBlock(
     num_heads: int,
     *,
+    num_kv_heads: int | None = None,
     mlp_ratio: float = 4,
     drop_rate: float = 0.0,
     attention_drop_rate: float = 0.0,
@@ -208,7 +228,10 @@ def TransformerEncoderBlock(
     ``Dropout`` uses ``drop_rate``; ``attention_drop_rate`` drops attention
     weights. A pre-LN stack is usually followed by a final LayerNorm
     (:func:`transformer_encoder` adds it). With ``causal=True`` this is the
-    block of a decoder-only (GPT-style) language model.
+    block of a decoder-only (GPT-style) language model, and it decodes token by
+    token with the KV cache that :func:`funcnet.init_cache` puts in its state
+    (see :func:`funcnet.generate`). ``num_kv_heads`` makes the attention
+    grouped-query (or multi-query, with 1).
 
     Inputs: ``x`` ``(N, T, D)`` -> an array of the same shape; or a dict
     ``{"x", "mask"}`` -> the same dict with ``"x"`` replaced (``"mask"`` as in
@@ -224,6 +247,8 @@ def TransformerEncoderBlock(
 
     Args:
         num_heads: number of attention heads.
+        num_kv_heads: number of key/value heads (grouped-query attention;
+            must divide ``num_heads``); default ``num_heads``.
         mlp_ratio: hidden width of the MLP as a multiple of ``D`` (rounded).
         drop_rate: dropout after the attention and after the MLP.
         attention_drop_rate: dropout on the attention weights.
@@ -258,12 +283,24 @@ def TransformerEncoderBlock(
     """
     owner = "TransformerEncoderBlock"
     opts = _check_options(
-        owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
+        owner,
+        num_heads,
+        num_kv_heads,
+        mlp_ratio,
+        drop_rate,
+        attention_drop_rate,
+        norm,
+        activation,
+        epsilon,
     )
 
     def attentions():
         mha = MultiHeadAttention(
-            opts.heads, causal=causal, drop_rate=attention_drop_rate, rope=rope
+            opts.heads,
+            num_kv_heads=opts.kv_heads,
+            causal=causal,
+            drop_rate=attention_drop_rate,
+            rope=rope,
         )
         return {"attention": [mha, Dropout(drop_rate)]}
 
@@ -274,6 +311,7 @@ def TransformerEncoderBlock(
 def TransformerDecoderBlock(
     num_heads: int,
     *,
+    num_kv_heads: int | None = None,
     mlp_ratio: float = 4,
     drop_rate: float = 0.0,
     attention_drop_rate: float = 0.0,
@@ -308,6 +346,9 @@ def TransformerDecoderBlock(
             mlp=on_x(residual(LayerNorm(), Dense(r * D), activation, Dense(D), Dropout(p))),
         )
 
+    Under :func:`funcnet.init_cache` the self-attention keeps a KV cache (the
+    cross-attention does not: it reads ``"memory"``, passed with every call).
+
     Args: as :func:`TransformerEncoderBlock` (``rope`` applies to the
     self-attention only).
 
@@ -332,14 +373,28 @@ def TransformerDecoderBlock(
     """
     owner = "TransformerDecoderBlock"
     opts = _check_options(
-        owner, num_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
+        owner,
+        num_heads,
+        num_kv_heads,
+        mlp_ratio,
+        drop_rate,
+        attention_drop_rate,
+        norm,
+        activation,
+        epsilon,
     )
 
     def attentions():
         self_attention = MultiHeadAttention(
-            opts.heads, causal=True, drop_rate=attention_drop_rate, rope=rope
+            opts.heads,
+            num_kv_heads=opts.kv_heads,
+            causal=True,
+            drop_rate=attention_drop_rate,
+            rope=rope,
         )
-        cross_attention = MultiHeadAttention(opts.heads, drop_rate=attention_drop_rate)
+        cross_attention = MultiHeadAttention(
+            opts.heads, num_kv_heads=opts.kv_heads, drop_rate=attention_drop_rate
+        )
         return {
             "self_attention": [select_keys("x", "mask"), self_attention, Dropout(drop_rate)],
             "cross_attention": [
