@@ -296,3 +296,12 @@ def test_batch_errors(key):
         mixup(0.2)(key, x)
     with pytest.raises(TypeError, match=r"expected a pair `\(inputs, targets\)`"):
         on_inputs(random_flip())(key, x)
+
+
+def test_mixup_accepts_one_dimensional_float_targets_and_rejects_scalars():
+    x = jnp.arange(8.0).reshape(4, 2)
+    y = jnp.arange(4.0)  # regression targets, shape (N,)
+    xm, ym = augment.mixup(0.5)(jax.random.key(1), (x, y))
+    np.testing.assert_allclose(xm[:, 0], 2 * ym, rtol=1e-6)  # mixed alike: x[:, 0] == 2 y
+    with pytest.raises(TypeError, match=r"targets must be floating \(N, \.\.\.\) arrays"):
+        augment.mixup(0.5)(jax.random.key(1), (x, jnp.float32(1.0)))

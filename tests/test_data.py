@@ -503,3 +503,11 @@ def test_prefetch_stops_cleanly_when_abandoned():
 def test_prefetch_errors():
     with pytest.raises(ValueError, match="`size` must be an int >= 1, got 0"):
         prefetch_to_device(iter([]), size=0)
+
+
+def test_batches_part_must_index_the_parts():
+    y = np.arange(8)
+    for bad in ((2, 2), (-1, 2), (0, 3)):
+        with pytest.raises(ValueError, match=r"must be \(index, count\) with 0 <= index < count"):
+            list(batches(y, 4, part=bad))
+    np.testing.assert_array_equal(next(iter(batches(y, 4, part=(1, 2)))), [2, 3])

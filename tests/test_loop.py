@@ -608,3 +608,30 @@ def test_restore_best_returns_the_best_val_accuracy_epoch_with_patience(key):
     assert best <= 2 and max(acc[3:]) < acc[best] and stop.best_epoch == best
     assert stop.stopped_epoch == best + 3 and len(acc) == best + 4
     chex.assert_trees_all_equal(jax.device_get(ts.params), seen[best])
+
+
+def test_fit_with_sample_weights_takes_the_weighted_gradient(key):
+    """One full-batch step of fit on arrays with uneven weights is SGD on the weighted mean."""
+    x, y = blobs(40)
+    w = np.linspace(0.0, 2.0, 40).astype(np.float32)
+    model = mlp()
+    loss = "sparse_categorical_cross_entropy"
+    ts, _ = fn.fit(model, optax.sgd(0.5), loss, (x, y, w), batch_size=40, key=key, verbose=0)
+    params, state = model.init(fn.training.keys.init_key(key), x[:1])
+
+    def weighted(p):
+        logits, _ = model.apply(p, state, x)
+        return jnp.sum(w * optax.softmax_cross_entropy_with_integer_labels(logits, y)) / w.sum()
+
+    expected = jax.tree.map(lambda p, g: p - 0.5 * g, params, jax.grad(weighted)(params))
+    chex.assert_trees_all_close(ts.params, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_integer_targets_of_other_losses_are_not_class_labels(key):
+    """Only a sparse loss reads integer targets as class indices: a one-output model with 0/1
+    integer targets and binary cross-entropy is fine (no "labels must be in [0, 1)")."""
+    x, y = blobs(40, classes=2)
+    model = fn.serial(fn.Dense(8), jax.nn.relu, fn.Dense(1))
+    params, state = model.init(key, x[:1])
+    logs = fn.evaluate(model, params, state, (x, y[:, None]), loss="binary_cross_entropy")
+    assert np.isfinite(logs["loss"])

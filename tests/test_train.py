@@ -492,3 +492,10 @@ def test_device_share_and_axis_names():
     assert check_axis_name(["a", "b"], "w") == ("a", "b")
     with pytest.raises(TypeError, match=r"w: `axis_name` must be .* got \('a', \('b',\)\)"):
         check_axis_name(("a", ("b",)), "w")
+
+
+def test_loss_scale_must_be_positive():
+    model = fn.Dense(1)
+    for bad in (0.0, -2.0):
+        with pytest.raises(ValueError, match="loss_scale"):
+            train_step(model, "mse", optax.sgd(0.1), loss_scale=bad)
