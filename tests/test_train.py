@@ -499,3 +499,20 @@ def test_loss_scale_must_be_positive():
     for bad in (0.0, -2.0):
         with pytest.raises(ValueError, match="loss_scale"):
             train_step(model, "mse", optax.sgd(0.1), loss_scale=bad)
+
+
+def test_skip_nonfinite_never_gives_up():
+    """optax.apply_if_finite alone applies the update after max_consecutive_errors bad steps;
+    compose_optimizer's skipping keeps skipping (here 100 in a row), then updates again."""
+    opt = compose_optimizer(optax.sgd(1.0), skip_nonfinite=True)
+    params = {"w": jnp.zeros(2)}
+    nan = {"w": jnp.full(2, jnp.nan)}
+
+    def bad_step(state, _):
+        updates, state = opt.update(nan, state, params)
+        return state, updates["w"]
+
+    state, updates = jax.lax.scan(bad_step, opt.init(params), None, length=100)
+    np.testing.assert_array_equal(updates, 0.0)  # every non-finite update skipped
+    updates, _ = opt.update({"w": jnp.ones(2)}, state, params)
+    np.testing.assert_array_equal(updates["w"], [-1.0, -1.0])

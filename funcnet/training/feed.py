@@ -246,7 +246,7 @@ def batch_check(model, loss_fn):
         if not classes:
             spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), x)
             out = output_spec(model, spec)
-            ok = isinstance(out, jax.ShapeDtypeStruct) and out.ndim > 0
+            ok = isinstance(out, jax.ShapeDtypeStruct) and out.ndim > 1  # (batch, ..., classes)
             classes.append(out.shape[-1] if ok else None)
         _check_label_range(np.asarray(y), classes[0], where)
 
