@@ -189,7 +189,9 @@ def test_mnist1d_models_have_the_reference_sizes():
     assert 0.5 * bound < float(np.abs(b).max()) <= bound  # biases drawn too, not zeros
 
 
-def test_transformer_lm_windows_and_sampler():
+def test_transformer_lm_windows_and_generation():
+    import funcnet as fn
+
     lm = load("transformer_lm")
     # the windows: targets are the inputs shifted by one character
     x, y = lm.windows(np.arange(20, dtype=np.int32), context=4, stride=3)
@@ -197,18 +199,23 @@ def test_transformer_lm_windows_and_sampler():
     assert (x[:, 0] == [0, 3, 6, 9, 12, 15]).all()
     vocab = lm.Vocabulary("abc\n")
     assert vocab.decode(vocab.encode("cab\nz")) == "cab\n"  # unknown characters dropped
-    # the sampler: draws from the model's last valid position, in the vocabulary, reproducibly
+    # sampling with fn.generate: continuations of the prompt, in the vocabulary, reproducibly
     model = lm.make_model(len(vocab), width=8, layers=1, heads=2, context=6, dropout=0.0)
     params, state = model.init(jax.random.key(0), np.zeros((1, 6), np.int32))
-    sample = lm.make_sampler(model, context=6, length=9, temperature=1.0)
-    prompt = np.array([1, 2, 0, 0, 0, 0], np.int32)
-    a = sample(params, state, prompt, np.int32(2), jax.random.key(1))
-    b = sample(params, state, prompt, np.int32(2), jax.random.key(1))
-    c = sample(params, state, prompt, np.int32(2), jax.random.key(2))
-    assert a.shape == (9,) and (np.asarray(a) == np.asarray(b)).all()
-    assert not (np.asarray(a) == np.asarray(c)).all()
-    assert int(np.min(a)) >= 0 and int(np.max(a)) < len(vocab)
-    # causal attention: what lies in the buffer after the prompt changes nothing
-    other_tail = np.array([1, 2, 3, 1, 3, 1], np.int32)
-    d = sample(params, state, other_tail, np.int32(2), jax.random.key(1))
-    assert (np.asarray(a) == np.asarray(d)).all()
+    args = dict(length=4, temperature=1.0, rows=3)
+    a, speed = lm.sample_text(model, params, state, vocab, "ab", seed=1, **args)
+    b, _ = lm.sample_text(model, params, state, vocab, "ab", seed=1, **args)
+    c, _ = lm.sample_text(model, params, state, vocab, "ab", seed=2, **args)
+    assert a == b and a != c and speed > 0
+    assert all(len(s) == 6 and s.startswith("ab") and set(s) <= set("abc\n") for s in a)
+    # the learned table has 6 positions: 2 + 5 characters do not fit, and the error says so
+    with pytest.raises(fn.LayerError, match=r"PositionalEmbedding\(6\): a decoding state"):
+        lm.sample_text(model, params, state, vocab, "ab", seed=1, length=6, temperature=1.0)
+    # with RoPE and multi-query attention there is no table: any length decodes
+    rope = lm.make_model(
+        len(vocab), width=8, layers=1, heads=2, context=6, dropout=0.0, kv_heads=1, rope=True
+    )
+    params, state = rope.init(jax.random.key(0), np.zeros((1, 6), np.int32))
+    assert params[1][0]["attention"][1]["key"]["w"].shape == (1, 8, 1, 4)
+    long, _ = lm.sample_text(rope, params, state, vocab, "ab", seed=1, length=10, temperature=1.0)
+    assert all(len(s) == 12 for s in long)
