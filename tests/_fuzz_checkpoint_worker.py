@@ -22,9 +22,11 @@ three ways: ``load``, ``load(like=tree)`` and ``read_metadata``, under a
 
 Mutations: bit flips, byte changes, truncations, insertions, deletions, a
 rewritten length field, splices (30% of them with corrupted data as well,
-which must then never load); and JSON-level edits of the header's tensor
-table, funcnet's description or its tree with the checksum recomputed (a
-forger), or of the metadata strings with the data corrupted (never loads).
+which must then never load); JSON-level edits of the header's tensor table,
+funcnet's description or its tree with the checksum recomputed (a forger), or
+of the metadata strings with the data corrupted (never loads); and plausible
+forgeries (a dtype of the same size, a reshape, another leaf kind, two arrays'
+data swapped) that often pass every check.
 """
 
 import copy
@@ -236,6 +238,59 @@ def json_mutation(rng: random.Random, raw: bytes, n: int) -> tuple[bytes, str, b
     return struct.pack("<Q", len(text)) + text + data, "+".join(edits), forged
 
 
+SAME_SIZE = [["BOOL", "U8", "I8", "F8_E4M3", "F8_E5M2"], ["U16", "I16", "F16", "BF16"],
+             ["U32", "I32", "F32"], ["U64", "I64", "F64", "C64"]]  # fmt: skip
+LEAF_KINDS = ["array", "numpy", "int", "float", "bool", "key"]
+
+
+def leaves_of(tree) -> list:
+    """The leaf nodes (``[kind, name, ...]`` lists) of a stored tree structure."""
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        leaf = isinstance(node, list) and len(node) > 1 and node[0] in LEAF_KINDS
+        if leaf and isinstance(node[1], str):  # (not a dict item ["key", node])
+            found.append(node)
+        elif isinstance(node, list):
+            stack.extend(x for x in node if isinstance(x, list))
+    return found
+
+
+def plausible_forgery(rng: random.Random, raw: bytes, n: int) -> tuple[bytes, str, bool]:
+    """1-2 consistent edits (a dtype of the same size, a reshape, another leaf kind, two
+    arrays' data swapped), checksum recomputed: forgeries that often pass every check."""
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    meta = header.pop("__metadata__")
+    info = json.loads(meta["funcnet"])
+    names, edits = sorted(header), []
+    name = rng.choice(names)  # the edits go to one array and its leaf
+    entry, leaf = header[name], next(x for x in leaves_of(info["tree"]) if x[1] == name)
+    for _ in range(rng.choice([1, 1, 2])):
+        op = rng.choice(["retype", "reshape", "rekind", "rekind", "swap"])
+        if op == "retype":
+            entry["dtype"] = rng.choice(next(g for g in SAME_SIZE if entry["dtype"] in g))
+        elif op == "reshape":
+            size = int(np.prod(entry["shape"]))
+            entry["shape"] = rng.choice([[size], [], [1, size], entry["shape"][::-1]])
+        elif op == "rekind":
+            leaf[0] = rng.choice(LEAF_KINDS)
+            leaf[2:] = (
+                [rng.choice(["threefry2x32", "rbg", "unsafe_rbg"])] if leaf[0] == "key" else []
+            )
+        else:
+            other = header[rng.choice(names)]
+            entry["data_offsets"], other["data_offsets"] = (
+                other["data_offsets"],
+                entry["data_offsets"],
+            )
+        edits.append(op)
+    meta["funcnet"] = json.dumps(info, separators=(",", ":"))
+    meta["sha256"] = digest(header, meta["funcnet"], data)
+    header["__metadata__"] = meta
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<Q", len(text)) + text + data, "plausible-" + "+".join(edits), True
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -265,11 +320,13 @@ def main(out: str, seed: int, first: int, count: int) -> None:
     path = os.path.join(out, "case.safetensors")
     for case in range(first, first + count):
         rng = random.Random(f"{seed}-{case}")
-        forged = False
-        if rng.random() < 0.6:
+        forged, draw = False, rng.random()
+        if draw < 0.55:
             mutated, what = byte_mutation(rng, raw, n)
-        else:
+        elif draw < 0.85:
             mutated, what, forged = json_mutation(rng, raw, n)
+        else:
+            mutated, what, forged = plausible_forgery(rng, raw, n)
         with open(path, "wb") as f:
             f.write(mutated)
         print(json.dumps({"case": case, "start": what}), flush=True)

@@ -81,6 +81,21 @@ def name_str(name: Any) -> str:
     return name if ok else short(name)
 
 
+_JSON_TYPES = (
+    (bool, "a boolean"),
+    ((int, float), "a number"),
+    (str, "a string"),
+    (list, "an array"),
+)
+
+
+def json_type(x: Any) -> str:
+    """What ``x`` was in JSON: ``"an array"``, ``"a string"``, ``"null"``, ..."""
+    if x is None:
+        return "null"
+    return next((name for t, name in _JSON_TYPES if isinstance(x, t)), "an object")
+
+
 def is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -115,18 +130,15 @@ def parse_json(text: bytes | str, what: str, fail: Fail) -> Any:
 def split_header(header: Any, fail: Fail) -> tuple[dict, dict]:
     """The tensor table and the ``__metadata__`` strings of a parsed header."""
     if not isinstance(header, dict):
-        fail(f"the header is a JSON {type(header).__name__}, expected an object")
+        fail(f"the header is {json_type(header)}, expected an object")
     table = dict(header)
     meta = table.pop("__metadata__", {})
     if not isinstance(meta, dict):
-        fail(
-            f"the header's `__metadata__` is a JSON {type(meta).__name__}, expected an object "
-            "of strings"
-        )
+        fail(f"the header's `__metadata__` is {json_type(meta)}, expected an object of strings")
     for key, value in meta.items():
         if not isinstance(value, str):
             fail(
-                f"the header's `__metadata__[{short(key)}]` is a JSON {type(value).__name__}, "
+                f"the header's `__metadata__[{short(key)}]` is {json_type(value)}, "
                 "expected a string"
             )
     return table, meta
@@ -136,7 +148,7 @@ def _check_entry(name: str, entry: Any, fail: Fail) -> tuple[int, int]:
     """``(begin, end)`` of a tensor entry, after checking its dtype, shape and offsets."""
     where = f"the entry `{name_str(name)}`"
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        got = short(sorted(entry)) if isinstance(entry, dict) else f"a JSON {type(entry).__name__}"
+        got = short(sorted(entry)) if isinstance(entry, dict) else json_type(entry)
         fail(f"{where} is malformed: expected keys dtype, shape, data_offsets, got {got}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
@@ -213,7 +225,7 @@ def parse_info(text: str, fail: Fail) -> tuple[dict, int]:
     """
     info = parse_json(text, "its funcnet metadata", fail)
     if not isinstance(info, dict):
-        fail(f"its funcnet metadata is a JSON {type(info).__name__}, expected an object")
+        fail(f"its funcnet metadata is {json_type(info)}, expected an object")
     version = info.get("format_version")
     if not is_int(version) or version < 1:
         fail(f"its funcnet metadata has `format_version` = {short(version)}, expected an int >= 1")
