@@ -814,11 +814,7 @@ def test_fit_resumes_from_a_directory(tmp_path, key):
     _leaves_equal(again, ts)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=CheckpointError, reason="issue 14: fit does not call restore_latest yet"
-)
 def test_fit_falls_back_past_a_corrupt_latest_checkpoint(tmp_path, key):
-    # remove the xfail once fit resumes with CheckpointManager.restore_latest
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 3)).astype(np.float32)
     args = (fn.Dense(1), optax.sgd(0.1), "mse", (x, x.sum(1, keepdims=True)))

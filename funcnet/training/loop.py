@@ -241,8 +241,9 @@ def _start_state(model, optimizer, key, example, placement, param_sharding, init
         ts = jax.tree.map(jnp.copy, initial)
         shardings = placement.state_shardings(ts, param_sharding)
         ts = ts if shardings is None else placement.put(ts, shardings)
-    if manager is not None and manager.latest_step() is not None:
-        ts = manager.restore(manager.latest_step(), like=ts)
+    restored = None if manager is None else manager.restore_latest(like=ts)
+    if restored is not None:  # the newest intact checkpoint (corrupt newer ones warned about)
+        ts = restored.tree
         ts = ts if shardings is None else placement.put(ts, shardings)
     return ts, shardings
 
@@ -393,9 +394,12 @@ def fit(
             ``steps_per_execution`` small (1-8) for convolutional models.
         verbose: 0 silent, 1 a progress bar and a line per epoch, 2 a line per epoch.
         checkpoint: a :class:`funcnet.checkpoint.CheckpointManager` (or a
-            directory for one). Training starts from its latest checkpoint when
-            there is one, and saves at the end of every epoch (with the epoch's
-            logs, for ``best_metric``) and every ``checkpoint_every`` steps. A
+            directory for one). Training starts from its newest intact
+            checkpoint when there is one (newer corrupt ones are set aside as
+            ``*.corrupt`` with a ``CheckpointWarning``; a manager made with
+            ``on_corrupt="raise"`` stops instead), and saves at the end of every
+            epoch (with the epoch's logs, for ``best_metric``) and every
+            ``checkpoint_every`` steps. A
             run killed at any moment and started again with the same arguments
             ends with the same parameters as one that never stopped (the
             interrupted epoch's logged loss covers only the steps after the
