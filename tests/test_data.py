@@ -511,3 +511,8 @@ def test_batches_part_must_index_the_parts():
         with pytest.raises(ValueError, match=r"must be \(index, count\) with 0 <= index < count"):
             list(batches(y, 4, part=bad))
     np.testing.assert_array_equal(next(iter(batches(y, 4, part=(1, 2)))), [2, 3])
+
+
+def test_k_fold_defaults_to_five_folds():
+    folds = list(k_fold(10))
+    assert len(folds) == 5 and all(len(val) == 2 for _, val in folds)

@@ -635,3 +635,23 @@ def test_integer_targets_of_other_losses_are_not_class_labels(key):
     params, state = model.init(key, x[:1])
     logs = fn.evaluate(model, params, state, (x, y[:, None]), loss="binary_cross_entropy")
     assert np.isfinite(logs["loss"])
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_verbose_levels(capsys, verbose):
+    """0: silent; 1: a progress bar (tqdm, on stderr) and a line per epoch; 2: the line only."""
+    x, y = blobs(40)
+    loss = "sparse_categorical_cross_entropy"
+    fn.fit(mlp(), optax.sgd(0.1), loss, (x, y), epochs=2, batch_size=8, verbose=verbose)
+    out, err = capsys.readouterr()
+    assert ("epoch 2/2  loss" in out) == (verbose > 0)
+    assert ("step" in err) == (verbose == 1)
+
+
+def test_a_single_out_of_range_label_is_caught(key):
+    x, y = blobs(8)
+    model = mlp()
+    params, state = model.init(key, x[:1])
+    loss = "sparse_categorical_cross_entropy"
+    with pytest.raises(ValueError, match=r"got labels in \[7, 7\]"):
+        fn.evaluate(model, params, state, (x[:1], y[:1] * 0 + 7), loss=loss)

@@ -516,3 +516,30 @@ def test_skip_nonfinite_never_gives_up():
     np.testing.assert_array_equal(updates, 0.0)  # every non-finite update skipped
     updates, _ = opt.update({"w": jnp.ones(2)}, state, params)
     np.testing.assert_array_equal(updates["w"], [-1.0, -1.0])
+
+
+def test_accumulation_with_small_or_zero_total_weight(key):
+    """Micro-batch shares are their weight over the total, whatever its size: a total below 1
+    is a total (accumulating equals one big batch), and a batch of zero weight is no step."""
+    x, y = data()
+    model = fn.serial(fn.Dense(4), fn.Dense(2))
+    opt = optax.sgd(0.1)
+    ts = TrainState.create(model, opt, key, x)
+    one = jax.jit(train_step(model, "mse", opt))
+    two = jax.jit(train_step(model, "mse", opt, accumulate_steps=2))
+    small = np.full(len(x), 0.05, np.float32)
+    chex.assert_trees_all_close(
+        two(ts, (x, y, small))[0].params, one(ts, (x, y, small))[0].params, rtol=1e-5
+    )
+    zero = np.zeros(len(x), np.float32)
+    for step in (one, two):
+        new, logs = step(ts, (x, y, zero))
+        assert np.isfinite(logs["loss"])
+        chex.assert_trees_all_equal(new.params, ts.params)
+
+
+def test_compose_optimizer_skips_nothing_by_default():
+    opt = compose_optimizer(optax.sgd(1.0))
+    params = {"w": jnp.zeros(2)}
+    updates, _ = opt.update({"w": jnp.full(2, jnp.nan)}, opt.init(params), params)
+    assert np.isnan(updates["w"]).all()
