@@ -27,6 +27,13 @@ RTOL, ATOL = 1e-5, 1e-5  # outputs, float32
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5
 
 
+@pytest.fixture(autouse=True)
+def full_float32_matmuls():
+    """Compare in true float32 (on GPUs XLA's default matmul precision may be TF32)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _randomize(module, seed: int = 0):
     """Non-trivial values everywhere (norm scales and biases, running statistics)."""
     gen = torch.Generator().manual_seed(seed)
@@ -477,3 +484,62 @@ def test_funcnet_does_not_import_torch():
     code = "import funcnet, funcnet.interop, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------
+# A torchvision-layout ResNet (torchvision is not needed: the same modules, written out)
+
+
+class TorchBasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            self.downsample = nn.Sequential(conv, nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchResNet(nn.Module):  # torchvision.models.ResNet's names, two stages of one block
+    def __init__(self, widths=(8, 16), num_classes=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(TorchBasicBlock(widths[0], widths[0], 1))
+        self.layer2 = nn.Sequential(TorchBasicBlock(widths[0], widths[1], 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[1], num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.avgpool(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_resnet_from_a_torchvision_layout_state_dict():
+    from funcnet.interop.models import resnet
+
+    torch.manual_seed(0)
+    module = _randomize(TorchResNet())
+    model = resnet((1, 1), (8, 16), num_classes=5)
+    images = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    x = images.transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    params, state = interop.from_torch(model, x, module.state_dict())  # the default mapping
+    with torch.no_grad():
+        want = module(torch.from_numpy(images)).numpy()
+    got, _ = jax.jit(model.apply)(params, state, x)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    fresh = TorchResNet().eval()
+    fresh.load_state_dict(interop.to_torch(model, params, state), strict=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(fresh(torch.from_numpy(images)).numpy(), want, atol=1e-6)

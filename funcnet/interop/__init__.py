@@ -33,6 +33,7 @@ Examples:
     True
 """
 
+from funcnet.interop import hf, models
 from funcnet.interop.kinds import KINDS, Kind, NotRepresentable
 from funcnet.interop.mapping import Entry, torch_mapping
 from funcnet.interop.pytorch import ConversionReport, InteropError, from_torch, to_torch
@@ -49,6 +50,8 @@ __all__ = [
     "Kind",
     "NotRepresentable",
     "from_torch",
+    "hf",
+    "models",
     "to_torch",
     "torch_mapping",
 ]

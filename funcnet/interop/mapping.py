@@ -132,8 +132,9 @@ class _Walker:
         if path in self.rename and path not in self.used:
             torch = self.rename[path]
             self.used.add(path)
-        if _has_leaves((p, s)):
-            self.dispatch(as_layer(layer), p, s, path, torch, stack)
+        layer = as_layer(layer)
+        if _has_leaves((p, s)) or (self.shared and layer.name.startswith("shared ")):
+            self.dispatch(layer, p, s, path, torch, stack)
 
     def add(self, path: str, entry: Entry) -> None:
         self.entries[path] = entry
