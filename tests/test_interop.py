@@ -543,3 +543,94 @@ def test_resnet_from_a_torchvision_layout_state_dict():
     fresh.load_state_dict(interop.to_torch(model, params, state), strict=True)
     with torch.no_grad():
         np.testing.assert_allclose(fresh(torch.from_numpy(images)).numpy(), want, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# More refusals: each says what and how to fix it
+
+
+def test_custom_kinds_and_what_they_may_not_do():
+    double = interop.Kind(
+        export=lambda p, s, e: {"weight": p["w"].T / 2, "bias": p["b"]},
+        load=lambda get, p, s, e: ({"w": get("weight").T * 2, "b": get("bias")}, s),
+    )
+    model, x = fn.Dense(3), jnp.zeros((1, 4))
+    params, state = model.init(jax.random.key(0), x)
+    sd = interop.to_torch(model, params, state, mapping={"": Entry(double, "")}, as_numpy=True)
+    np.testing.assert_allclose(sd["weight"], np.asarray(params["w"]).T / 2)
+    back, _ = interop.from_torch(model, x, sd, mapping={"": Entry(double, "")})
+    np.testing.assert_allclose(back["w"], params["w"])
+    broken = double._replace(load=lambda get, p, s, e: ({"w": get("weight"), "b": get("bias")}, s))
+    with pytest.raises(
+        InteropError,
+        match=r"params/w: the kind made shape \(3, 4\), expected "
+        r"\(4, 3\)\nFix the custom `Kind`'s `load`",
+    ):
+        interop.from_torch(model, x, sd, mapping={"": Entry(broken, "")})
+
+
+def test_mapping_errors_of_to_torch():
+    model = fn.serial(fn.Dense(3), fn.Dense(3))
+    params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+    twice = {"0": Entry("linear", "fc"), "1": Entry("linear", "fc")}
+    with pytest.raises(
+        InteropError,
+        match=r"fc.weight: written by two mapping entries \(one is "
+        r"`1`\)",
+    ):
+        interop.to_torch(model, params, state, mapping=twice, as_numpy=True)
+    with pytest.raises(
+        InteropError,
+        match=r"unmapped \(1\):\n    params/1/b, params/1/w: no "
+        r"mapping entry covers them; add `mapping\['1'\] = Entry\(kind='linear'",
+    ):
+        interop.to_torch(model, params, state, mapping={"0": Entry("linear", "0")}, as_numpy=True)
+    with pytest.raises(TypeError, match=r"`mapping` must be a dict \{funcnet_path: Entry\}"):
+        interop.to_torch(model, params, state, mapping=[("0", "fc")], as_numpy=True)
+    up = fn.ConvTranspose(6, 3)
+    p, s = up.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
+    with pytest.raises(InteropError, match=r"`groups=4` does not divide the 6 output channels"):
+        interop.to_torch(up, p, s, mapping={"": Entry("conv_transpose", "", groups=4)})
+
+
+def test_nested_repeats_need_a_hand_written_mapping():
+    model = fn.repeat(fn.repeat(fn.Dense(4), 2), 3)
+    with pytest.raises(
+        ValueError, match=r"`` is a `repeat` inside a `repeat`; give the mapping by"
+    ):
+        interop.torch_mapping(model, jnp.zeros((1, 4)))
+
+
+def test_reference_model_configs_are_checked():
+    from funcnet.interop.models import bert, gpt2, resnet
+
+    base = {"vocab_size": 11, "n_positions": 8, "n_embd": 4, "n_layer": 1, "n_head": 2}
+    with pytest.raises(
+        ValueError, match=r"`scale_attn_by_inverse_layer_idx=True` is not supported"
+    ):
+        gpt2({**base, "scale_attn_by_inverse_layer_idx": True})
+    with pytest.raises(ValueError, match=r"`activation_function='mish'` is not supported; supp"):
+        gpt2({**base, "activation_function": "mish"})
+    with pytest.raises(TypeError, match="expected a config dict"):
+        gpt2(["n_embd", 4])
+    config = {
+        "vocab_size": 9,
+        "hidden_size": 4,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 8,
+        "max_position_embeddings": 5,
+    }
+    with pytest.raises(ValueError, match=r"`position_embedding_type='relative_key'` is not"):
+        bert({**config, "position_embedding_type": "relative_key"})
+    model, ids = bert(config), jnp.ones((2, 5), jnp.int32)
+    with pytest.raises(fn.LayerError, match=r"longer than `max_position_embeddings=5`"):
+        model.init(jax.random.key(0), jnp.ones((2, 6), jnp.int32))
+    with pytest.raises(fn.LayerError, match=r"got keys \['attention_mask', 'x'\]"):
+        model.init(jax.random.key(0), {"x": ids, "attention_mask": ids})
+    with pytest.raises(fn.LayerError, match=r"expected 'mask' of the ids' shape \(2, 5\), got"):
+        model.init(jax.random.key(0), {"x": ids, "mask": jnp.ones((2, 4), bool)})
+    with pytest.raises(fn.LayerError, match=r"expected integer token ids \(N, T\), got float32"):
+        model.init(jax.random.key(0), jnp.ones((2, 5)))
+    with pytest.raises(ValueError, match=r"one entry per stage, got \(1, 1\) and \(8,\)"):
+        resnet((1, 1), (8,))

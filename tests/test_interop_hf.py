@@ -253,3 +253,18 @@ def test_weights_that_do_not_fit_the_config_are_listed(tmp_path):
         r"expected \(61, 8\), got \(61, 16\)",
     ):
         hf.from_pretrained(tmp_path)
+
+
+def test_malformed_config_and_index(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InteropError, match=r"config\.json` is not valid JSON"):
+        hf.read_config(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(InteropError, match=r"must hold a JSON object, got list"):
+        hf.read_config(tmp_path)
+    (tmp_path / hf.INDEX).write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(InteropError, match=r"needs a \"weight_map\" object"):
+        hf.read_weights(tmp_path)
+    (tmp_path / hf.INDEX).write_text("{")
+    with pytest.raises(InteropError, match=r"index\.json` is not valid JSON"):
+        hf.read_weights(tmp_path)

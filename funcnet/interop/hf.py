@@ -237,6 +237,27 @@ def from_pretrained(folder: str | os.PathLike, *, strict_heads: bool = False) ->
             :func:`read_weights`; an :class:`InteropError` also for an
             unsupported ``model_type`` and for weights that do not fit the
             config (every tensor listed, see :func:`~funcnet.interop.from_torch`).
+
+    Examples:
+        A folder written without torch (funcnet's GPT-2 exported in the
+        checkpoint's names), read back:
+
+        >>> import json, os, tempfile, jax, jax.numpy as jnp
+        >>> from funcnet.checkpoint import save
+        >>> from funcnet.interop import to_torch
+        >>> from funcnet.interop.models import gpt2, gpt2_mapping
+        >>> config = {"model_type": "gpt2", "vocab_size": 11, "n_positions": 8, "n_embd": 4,
+        ...           "n_layer": 2, "n_head": 2}
+        >>> model = gpt2(config)
+        >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
+        >>> sd = to_torch(model, params, state, mapping=gpt2_mapping(config), as_numpy=True)
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = save(os.path.join(folder, "model.safetensors"), sd)
+        >>> with open(os.path.join(folder, "config.json"), "w") as f:
+        ...     json.dump(config, f)
+        >>> loaded = from_pretrained(folder)
+        >>> bool((loaded.params["shared"]["table"] == params["shared"]["table"]).all())
+        True
     """
     config = read_config(folder)
     model_type = config.get("model_type")
