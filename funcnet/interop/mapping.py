@@ -238,7 +238,8 @@ class _Walker:
                 _join(path, f"mlp/{used.pop(0)}", "/"),
                 Entry("layer_norm", _join(torch, mlp_norm), stack=stack),
             )
-        for i, linear in zip(used, ("linear1", "linear2")):
+        # the first and last Dense (an activation with params in between stays unmapped)
+        for i, linear in zip((used[0], used[-1]), ("linear1", "linear2")):
             self.add(
                 _join(path, f"mlp/{i}", "/"), Entry("linear", _join(torch, linear), stack=stack)
             )
