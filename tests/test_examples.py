@@ -132,6 +132,8 @@ SMOKE = {
     # character frequencies alone (a unigram model) give about 4.6 bits per character
     "transformer_lm": ("validation bits per character: ", lambda v: v[0] < 4.3),
     "data_parallel": ("test accuracy: ", lambda v: v[0] > 0.5),
+    # (largest logit difference, fraction of greedy tokens equal) against transformers
+    "hf_gpt2": ("logits max abs difference vs transformers: ", lambda v: v[0] < 1e-4 and v[1] == 1),
 }
 
 
@@ -144,6 +146,9 @@ def test_example_runs_from_the_command_line(name, tmp_path):
     pytest.importorskip("sklearn")
     if name == "mnist1d":
         pytest.importorskip("mnist1d")
+    if name == "hf_gpt2":
+        pytest.importorskip("torch")
+        pytest.importorskip("transformers")
     command = [sys.executable, str(EXAMPLES / f"{name}.py"), "--smoke"]
     if name in ("gan", "vae"):
         command += ["--out", str(tmp_path / f"{name}.png")]
