@@ -655,3 +655,14 @@ def test_a_single_out_of_range_label_is_caught(key):
     loss = "sparse_categorical_cross_entropy"
     with pytest.raises(ValueError, match=r"got labels in \[7, 7\]"):
         fn.evaluate(model, params, state, (x[:1], y[:1] * 0 + 7), loss=loss)
+
+
+def test_checkpoint_every_saves_mid_epoch_over_an_iterable(tmp_path, key):
+    """The first epoch over an iterable does not know its length yet; mid-epoch saves happen
+    all the same, and the epoch-end save (with the logs) comes last."""
+    x, y = blobs(32)
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
+    manager = fn.CheckpointManager(tmp_path, max_to_keep=None)
+    loss = "sparse_categorical_cross_entropy"
+    fn.fit(mlp(), optax.sgd(0.1), loss, batches, checkpoint=manager, checkpoint_every=2, verbose=0)
+    assert manager.all_steps() == [2, 4]

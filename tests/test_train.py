@@ -543,3 +543,28 @@ def test_compose_optimizer_skips_nothing_by_default():
     params = {"w": jnp.zeros(2)}
     updates, _ = opt.update({"w": jnp.full(2, jnp.nan)}, opt.init(params), params)
     assert np.isnan(updates["w"]).all()
+
+
+def test_compute_dtype_loss_is_taken_in_float32(key):
+    """Outputs computed in bfloat16 are cast to float32 before the loss (a bfloat16 mean over
+    the batch would be off by ~1e-3 relative)."""
+    x, y = data(n=64, d=8, k=4)
+    model = fn.Dense(4)
+    ts = TrainState.create(model, optax.sgd(0.0), key, x)
+    _, logs = train_step(model, "mse", optax.sgd(0.0), compute_dtype=jnp.bfloat16)(ts, (x, y))
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), ts.params)
+    out, _ = model.apply(half, ts.state, x.astype(jnp.bfloat16))
+    expected = np.mean((np.asarray(out, np.float32) - y) ** 2)
+    np.testing.assert_allclose(float(logs["loss"]), expected, rtol=1e-6)
+
+
+def test_accumulation_with_per_output_weights(key):
+    """Weights of shape (batch, outputs) weigh each row by its total under accumulation."""
+    x, y = data(n=8, k=2)
+    w = np.random.default_rng(1).uniform(0, 2, size=(8, 2)).astype(np.float32)
+    model = fn.Dense(2)
+    opt = optax.sgd(0.1)
+    ts = TrainState.create(model, opt, key, x)
+    big, _ = train_step(model, "mse", opt)(ts, (x, y, w))
+    acc, _ = train_step(model, "mse", opt, accumulate_steps=2)(ts, (x, y, w))
+    chex.assert_trees_all_close(acc.params, big.params, rtol=1e-5, atol=1e-6)
