@@ -14,7 +14,10 @@ every combinator already threads through (``repeat`` stacks it per block and
 scans over it), so the model decodes with its ordinary ``apply``: given new
 tokens ``(N, T)`` and that state it returns their logits and the updated
 state. No combinator, and no user-written block built from them, needs to
-know about caches.
+know about caches. (The stacks of :func:`~funcnet.transformer_encoder` and
+:func:`~funcnet.transformer_decoder` keep one state per block while
+decoding, rather than ``repeat``'s stacked state, so that no cache is
+copied in and out of a scan at every token; their params are unchanged.)
 
 **Ragged batches are right-padded.** Row ``i`` of a batch of prompts
 ``(N, P)`` holds its ``lengths[i]`` tokens first and padding after. The
@@ -37,12 +40,13 @@ from funcnet._checks import check_number, check_positive_int, is_int
 from funcnet.core import Layer, Params, State, as_layer, spec_of
 from funcnet.layers.attention import KVCache
 from funcnet.layers.positional import CacheRequest, Positions, requesting_cache
+from funcnet.layers.transformer import BlockStates
 
 __all__ = ["cache_positions", "generate", "init_cache", "set_cache_positions"]
 
 
 def _is_node(x) -> bool:
-    return isinstance(x, (KVCache, Positions))
+    return isinstance(x, (KVCache, Positions, BlockStates))
 
 
 def init_cache(
@@ -99,7 +103,8 @@ def init_cache(
     with requesting_cache(CacheRequest(max_len, dtype)):
         # a function object of our own: JAX must not reuse a trace made outside the request
         _, cached = jax.eval_shape(lambda k, x: layer.init(k, x), jax.random.key(0), spec)
-    nodes = [x for x in jax.tree.leaves(cached, is_leaf=_is_node) if isinstance(x, KVCache)]
+    is_cache = lambda x: isinstance(x, KVCache)
+    nodes = [x for x in jax.tree.leaves(cached, is_leaf=is_cache) if is_cache(x)]
     if not nodes:
         raise ValueError(
             f"init_cache: the model {layer.name} has no layer that keeps a KV cache (a "
@@ -107,18 +112,41 @@ def init_cache(
             "decoded token by token. Use `generate(..., use_cache=False)`."
         )
 
-    def fill(new, old):
-        if _is_node(new):
-            return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), new)
-        return old
-
     try:
-        return jax.tree.map(fill, cached, state, is_leaf=_is_node)
-    except (ValueError, TypeError) as err:
+        return _merge(cached, state)
+    except ValueError as err:
         raise ValueError(
             f"init_cache: `state` does not have the structure of the state of {layer.name} "
             f"({err}). Pass the state returned by `model.init` (or by training)."
         ) from None
+
+
+def _zeros(spec):
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), spec)
+
+
+def _merge(new, old):
+    """The decoding state ``new`` (specs) with the entries of the model's ``old`` state.
+
+    A decoding state (a cache, positions, a stack's per-block states) is
+    zeros; elsewhere the two must have one structure and ``old``'s arrays are
+    kept.
+    """
+    if _is_node(new):
+        stateful = not isinstance(old, BlockStates) and jax.tree.leaves(old)
+        if isinstance(new, BlockStates) and stateful:
+            raise ValueError("a stack of blocks with state of their own cannot decode")
+        return _zeros(new)
+    if isinstance(new, jax.ShapeDtypeStruct):
+        if jnp.shape(old) != new.shape:
+            raise ValueError(f"an entry of shape {jnp.shape(old)} where {new.shape} was expected")
+        return old
+    one_level = lambda tree: jax.tree_util.tree_flatten(tree, is_leaf=lambda x: x is not tree)
+    new_children, new_def = one_level(new)
+    old_children, old_def = one_level(old)
+    if new_def != old_def:
+        raise ValueError(f"{old_def} where {new_def} was expected")
+    return new_def.unflatten([_merge(a, b) for a, b in zip(new_children, old_children)])
 
 
 def set_cache_positions(state: State, lengths: jax.typing.ArrayLike) -> State:

@@ -12,6 +12,7 @@ import funcnet as fn
 from funcnet.core import LayerError
 from funcnet.generation import _filter, cache_positions, set_cache_positions
 from funcnet.layers.attention import KVCache
+from funcnet.layers.transformer import BlockStates
 
 VOCAB = 11
 
@@ -80,6 +81,8 @@ def test_cached_decoding_equals_full_recomputation(kv_heads, rope):
         logits, cache = step(params, cache, seq[:, t : t + 1])
         close(logits[:, 0], full[:, t])
     np.testing.assert_array_equal(cache_positions(cache), [12, 12])
+    fresh = fn.init_cache(model, cache, seq, max_len=12)  # a used cache, made empty again
+    np.testing.assert_array_equal(cache_positions(fresh), [0, 0])
 
 
 @pytest.mark.parametrize("rope", [False, True], ids=["learned", "rope"])
@@ -124,9 +127,12 @@ def test_sinusoidal_and_encoder_decoder_models_decode_with_the_cache(key):
     params, state = dec.init(key, {"x": x, "memory": memory})
     full, _ = dec.apply(params, state, {"x": x, "memory": memory})
     cache = fn.init_cache(dec, state, {"x": x, "memory": memory}, max_len=5)
-    blocks = cache[0]["self_attention"][2]
-    assert isinstance(blocks, KVCache) and blocks.k.shape == (2, 2, 5, 2, 4)  # stacked by repeat
-    assert cache[0]["cross_attention"][2] == ()
+    # one state per block while decoding (params stay stacked): no caches copied by a scan
+    assert isinstance(cache[0], BlockStates) and len(cache[0].blocks) == 2
+    first = cache[0].blocks[0]
+    assert isinstance(first["self_attention"][2], KVCache)
+    assert first["self_attention"][2].k.shape == (2, 5, 2, 4)
+    assert first["cross_attention"][2] == ()
     for t in range(5):
         out, cache = dec.apply(params, cache, {"x": x[:, t : t + 1], "memory": memory})
         close(out["x"][:, 0], full["x"][:, t])
