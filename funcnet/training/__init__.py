@@ -16,6 +16,8 @@ metrics, data, distributed and persistence never import training):
   device or a mesh (:class:`~funcnet.training.feed.Placement`).
 - :mod:`~funcnet.training.callbacks`, :mod:`~funcnet.training.history`: host-side
   hooks between epochs, and the logs of a run.
+- :mod:`~funcnet.training.stacked`: N models on a leading axis, trained by one
+  vmapped step (seeds, ensembles, sweeps).
 - :mod:`~funcnet.training.loop`: :func:`fit` / :func:`evaluate` / :func:`predict`,
   one body each.
 """
@@ -25,6 +27,21 @@ from funcnet.training.fused import fused_runner, logs_add, logs_compute, logs_in
 from funcnet.training.history import History
 from funcnet.training.loop import evaluate, fit, predict
 from funcnet.training.options import compose_optimizer
+from funcnet.training.stacked import (
+    ensemble_predict,
+    hparams_of,
+    model_at,
+    model_orders,
+    shard_models,
+    stack_init,
+    stack_models,
+    stacked_evaluate,
+    stacked_predict,
+    stacked_runner,
+    stacked_train_step,
+    take_batches,
+    with_hparams,
+)
 from funcnet.training.step import TrainState, eval_step, predict_step, train_step
 
 __all__ = [
@@ -43,4 +60,17 @@ __all__ = [
     "predict",
     "predict_step",
     "train_step",
+    "ensemble_predict",
+    "hparams_of",
+    "model_at",
+    "model_orders",
+    "shard_models",
+    "stack_init",
+    "stack_models",
+    "stacked_evaluate",
+    "stacked_predict",
+    "stacked_runner",
+    "stacked_train_step",
+    "take_batches",
+    "with_hparams",
 ]
