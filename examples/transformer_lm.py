@@ -276,16 +276,8 @@ def main(
 
     prompt = vocab.decode(vocab.encode(prompt)[-(context // 2) :])  # known characters
     length = sample_length or context - len(prompt)
-    samples, tokens_per_s = sample_text(
-        model,
-        state.params,
-        state.state,
-        vocab,
-        prompt,
-        length=length,
-        temperature=temperature,
-        seed=seed + 1,
-    )
+    options = dict(length=length, temperature=temperature, seed=seed + 1)
+    samples, tokens_per_s = sample_text(model, state.params, state.state, vocab, prompt, **options)
     generated = samples[0]
     print(
         f"--- sample (temperature {temperature}; 8 rows x {length} characters with a KV cache: "

@@ -562,6 +562,18 @@ def test_apply_rope_matches_numpy_and_rotary_layer():
     close(apply_rope(y, base=100.0), np_rope(y, np.arange(5), base=100.0), tol=1e-5)
 
 
+def test_apply_rope_looks_up_traced_positions_in_an_exact_table():
+    x = rand(2, 5, 3, 8)
+    positions = np.array([[3, 4, 5, 6, 7], [0, 2, 4, 6, 40]])
+    static = jax.jit(lambda x: apply_rope(x, positions))(x)  # float64 angles, then cast
+    looked_up = jax.jit(lambda x, p: apply_rope(x, p, max_len=41))(x, jnp.asarray(positions))
+    np.testing.assert_array_equal(np.asarray(looked_up), np.asarray(static))
+    beyond = jax.jit(lambda x, p: apply_rope(x, p, max_len=8))(x, jnp.asarray(positions))
+    assert np.isnan(np.asarray(beyond)[1, 4]).all() and np.isfinite(np.asarray(beyond)[0]).all()
+    with pytest.raises(ValueError, match=r"apply_rope: `max_len` must be an int >= 1, got 0"):
+        apply_rope(x, positions, max_len=0)
+
+
 def test_rope_dot_products_depend_only_on_relative_position():
     q, k = rand(1, 1, 16), rand(1, 1, 16, seed=1)
 

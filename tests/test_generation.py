@@ -398,5 +398,32 @@ def test_cache_errors(key):
         LayerError, match=r"PositionalEmbedding\(8\): the decoding state holds positions for 2 rows"
     ):
         positional.apply(p, cache[0], jnp.ones((3, 1, 4)))
+    with pytest.raises(
+        LayerError, match=r"PositionalEmbedding\(8\): got 5 new tokens for a decoding state of "
+    ):
+        positional.apply(p, cache[0], jnp.ones((2, 5, 4)))
+    with pytest.raises(LayerError, match=name + r"got a KV cache and `memory`"):
+        mha.apply(params, cache[1], {"x": x, "memory": x})
     with pytest.raises(ValueError, match=r"cache_positions: `state` holds no cache"):
         cache_positions(((), ()))
+
+
+def test_stack_decoding_state_errors(key):
+    lm = make_lm(layers=2)
+    seq = tokens(2, 3)
+    params, state = lm.init(key, seq)
+    cache = fn.init_cache(lm, state, seq, 6)
+    stack = cache[2][0]
+    short = (*cache[:2], (BlockStates(stack.blocks[:1]), cache[2][1]), cache[3])
+    with pytest.raises(
+        LayerError, match=r"serial\[2\] serial\[0\] repeat: expected a decoding state of 2 blocks"
+    ):
+        lm.apply(params, short, seq)
+    stateful = (*state[:2], ({"stats": jnp.zeros(2)}, state[2][1]), state[3])
+    with pytest.raises(ValueError, match=r"`state` does not .* blocks with state of their own"):
+        fn.init_cache(lm, stateful, seq, 6)
+    bn = fn.serial(fn.Embedding(VOCAB, 8), fn.MultiHeadAttention(2, causal=True), fn.BatchNorm())
+    params, state = bn.init(key, seq)
+    wrong = (*state[:2], {"mean": jnp.zeros(3), "var": jnp.ones(8)})
+    with pytest.raises(ValueError, match=r"an entry of shape \(3,\) where \(8,\) was expected"):
+        fn.init_cache(bn, wrong, seq, 6)
