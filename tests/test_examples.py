@@ -194,6 +194,39 @@ def test_mnist1d_models_have_the_reference_sizes():
     assert 0.5 * bound < float(np.abs(b).max()) <= bound  # biases drawn too, not zeros
 
 
+def test_mnist1d_stacked_seeds_equal_fit_per_seed():
+    """The example's stacked run of the seeds is fit(shuffle=False) run once per seed."""
+    pytest.importorskip("mnist1d")
+    import optax
+
+    import funcnet as fn
+
+    mnist1d = load("mnist1d")
+    train, test = fn.datasets.load_mnist1d(channel_axis=True)
+    model = mnist1d.make_model("mlp", mlp_hidden=16)
+    accuracies, seconds, stack = mnist1d.train_seeds(model, train, test, steps=80, seeds=2)
+    assert accuracies.shape == (2,) and seconds > 0
+    for seed in range(2):
+        ts, _ = fn.fit(
+            model,
+            optax.adam(1e-2),
+            "sparse_categorical_cross_entropy",
+            train,
+            epochs=2,
+            batch_size=100,
+            shuffle=False,
+            steps_per_execution=40,
+            key=jax.random.key(seed),
+            verbose=0,
+        )
+        for a, b in zip(
+            jax.tree.leaves(fn.model_at(stack.params, seed)), jax.tree.leaves(ts.params)
+        ):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+        logs = fn.evaluate(model, ts.params, ts.state, test, metrics=["accuracy"], batch_size=1000)
+        assert accuracies[seed] == pytest.approx(100 * logs["accuracy"], abs=0.25)
+
+
 def test_transformer_lm_windows_and_generation():
     import funcnet as fn
 
