@@ -232,10 +232,10 @@ def test_nonfinite_step_is_reported(key):
 
     with pytest.raises(FloatingPointError, match=r"NaN/Inf at step 0 \(epoch 1\)"):
         fn.fit(mlp(), optax.sgd(0.1), broken_loss, (x, y), batch_size=50, verbose=0)
-    # an iterable of batches, the third one with a NaN: the step is named, with any nan_guard
+    # an iterable of batches, the third one with a NaN: the step is named
     batches = [(x[i : i + 50].copy(), y[i : i + 50]) for i in range(0, 200, 50)]
     batches[2][0][7, 1] = np.nan
-    for guard in (False, "report", "skip"):
+    for guard in (False, "report"):
         with pytest.raises(FloatingPointError, match=r"NaN/Inf at step 2 \(epoch 1\)"):
             fn.fit(
                 mlp(),
@@ -666,3 +666,21 @@ def test_checkpoint_every_saves_mid_epoch_over_an_iterable(tmp_path, key):
     loss = "sparse_categorical_cross_entropy"
     fn.fit(mlp(), optax.sgd(0.1), loss, batches, checkpoint=manager, checkpoint_every=2, verbose=0)
     assert manager.all_steps() == [2, 4]
+
+
+def test_nan_guard_skip_skips_and_counts_nonfinite_steps(key):
+    """fit(nan_guard="skip"): a NaN batch's update is skipped (with SGD, the params are those of
+    training on the other batches), its loss and metrics left out, and the count logged."""
+    x, y = blobs(200)
+    batches = [(x[i : i + 50].copy(), y[i : i + 50]) for i in range(0, 200, 50)]
+    bad = [(b[0].copy(), b[1]) for b in batches]
+    bad[2][0][7, 1] = np.nan
+    loss = "sparse_categorical_cross_entropy"
+    kw = dict(epochs=2, key=key, verbose=0, metrics=["accuracy"])
+    ts, h = fn.fit(mlp(), optax.sgd(0.1), loss, bad, nan_guard="skip", **kw)
+    good = batches[:2] + batches[3:]
+    ref, h_ref = fn.fit(mlp(), optax.sgd(0.1), loss, good, **kw)
+    chex.assert_trees_all_close(ts.params, ref.params, rtol=1e-6, atol=1e-7)
+    assert h["skipped_steps"] == [1, 1] and "skipped_steps" not in h_ref.history
+    np.testing.assert_allclose(h["loss"], h_ref["loss"], rtol=1e-6)
+    np.testing.assert_allclose(h["accuracy"], h_ref["accuracy"], rtol=1e-6)

@@ -38,6 +38,7 @@ def logs_init(metrics: dict) -> dict:
         "loss_total": jnp.zeros((), jnp.float32),
         "loss_count": jnp.zeros((), jnp.float32),
         "nonfinite_step": jnp.full((), -1, jnp.int32),
+        "nonfinite_count": jnp.zeros((), jnp.int32),
         "metrics": {k: m.init() for k, m in metrics.items()},
     }
 
@@ -45,8 +46,11 @@ def logs_init(metrics: dict) -> dict:
 def logs_add(metrics: dict, acc: dict, logs: dict, weight, step=None) -> dict:
     """``acc`` plus one batch's ``logs`` (its loss counted ``weight`` times).
 
-    With ``step``, the first step whose loss (or ``logs["nonfinite"]``) was
-    NaN/Inf is recorded in ``acc["nonfinite_step"]``.
+    With ``step`` (training), a step whose loss (or ``logs["nonfinite"]``) is
+    NaN/Inf adds nothing but its count to ``acc["nonfinite_count"]``, and the
+    first such step is recorded in ``acc["nonfinite_step"]``: its update was
+    skipped (``nan_guard="skip"``) or ``fit`` stops. Evaluation (no ``step``)
+    counts every batch, so a NaN output shows as a NaN loss.
     """
     loss = logs["loss"].astype(jnp.float32)
     weight = jnp.asarray(weight, jnp.float32)
@@ -54,12 +58,18 @@ def logs_add(metrics: dict, acc: dict, logs: dict, weight, step=None) -> dict:
         "loss_total": acc["loss_total"] + jnp.where(weight > 0, loss * weight, 0.0),
         "loss_count": acc["loss_count"] + weight,
         "nonfinite_step": acc["nonfinite_step"],
+        "nonfinite_count": acc["nonfinite_count"],
         "metrics": {k: m.merge(acc["metrics"][k], logs[k]) for k, m in metrics.items()},
     }
     if step is not None:
         bad = logs["nonfinite"] if "nonfinite" in logs else ~jnp.isfinite(loss)
         first = (acc["nonfinite_step"] < 0) & bad
-        out["nonfinite_step"] = jnp.where(first, step, acc["nonfinite_step"])
+        kept = jax.tree.map(lambda new, old: jnp.where(bad, old, new), out, acc)
+        out = {
+            **kept,
+            "nonfinite_step": jnp.where(first, step, acc["nonfinite_step"]),
+            "nonfinite_count": acc["nonfinite_count"] + bad.astype(jnp.int32),
+        }
     return out
 
 

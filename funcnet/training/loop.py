@@ -281,9 +281,9 @@ def _check_best_metric(manager, metrics: dict, validation: bool) -> None:
         )
 
 
-def _check_finite(acc: dict, epoch: int) -> None:
+def _check_finite(acc: dict, epoch: int, skipping: bool = False) -> None:
     bad_step = int(acc["nonfinite_step"])
-    if bad_step >= 0:
+    if bad_step >= 0 and not skipping:
         raise FloatingPointError(
             f"fit: the loss was NaN/Inf at step {bad_step} (epoch {epoch + 1}). Check the "
             "inputs for NaN/Inf, lower the learning rate, or clip gradients "
@@ -435,7 +435,9 @@ def fit(
         ValueError: for inconsistent or empty data, NaN/Inf in the arrays,
             labels out of range, bad arguments.
         FloatingPointError: when a step produced a NaN/Inf loss (the message
-            names the step).
+            names the step). With ``nan_guard="skip"`` such a step's update is
+            skipped instead, its loss and metrics left out of the epoch's, and
+            the epoch's count logged as ``skipped_steps``.
     """
     model = as_layer(model)
     loss_fn = resolve_loss(loss, "fit")
@@ -443,6 +445,7 @@ def fit(
     both = bool(validation_split) and validation_data is not None
     _check_fit_args(batch_size, epochs, steps_per_execution, both, param_sharding, mesh)
     placement = Placement(mesh, "fit")
+    skipping = step_options.get("nan_guard") == "skip"
     optimizer, step_options = _compose(optimizer, dict(step_options))
     step = train_step(model, loss_fn, optimizer, metrics=metrics, **step_options)
     key = jax.random.key(0) if key is None else key
@@ -472,7 +475,7 @@ def fit(
         validate = _validator(
             model, loss_fn, metrics, placement, validation_data, validation_batch_size, check
         )
-    run = _Run(feed, manager, checkpoint_every, callbacks, verbose, epochs)
+    run = _Run(feed, manager, checkpoint_every, callbacks, verbose, epochs, skipping)
     ts, history = run.epochs(ts, key, shuffle, metrics, placement, validate)
     return placement.to_user(ts), history
 
@@ -498,9 +501,10 @@ def _validator(model, loss_fn, metrics, placement, data, batch_size, check):
 class _Run:
     """The epochs of one ``fit`` call: steps, checkpoints, callbacks, logs."""
 
-    def __init__(self, feed, manager, checkpoint_every, callbacks, verbose, epochs):
+    def __init__(self, feed, manager, checkpoint_every, callbacks, verbose, epochs, skipping):
         self.feed, self.manager, self.every = feed, manager, checkpoint_every
         self.callbacks, self.verbose, self.n_epochs = callbacks, verbose, epochs
+        self.skipping = skipping  # nan_guard="skip": non-finite steps are skipped and counted
 
     def epochs(self, ts, key, shuffle, metrics, placement, validate):
         history = History()
@@ -517,8 +521,10 @@ class _Run:
             for ts, acc, k, last in steps_run:
                 self._after_steps(ts, acc, epoch, last)
                 progress.update(k, acc)
-            _check_finite(acc, epoch)
+            _check_finite(acc, epoch, self.skipping)
             logs = logs_compute(metrics, acc)
+            if self.skipping:
+                logs["skipped_steps"] = int(acc["nonfinite_count"])
             if validate is not None:
                 logs.update(validate(ts))
             lr = _learning_rate(ts.opt_state)
@@ -539,5 +545,5 @@ class _Run:
             return
         if last:  # the epoch-end save (with its logs) follows
             return
-        _check_finite(acc, epoch)  # never save a diverged model
+        _check_finite(acc, epoch, self.skipping)  # never save a diverged model
         self.manager.save(int(ts.step), ts)
