@@ -195,6 +195,9 @@ def test_contrast_hand_computed_and_keeps_channel_means(key):
     x = jnp.array([[1.0, 3.0], [10.0, 20.0]]).T.reshape(1, 1, 2, 2)  # channels (1, 3), (10, 20)
     y = random_contrast(3.0, 3.0)(key, x)
     np.testing.assert_allclose(y[0, 0], [[-1.0, 0.0], [5.0, 30.0]])
+    # the mean is over all spatial axes (height too), not per row
+    square = jnp.array([[0.0, 2.0], [4.0, 6.0]]).reshape(1, 2, 2, 1)
+    np.testing.assert_allclose(random_contrast(2.0, 2.0)(key, square)[0, ..., 0], [[-3, 1], [5, 9]])
     z = random_contrast(0.2, 1.8)(key, _images())
     np.testing.assert_allclose(z.mean(axis=(1, 2)), _images().mean(axis=(1, 2)), atol=1e-5)
 

@@ -516,3 +516,14 @@ def test_batches_part_must_index_the_parts():
 def test_k_fold_defaults_to_five_folds():
     folds = list(k_fold(10))
     assert len(folds) == 5 and all(len(val) == 2 for _, val in folds)
+
+
+def test_standardizer_statistics_keep_the_reduced_axes():
+    x = np.random.default_rng(0).normal(size=(10, 3, 2))
+    norm = Standardizer.fit(x, axis=(0, 1))
+    assert norm.mean.shape == norm.std.shape == (1, 1, 2)
+
+
+def test_batches_of_no_rows_are_none():
+    assert list(batches(np.zeros((0, 2)), 4)) == []
+    assert list(batches(np.zeros((0, 2)), 4, key=jax.random.key(0), shuffle=True)) == []

@@ -684,3 +684,14 @@ def test_nan_guard_skip_skips_and_counts_nonfinite_steps(key):
     assert h["skipped_steps"] == [1, 1] and "skipped_steps" not in h_ref.history
     np.testing.assert_allclose(h["loss"], h_ref["loss"], rtol=1e-6)
     np.testing.assert_allclose(h["accuracy"], h_ref["accuracy"], rtol=1e-6)
+
+
+def test_validation_split_of_one_example_and_a_tuple_that_is_not_arrays(key):
+    x, y = blobs(20)
+    loss = "sparse_categorical_cross_entropy"
+    _, h = fn.fit(
+        mlp(), optax.sgd(0.1), loss, (x, y), batch_size=8, validation_split=0.05, verbose=0
+    )
+    assert len(h["val_loss"]) == 1  # round(20 * 0.05) = 1 validation example is enough
+    with pytest.raises(TypeError, match=r"expected a batch `\(inputs, targets\)`"):
+        fn.fit(mlp(), optax.sgd(0.1), loss, (x, "labels"), verbose=0)

@@ -568,3 +568,13 @@ def test_accumulation_with_per_output_weights(key):
     big, _ = train_step(model, "mse", opt)(ts, (x, y, w))
     acc, _ = train_step(model, "mse", opt, accumulate_steps=2)(ts, (x, y, w))
     chex.assert_trees_all_close(acc.params, big.params, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.5])
+def test_any_loss_scale_is_undone(key, scale):
+    x, y = data()
+    model = fn.Dense(2)
+    ts = TrainState.create(model, optax.sgd(0.1), key, x)
+    plain, _ = train_step(model, "mse", optax.sgd(0.1))(ts, (x, y))
+    scaled, _ = train_step(model, "mse", optax.sgd(0.1), loss_scale=scale)(ts, (x, y))
+    chex.assert_trees_all_close(scaled.params, plain.params, rtol=1e-6)
