@@ -18,40 +18,48 @@ The models, built from funcnet layers on inputs ``(N, 40, 1)``:
 
 Training is the reference's: Adam with learning rate 1e-2, batch 100, 8000
 steps taking the batches in order and cycling through the training set
-(``fit(shuffle=False)``, 200 epochs of 40 steps), softmax cross-entropy, and
-the test accuracy after the last step. Parameters start as in the reference
-code, which is PyTorch's: the defaults of ``nn.Linear``/``nn.Conv1d``
-(weights and biases uniform in ``+-1/sqrt(fan_in)``) and ``nn.GRU`` (every
-weight and bias uniform in ``+-1/sqrt(6)``); ``--init funcnet`` uses
-funcnet's defaults instead (Glorot-uniform weights, orthogonal recurrent
-weights, zero biases).
+(what ``fit(shuffle=False)`` does: 200 epochs of 40 steps), softmax
+cross-entropy, and the test accuracy after the last step. The seeds of a
+model train as one stack (:func:`funcnet.stack_init`,
+:func:`funcnet.stacked_train_step`, :func:`funcnet.stacked_runner`): one
+compiled program updates all of them on each shared batch (the CNNs' steps
+side by side, the other models' vmapped), and seed ``s``
+starts from the weights of ``fit(..., key=jax.random.key(s))`` and follows
+that run to float rounding (~1e-6 after 200 steps). Adam at 1e-2 amplifies
+rounding, so after 8000 steps the stacked and the single runs of a seed are
+different, equally good, models (e.g. MLP seed 1: 67.2% stacked with 8
+seeds, 66.5% with 3, 64.8% alone with ``fit``).
+
+Parameters start as in the reference code, which is PyTorch's: the defaults
+of ``nn.Linear``/``nn.Conv1d`` (weights and biases uniform in
+``+-1/sqrt(fan_in)``) and ``nn.GRU`` (every weight and bias uniform in
+``+-1/sqrt(6)``); ``--init funcnet`` uses funcnet's defaults instead
+(Glorot-uniform weights, orthogonal recurrent weights, zero biases).
 
 The MLP's hidden width is 256, the ``hidden_size`` of the reference's
 ``get_model_args()``; with the model class's own default, 100, the MLP falls
 short of 68% (``--mlp-hidden 100``, seeds 0-2: 64.2%, or 66.4% with
 ``--init funcnet``; the PyTorch reference code on the same data: 65.0%).
 
-Run (about 90 s on a 2-core CPU; the GRU takes 40% of it)::
+Run (about 2.5 minutes on a 2-core CPU for the 32 runs)::
 
     python examples/mnist1d.py
-    python examples/mnist1d.py --models cnn,gru --seeds 8
+    python examples/mnist1d.py --models cnn,gru --seeds 16
 
-It prints one row per model -- the published accuracy, the mean and standard
-deviation over the seeds, the training time per seed -- and ends with the
-line ``mnist1d test accuracy: logreg 31.5%, mlp ...``. Measured with the
-defaults (seeds 0, 1, 2; see ``examples/RESULTS.md``): logistic regression
-31.5 +- 0.0%, MLP 67.1 +- 1.8%, CNN 93.0 +- 1.1%, GRU 90.0 +- 2.4%: each
-within one point of the published number.
+It prints each model's per-seed test accuracies and one row per model -- the
+published accuracy, the mean and standard deviation over the seeds, the time
+to train all the seeds -- and ends with the line ``mnist1d test accuracy:
+logreg 31.5%, mlp ...``. Measured with the defaults (seeds 0-7; see
+``examples/RESULTS.md``): logistic regression 31.5 +- 0.0%, MLP 68.3 +-
+0.9%, CNN 93.3 +- 0.9%, GRU 89.2 +- 2.3% (single GRU runs from 85.4 to
+93.2%): each within two points of the published number, the GRU's spread
+being the widest.
 
-Single runs vary by several points from seed to seed, so 3 seeds pin the
-mean down only to about +-1 point. Over 8 seeds (``--seeds 8``): MLP 67.8 +-
-1.8%, CNN 93.4 +- 1.0%, GRU 89.1 +- 2.4% (single GRU runs from 84.7 to
-93.0%); with ``--init funcnet``: 68.8 +- 1.0%, 93.2 +- 1.1%, 90.1 +- 1.6%.
 The PyTorch reference code itself, run on the same data, gives MLP 68.8%,
 CNN 93.7% and GRU 91.7% (seeds 0-2), and with the same initial weights and
 batches funcnet's GRU follows it step for step (equal losses to 5 decimals
 over the first 500 steps).
-``--smoke`` trains every model for 200 steps on one seed.
+``--smoke`` trains every model for 200 steps on two seeds.
 """
 
 from __future__ import annotations
@@ -81,9 +89,14 @@ TRAIN, BATCH = 4000, 100
 # Steps fused into one compiled call: one call per epoch (a `lax.scan` of 40 steps) for
 # the dense and recurrent models; one step per call for the CNN, whose convolution
 # gradients XLA:CPU computes ~10x slower inside a rolled loop (and unrolled steps
-# compile for longer). 8 seeds, 400 steps, 2-core CPU: the stacked (vmapped) CNN 12.5 s,
-# with `method="unroll"` 17.2 s, 8 single runs 24.8 s; the GRU 16.9 s vs 43.6 s.
+# compile for longer). Under `jax.vmap` the 8 CNNs' convolutions become grouped
+# convolutions, slow on XLA:CPU, so the CNN's stack runs its 8 steps side by side in one
+# program (`method="unroll"`). Measured for 8 seeds on the 2-core CPU, interleaved, ms
+# per step of all 8 models: CNN 4.1 unrolled stack, 7.4 vmapped stack, 4.8 one model
+# after another (3.6 with 4 unrolled steps per call); GRU 7.3 stacked, 6.8 one after
+# another. On this CPU stacking saves dispatch, not compute (see bench/stacked.py).
 STEPS_PER_CALL = {"logreg": 40, "mlp": 40, "cnn": 1, "gru": 40}
+METHOD = {"logreg": "vmap", "mlp": "vmap", "cnn": "unroll", "gru": "vmap"}
 
 
 def _uniform(bound: float):
@@ -221,6 +234,7 @@ def main(
             steps=steps,
             seeds=seeds,
             steps_per_call=STEPS_PER_CALL[name],
+            method=METHOD[name],
             unroll=name == "cnn",
         )
         shown = " ".join(f"{a:.1f}" for a in accuracies)

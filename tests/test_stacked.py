@@ -154,6 +154,12 @@ def test_runner_equals_step_by_step(unroll):
         ref, logs = jitted(ref, fn.take_batches((x, y), jnp.arange(24), s, 8))
     assert_trees_close(ts.params, ref.params)
     np.testing.assert_allclose(losses[-1], logs["loss"], rtol=1e-6)
+    # a plain train_step in the same runner: one model, the stack's model 1
+    one = fn.model_at(fn.stack_init(model, opt, N, x), 1)
+    plain = fn.stacked_runner(fn.train_step(model, LOSS, opt), 8, unroll=unroll)
+    one, one_losses = plain(one, (x, y), jnp.arange(24), 2, 4)
+    assert one_losses.shape == (4,)
+    assert_trees_close(one.params, fn.model_at(ts, 1).params)
 
 
 def test_step_options_and_metrics_are_per_model():
@@ -281,6 +287,8 @@ def test_runner_errors():
         )
     with pytest.raises(ValueError, match=r"stacked_runner: `batch_size` must be an int >= 1"):
         fn.stacked_runner(fn.stacked_train_step(model, LOSS, opt), 0)
+    with pytest.raises(ValueError, match=r"model_orders: `num_rows` must be an int >= 1, got 0"):
+        fn.model_orders(jax.random.key(0), 2, 0)
 
 
 # ----------------------------------------------------------------------------- inference
