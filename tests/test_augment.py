@@ -308,3 +308,8 @@ def test_mixup_accepts_one_dimensional_float_targets_and_rejects_scalars():
     np.testing.assert_allclose(xm[:, 0], 2 * ym, rtol=1e-6)  # mixed alike: x[:, 0] == 2 y
     with pytest.raises(TypeError, match=r"targets must be floating \(N, \.\.\.\) arrays"):
         augment.mixup(0.5)(jax.random.key(1), (x, jnp.float32(1.0)))
+
+
+def test_default_parameters_as_documented():
+    assert augment.random_crop().__name__ == "random_crop(padding=4)"
+    assert augment.mixup().__name__ == "mixup(0.2)"

@@ -527,3 +527,17 @@ def test_standardizer_statistics_keep_the_reduced_axes():
 def test_batches_of_no_rows_are_none():
     assert list(batches(np.zeros((0, 2)), 4)) == []
     assert list(batches(np.zeros((0, 2)), 4, key=jax.random.key(0), shuffle=True)) == []
+
+
+def test_standardizer_constant_and_single_row_data():
+    zero = np.zeros((5, 2))  # std 0 and mean 0: divided by 1, not 0
+    np.testing.assert_array_equal(Standardizer.fit(zero).apply(zero), zero)
+    one = np.array([[1.0, 2.0]])  # one example is enough to fit (std 1 where it is 0)
+    np.testing.assert_array_equal(Standardizer.fit(one).apply(one), [[0.0, 0.0]])
+
+
+def test_k_fold_shuffles_by_default():
+    folds = [val.tolist() for _, val in k_fold(20, 4)]
+    assert folds != [list(range(i, i + 5)) for i in range(0, 20, 5)]
+    plain = [val.tolist() for _, val in k_fold(20, 4, shuffle=False)]
+    assert plain == [list(range(i, i + 5)) for i in range(0, 20, 5)]

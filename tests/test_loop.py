@@ -695,3 +695,23 @@ def test_validation_split_of_one_example_and_a_tuple_that_is_not_arrays(key):
     assert len(h["val_loss"]) == 1  # round(20 * 0.05) = 1 validation example is enough
     with pytest.raises(TypeError, match=r"expected a batch `\(inputs, targets\)`"):
         fn.fit(mlp(), optax.sgd(0.1), loss, (x, "labels"), verbose=0)
+
+
+def test_history_repr_shows_the_last_epoch():
+    from funcnet.training.history import History
+
+    h = History()
+    h.append(0, {"loss": 2.0})
+    h.append(1, {"loss": 1.5})
+    assert repr(h) == "History(epochs=2, last={'loss': 1.5})"
+
+
+def test_objects_with_some_array_attributes_are_not_arrays():
+    from types import SimpleNamespace
+
+    from funcnet.training.feed import is_arrays
+
+    x = np.zeros((4, 2), np.float32)
+    assert is_arrays((x, x))
+    for partial in (SimpleNamespace(shape=(4,)), SimpleNamespace(shape=(4,), dtype=np.float32)):
+        assert not is_arrays((x, partial))

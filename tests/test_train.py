@@ -40,18 +40,19 @@ def test_sgd_step_matches_numpy_gradient(key):
     assert int(ts2.step) == 1 and sorted(logs) == ["loss"]
 
 
-def test_l1_l2_apply_to_kernels_only(key):
+@pytest.mark.parametrize("l1, l2", [(0.01, 0.05), (0.01, 0.0), (0.0, 0.05)])
+def test_l1_l2_apply_to_kernels_only(key, l1, l2):
     x, y = data()
     model = fn.Dense(2)
     ts = TrainState.create(model, optax.sgd(0.1), key, x)
     w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])
-    step = train_step(model, "mse", optax.sgd(0.1), l1=0.01, l2=0.05)
+    step = train_step(model, "mse", optax.sgd(0.1), l1=l1, l2=l2)
     ts2, logs = step(ts, (x, y))
     gw, gb = mse_grads(w, b, x, y)
-    gw = gw + 0.01 * np.sign(w) + 2 * 0.05 * w
+    gw = gw + l1 * np.sign(w) + 2 * l2 * w
     np.testing.assert_allclose(ts2.params["w"], w - 0.1 * gw, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ts2.params["b"], b - 0.1 * gb, rtol=1e-5, atol=1e-6)
-    expected = np.mean((x @ w + b - y) ** 2) + 0.01 * np.abs(w).sum() + 0.05 * (w**2).sum()
+    expected = np.mean((x @ w + b - y) ** 2) + l1 * np.abs(w).sum() + l2 * (w**2).sum()
     np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
 
 
@@ -578,3 +579,17 @@ def test_any_loss_scale_is_undone(key, scale):
     plain, _ = train_step(model, "mse", optax.sgd(0.1))(ts, (x, y))
     scaled, _ = train_step(model, "mse", optax.sgd(0.1), loss_scale=scale)(ts, (x, y))
     chex.assert_trees_all_close(scaled.params, plain.params, rtol=1e-6)
+
+
+def test_accumulated_metrics_see_every_row(key):
+    """Metrics under accumulation see the outputs of all micro-batches, row for row."""
+    x, y = data(n=16, k=3)
+    labels = np.argmax(y, -1).astype(np.int32)
+    model = fn.Dense(3)
+    opt = optax.sgd(0.0)
+    ts = TrainState.create(model, opt, key, x)
+    kw = dict(metrics=["accuracy"])
+    _, one = train_step(model, "sparse_categorical_cross_entropy", opt, **kw)(ts, (x, labels))
+    step = train_step(model, "sparse_categorical_cross_entropy", opt, accumulate_steps=4, **kw)
+    _, four = step(ts, (x, labels))
+    chex.assert_trees_all_close(four["accuracy"], one["accuracy"])

@@ -27,7 +27,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnet import metrics as metrics_lib
 from funcnet._checks import check_positive_int
 from funcnet.core import Layer, as_layer
 from funcnet.training.callbacks import call_hooks
@@ -53,23 +52,16 @@ from funcnet.training.feed import (
 from funcnet.training.fused import has_conv, logs_add, logs_compute, logs_init
 from funcnet.training.history import History
 from funcnet.training.options import compose_optimizer
-from funcnet.training.step import TrainState, eval_step, predict_step, resolve_loss, train_step
+from funcnet.training.step import (
+    TrainState,
+    eval_step,
+    metric_dict,
+    predict_step,
+    resolve_loss,
+    train_step,
+)
 
 __all__ = ["evaluate", "fit", "make_evaluator", "predict"]
-
-
-def _metric_dict(metrics) -> dict:
-    if metrics is None:
-        return {}
-    if isinstance(metrics, Mapping):
-        return {k: metrics_lib.get(m) for k, m in metrics.items()}
-    if isinstance(metrics, (str, metrics_lib.Metric)):
-        metrics = [metrics]
-    out = {}
-    for m in metrics:
-        metric = metrics_lib.get(m)
-        out[m if isinstance(m, str) else metric.name] = metric
-    return out
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -151,7 +143,7 @@ def evaluate(
     """
     model = as_layer(model)
     loss_fn = resolve_loss(loss, "evaluate") if loss is not None else None
-    metrics = _metric_dict(metrics)
+    metrics = metric_dict(metrics)
     check_positive_int("evaluate", "batch_size", batch_size)
     placement = Placement(mesh, "evaluate")
     run = make_evaluator(model, loss_fn, metrics, placement)
@@ -441,7 +433,7 @@ def fit(
     """
     model = as_layer(model)
     loss_fn = resolve_loss(loss, "fit")
-    metrics = _metric_dict(metrics)
+    metrics = metric_dict(metrics)
     both = bool(validation_split) and validation_data is not None
     _check_fit_args(batch_size, epochs, steps_per_execution, both, param_sharding, mesh)
     placement = Placement(mesh, "fit")

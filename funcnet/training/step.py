@@ -34,11 +34,12 @@ import optax
 
 from funcnet import _checks
 from funcnet import losses as losses_lib
+from funcnet import metrics as metrics_lib
 from funcnet.core import Layer, Params, PRNGKey, State, as_layer, spec_of
 from funcnet.training import collectives, keys
 from funcnet.training.options import check_optimizer, path_mask, update_was_finite
 
-__all__ = ["TrainState", "eval_step", "predict_step", "resolve_loss", "train_step"]
+__all__ = ["TrainState", "eval_step", "metric_dict", "predict_step", "resolve_loss", "train_step"]
 
 
 class TrainState(NamedTuple):
@@ -142,6 +143,26 @@ def _cast_floats(tree, dtype):
     return jax.tree.map(
         lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree
     )
+
+
+def metric_dict(metrics) -> dict:
+    """``{name: Metric}`` from None, a name, a Metric, a list of them or a mapping.
+
+    Examples:
+        >>> sorted(metric_dict(["accuracy", "mae"]))
+        ['accuracy', 'mae']
+    """
+    if metrics is None:
+        return {}
+    if isinstance(metrics, Mapping):  # names resolved; any object with the Metric methods kept
+        return {k: metrics_lib.get(m) if isinstance(m, str) else m for k, m in metrics.items()}
+    if isinstance(metrics, (str, metrics_lib.Metric)):
+        metrics = [metrics]
+    out = {}
+    for m in metrics:
+        metric = metrics_lib.get(m)
+        out[m if isinstance(m, str) else metric.name] = metric
+    return out
 
 
 def _batch_metrics(metrics, outputs, targets, weights) -> dict:
@@ -317,7 +338,7 @@ def train_step(
     loss: str | Callable,
     optimizer: optax.GradientTransformation,
     *,
-    metrics: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | Sequence | str | None = None,
     l1: float = 0.0,
     l2: float = 0.0,
     regularize: str | Sequence[str] = r"(^|/)w$",
@@ -346,8 +367,9 @@ def train_step(
             take extra arguments get them (``value``: the loss, ``grad``,
             ``value_fn``: the loss of the batch as a function of the params),
             so ``optax.lbfgs`` and ``optax.contrib.reduce_on_plateau`` work.
-        metrics: ``{name: Metric}`` (see :mod:`funcnet.metrics`); ``logs[name]``
-            is that metric's state for this batch, to ``merge`` over batches.
+        metrics: ``{name: Metric}``, or names / Metrics as ``fit`` takes them
+            (see :func:`metric_dict`); ``logs[name]`` is that metric's state
+            for this batch, to ``merge`` over batches.
         l1, l2: coefficients of ``sum|w|`` and ``sum w**2`` added to the loss
             over the params whose path (see :func:`funcnet.core.path_str`)
             matches a regex in ``regularize`` (default: every leaf named ``w``,
@@ -402,6 +424,7 @@ def train_step(
             ``accumulate_steps`` micro-batches (when traced).
     """
     model = as_layer(model)
+    metrics = metric_dict(metrics)
     check_optimizer(optimizer, "train_step")
     _check_step_options(accumulate_steps, l1, l2, loss_scale, nan_guard, augment)
     o = _Options(
@@ -494,7 +517,7 @@ def eval_step(
     model: Layer | Callable,
     loss: str | Callable | None = None,
     *,
-    metrics: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | Sequence | str | None = None,
     compute_dtype=None,
     axis_name: Hashable | tuple | None = None,
 ) -> Callable[[Params, State, Any], dict]:
@@ -519,6 +542,7 @@ def eval_step(
         ()
     """
     model = as_layer(model)
+    metrics = metric_dict(metrics)
     loss_fn = resolve_loss(loss, "eval_step") if loss is not None else None
     axis_name = collectives.check_axis_name(axis_name, "eval_step")
 
