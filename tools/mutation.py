@@ -64,6 +64,7 @@ TESTS = [
     "tests/test_data.py",
     "tests/test_augment.py",
     "tests/test_properties.py",
+    "tests/test_stacked.py",
     "tests/test_distributed.py",
     "tests/test_checkpoint.py",
     "funcnet/training",
