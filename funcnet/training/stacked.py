@@ -1,34 +1,21 @@
 """Many models at once: N models stacked on a leading axis and trained by one step.
 
-A funcnet model is two pure functions over pytrees, so N models of one
-architecture are one pytree with a leading *model axis* on every leaf, and
-``jax.vmap`` of :func:`~funcnet.training.step.train_step` trains them all in
-one compiled program: seeds, deep ensembles, bagging and hyperparameter
-sweeps. Model ``i`` of a stack is the model
-``TrainState.create(model, optimizer, keys[i], example)`` trained alone on
-the same batches, up to the float rounding of batched arithmetic.
+N models of one architecture are one pytree with a leading *model axis* on
+every leaf, and ``jax.vmap`` of :func:`~funcnet.training.step.train_step`
+trains them all in one compiled program: seeds, ensembles, bagging, sweeps.
+Model ``i`` of a stack is ``TrainState.create(model, optimizer, keys[i],
+example)`` trained alone on the same batches, up to float rounding.
+:func:`stack_init` builds the stack (per-model optimizer ``hparams``),
+:func:`stacked_train_step` trains it on shared or per-model batches
+(:func:`model_orders`, :func:`take_batches`, :func:`stacked_runner`),
+:func:`stacked_evaluate` / :func:`stacked_predict` / :func:`ensemble_predict`
+use it, :func:`shard_models` splits it over devices.
 
-- :func:`stack_init`: the stacked ``TrainState`` (one key per model), with
-  per-model optimizer hyperparameters (``hparams``, see :func:`with_hparams`).
-- :func:`stacked_train_step`: the step over the stack; the models share each
-  batch, or each gets its own (a batch with a leading model axis: bagging,
-  different data orders).
-- :func:`model_orders`, :func:`take_batches`, :func:`stacked_runner`: per-model
-  orders of the data (permutations or bootstrap samples) and K steps in one
-  compiled call.
-- :func:`stacked_evaluate`, :func:`stacked_predict`, :func:`ensemble_predict`:
-  per model, or the models combined (mean of probabilities, vote).
-- :func:`shard_models`: the model axis split over a mesh axis.
-- :func:`model_at`, :func:`stack_models`, :func:`hparams_of`: moving between
-  one model and the stack.
-
-Memory: the stack holds N copies of the params and optimizer state, nothing
-more; the step's activations are those of N models (see
-``tests/test_stacked.py``). Speed: one program for N models saves N - 1
-dispatches per step and lets a backend fill its cores with N small models;
-where one model's step already keeps the device busy it saves nothing (on a
-2-core CPU: 1.4-1.7x for a tiny MLP, 0.9-1.0x for a 784-128-128-10 MLP or
-the MNIST-1D GRU, see ``bench/stacked.py``).
+Memory: N copies of the params and optimizer state, nothing more (tested).
+Speed: one program saves N - 1 dispatches per step and lets a backend fill
+its cores with N small models; where one model's step already keeps the
+device busy it saves nothing (2-core CPU: 1.4-1.7x for a tiny MLP, 0.9-1.0x
+for a 784-128-128-10 MLP; ``bench/stacked.py``).
 
 Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -83,10 +70,6 @@ __all__ = [
 _METHODS = ("vmap", "unroll")
 _COMBINE = ("mean_probs", "vote", "mean")
 _INJECT = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-_HOW_TO_INJECT = (
-    "build it as e.g. `optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, "
-    "weight_decay=1e-4)` and pass that one optimizer to stack_init and stacked_train_step"
-)
 
 
 # ----------------------------------------------------------------------------- the stack
@@ -151,29 +134,16 @@ def stack_init(
     *,
     hparams: Mapping[str, Any] | None = None,
 ) -> TrainState:
-    """N models' ``TrainState``\\ s as one, every leaf with a leading model axis.
+    """N models' ``TrainState``\\ s as one (``step`` of shape ``(N,)``).
 
-    Model ``i`` is ``TrainState.create(model, optimizer, key_i, example)``: the
-    model a single run with that key starts from (``fit(..., key=key_i)``
-    too), so a stacked run reproduces N single runs.
-
-    Args:
-        model: the layer.
-        optimizer: an optax ``GradientTransformation``; for ``hparams`` one
-            built with ``optax.inject_hyperparams``.
-        keys: ``N`` (keys ``jax.random.key(0)`` .. ``key(N - 1)``), a list of
-            int seeds, or an array of ``N`` typed keys.
-        example: an example batch of inputs or its ``jax.ShapeDtypeStruct``.
-        hparams: ``{name: N values}``: per-model values of the optimizer's
-            hyperparameters (see :func:`with_hparams`).
-
-    Returns:
-        A :class:`TrainState` whose ``step`` has shape ``(N,)``.
+    Model ``i`` is ``TrainState.create(model, optimizer, key_i, example)``, where
+    ``fit(..., key=key_i)`` starts too. ``keys``: ``N`` (``jax.random.key(0)``
+    .. ``key(N - 1)``), a list of int seeds, or an array of N typed keys.
+    ``example``: inputs or their ``jax.ShapeDtypeStruct``. ``hparams``:
+    ``{name: N values}`` of the optimizer's hyperparameters (:func:`with_hparams`).
 
     Raises:
-        TypeError: for bad ``keys``, a non-optax optimizer, or ``hparams``
-            with an optimizer that has none.
-        ValueError: for unknown hyperparameter names or wrong lengths.
+        TypeError: for bad ``keys`` or optimizer; ValueError: bad ``hparams``.
 
     Examples:
         >>> import jax, jax.numpy as jnp, optax
@@ -239,29 +209,21 @@ def _checked_hparams(nodes, hparams, n: int, where: str) -> dict:
 def with_hparams(
     train_state: TrainState, hparams: Mapping[str, Any], *, where: str = "with_hparams"
 ) -> TrainState:
-    """A stacked ``TrainState`` whose models use their own optimizer hyperparameters.
+    """A stacked state whose models use their own optimizer hyperparameters ``{name: N values}``.
 
     Any numeric hyperparameter of an ``optax.inject_hyperparams`` optimizer
-    (anywhere in a chain or a :func:`~funcnet.training.options.compose_optimizer`
-    wrapping) can differ per model: ``learning_rate``, ``weight_decay``,
-    ``b1``, ``eps``, ... The values live in ``opt_state`` (one per model), so
-    the one compiled step trains every model with its own, and they can be
-    changed between steps. A name found in several injected states is set in
-    each. A per-model L2 penalty is decoupled weight decay, e.g.
-    ``optax.inject_hyperparams(lambda learning_rate, l2: optax.chain(
-    optax.add_decayed_weights(l2), optax.sgd(learning_rate)))(...)``.
-    Dropout rates cannot vary per model: ``Dropout(drop_rate)`` is a static
-    constructor argument.
-
-    Args:
-        train_state: a stacked state (from :func:`stack_init`).
-        hparams: ``{name: N values}``.
-        where: the function named in errors.
+    (also inside a chain or :func:`~funcnet.training.options.compose_optimizer`)
+    can differ per model: ``learning_rate``, ``weight_decay``, ``b1``, ... They
+    live in ``opt_state``, so one compiled step trains every model with its own
+    and they may change between steps; a name in several injected states is set
+    in each. A per-model L2 penalty is decoupled weight decay, e.g.
+    ``inject_hyperparams(lambda learning_rate, l2: optax.chain(
+    optax.add_decayed_weights(l2), optax.sgd(learning_rate)))``. Dropout rates
+    cannot vary: ``Dropout(drop_rate)`` is a static constructor argument.
 
     Raises:
-        TypeError: when the optimizer was not built with ``inject_hyperparams``.
-        ValueError: for a name the optimizer does not have (the message lists
-            those it has), a schedule, or not exactly one value per model.
+        TypeError: an optimizer without ``inject_hyperparams``; ValueError: a
+            name it does not have (listing those it has), a schedule, a length.
 
     Examples:
         >>> import jax.numpy as jnp, optax
@@ -277,7 +239,9 @@ def with_hparams(
     if not nodes:
         raise TypeError(
             f"{where}: per-model `hparams` need an optimizer that keeps its hyperparameters in "
-            f"its state, made with `optax.inject_hyperparams`; this one has none: {_HOW_TO_INJECT}."
+            "its state, made with `optax.inject_hyperparams`; this one has none: build it as "
+            "e.g. `optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=1e-4)`"
+            " and pass that one optimizer to stack_init and stacked_train_step."
         )
     values = _checked_hparams(nodes, hparams, n, where)
 
@@ -297,16 +261,7 @@ def with_hparams(
 
 
 def hparams_of(train_state: TrainState) -> dict[str, jax.Array]:
-    """``{name: values}`` of the injected hyperparameters (the first state that has each name).
-
-    Examples:
-        >>> import jax.numpy as jnp, optax
-        >>> from funcnet import Dense
-        >>> opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-        >>> ts = stack_init(Dense(1), opt, 2, jnp.zeros((1, 2)))
-        >>> sorted(hparams_of(ts))
-        ['learning_rate']
-    """
+    """``{name: values}`` of the injected hyperparameters (see :func:`with_hparams`)."""
     found: dict[str, jax.Array] = {}
     for node in _inject_states(train_state.opt_state):
         for name, value in node.hyperparams.items():
@@ -336,39 +291,26 @@ def stacked_train_step(
     method: str = "vmap",
     **step_options,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
-    """The pure step of a stack: :func:`train_step` for every model at once.
+    """``step(train_state, batch) -> (train_state, logs)``: :func:`train_step` for every model.
 
-    Each model updates exactly as ``train_step`` would update it alone, with
-    its own random key (``ts.key`` is per model), hyperparameters and,
-    unless the batch is shared, its own batch.
+    Each model updates as ``train_step`` would update it alone, with its own
+    key (``ts.key``), hyperparameters and, unless shared, batch. Every log has
+    a leading model axis (``logs["loss"]``: ``(N,)``); jit the step, donate the
+    state. ``**step_options`` are :func:`train_step`'s, the same for all models.
 
     Args:
-        model, loss, optimizer: as for :func:`train_step` (the optimizer given
-            to :func:`stack_init`).
-        shared_batch: ``True``: every model trains on the same batch
-            ``(x, y[, weights])``. ``False``: the batch has a leading model
-            axis ``(N, batch, ...)`` on every leaf, model ``i`` trains on
-            ``batch[i]`` (bagging, per-model data orders; see
-            :func:`model_orders` and :func:`take_batches`).
-        method: ``"vmap"`` (default): ``jax.vmap`` of the step, one batched
-            program. ``"unroll"``: the N steps one after another in one
-            compiled program, for layers whose batched version is slow on a
-            backend: ``vmap`` turns N models' convolutions into grouped
-            convolutions, which XLA:CPU runs 2-3x slower than N separate ones
-            (``bench/stacked.py``: 0.3x for the bench CNN, 0.5x for the
-            MNIST-1D CNN; unrolled 0.85-1.1x); compiling takes ~N times longer.
-        **step_options: the options of :func:`train_step` (``metrics``,
-            ``l1``, ``accumulate_steps``, ``augment``, ...), the same for all
-            models.
-
-    Returns:
-        ``step(train_state, batch) -> (train_state, logs)``, every log with a
-        leading model axis (``logs["loss"]`` has shape ``(N,)``); jit it and
-        donate the state. ``step.shared_batch`` records the batch mode.
+        shared_batch: ``True``: every model trains on the batch. ``False``:
+            every leaf has a leading model axis ``(N, batch, ...)`` and model
+            ``i`` trains on ``batch[i]`` (bagging, own data orders:
+            :func:`model_orders`); ``step.shared_batch`` records it.
+        method: ``"vmap"`` (default) or ``"unroll"``: the N steps one after
+            another in one program, for layers slow when batched: ``vmap``
+            turns N models' convolutions into grouped ones, which XLA:CPU runs
+            2-3x slower (``bench/stacked.py``: 0.3-0.5x, unrolled 0.85-1.1x;
+            compiling ~N times longer).
 
     Raises:
-        ValueError: for an unknown ``method``; when traced, for a per-model
-            batch without the model axis.
+        ValueError: an unknown ``method``; a per-model batch without the axis.
 
     Examples:
         >>> import jax, jax.numpy as jnp, optax
@@ -409,12 +351,11 @@ def stacked_train_step(
 def model_orders(
     key: jax.Array, num_models: int, num_rows: int, *, bootstrap: bool = False
 ) -> jax.Array:
-    """Each model's own order of the data: ``(num_models, num_rows)`` row indices.
+    """Each model's own order of the rows, ``(num_models, num_rows)``, from ``fold_in(key, i)``.
 
-    Model ``i``'s order is drawn with ``fold_in(key, i)``: a random
-    permutation of the rows, or with ``bootstrap=True`` ``num_rows`` rows
-    drawn with replacement (bagging: each model sees about 63% of the rows,
-    some twice). For a new order every epoch fold the epoch into ``key``.
+    A permutation, or with ``bootstrap=True`` rows drawn with replacement
+    (bagging: ~63% of the rows, some twice). Fold the epoch into ``key`` for
+    a new order every epoch.
 
     Examples:
         >>> import jax
@@ -437,10 +378,8 @@ def model_orders(
 def take_batches(data: Any, order: jax.Array, index, batch_size: int) -> Any:
     """Batch ``index`` of ``order``: the rows ``order[..., index * batch_size:][:batch_size]``.
 
-    ``order`` of shape ``(rows,)`` gives one batch shared by every model;
-    ``(N, rows)`` (from :func:`model_orders`) a batch with a leading model
-    axis. ``data`` is a pytree of arrays (e.g. ``(x, y)``) with the rows
-    first; ``index`` may be traced.
+    ``order`` ``(rows,)`` gives a shared batch, ``(N, rows)`` one with a leading
+    model axis; ``data`` is a pytree of arrays, rows first; ``index`` may be traced.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -475,21 +414,14 @@ def _check_order(order, shared, batch_size: int) -> None:
 
 
 def stacked_runner(step: Callable, batch_size: int, *, unroll: int | bool = 1) -> Callable:
-    """``run(ts, data, order, begin, k) -> (ts, losses)``: ``k`` steps in one compiled call.
+    """``run(ts, data, order, begin, k) -> (ts, losses (k, N))``: ``k`` steps in one call.
 
-    Step ``j`` trains on batch number ``(begin + j) % (rows // batch_size)``
-    of ``order`` (see :func:`take_batches`), so consecutive calls cycle
-    through the data; ``losses`` has shape ``(k, N)`` (each model's loss at
-    each step). The batches are gathered on the device from ``data``
-    (``(x, y)`` or ``(x, y, weights)`` arrays). ``ts`` is donated, ``k`` is
-    static. A plain :func:`train_step` works too (``losses`` then ``(k,)``).
-
-    Args:
-        step: from :func:`stacked_train_step` (``shared_batch`` must match the
-            order: ``(rows,)`` shared, ``(N, rows)`` per model).
-        batch_size: rows per step.
-        unroll: as ``lax.scan``'s; ``True`` runs the ``k`` steps as
-            straight-line code (convolutions on XLA:CPU, see ``fit``).
+    Step ``j`` trains on batch ``(begin + j) % (rows // batch_size)`` of
+    ``order`` (:func:`take_batches`; ``(rows,)`` for a step with
+    ``shared_batch=True``, ``(N, rows)`` without), gathered on the device from
+    ``data`` (``(x, y[, weights])``), so calls cycle through the data. ``ts``
+    is donated, ``k`` static; a plain :func:`train_step` works too. ``unroll``:
+    as ``lax.scan``'s; ``True``: straight-line code (convolutions on XLA:CPU).
 
     Examples:
         >>> import jax, jax.numpy as jnp, optax
@@ -572,15 +504,10 @@ def stacked_evaluate(
     metrics=None,
     batch_size: int = 256,
 ) -> dict[str, np.ndarray]:
-    """Every model's loss and metrics over a whole dataset, as :func:`evaluate` gives one's.
+    """Every model's ``{"loss": (N,), name: (N, ...)}`` over a dataset, as :func:`evaluate`.
 
-    ``params`` and ``state`` are stacked (``ts.params``, ``ts.state``);
-    ``data`` is ``(x, y[, weights])`` arrays or an iterable of batches, shared
-    by all models, padded and masked as in :func:`evaluate`.
-
-    Returns:
-        ``{"loss": (N,), name: (N, ...)}`` numpy arrays (no ``"loss"`` without
-        ``loss``).
+    ``params``/``state`` are stacked; ``data`` (arrays or an iterable of
+    batches) is shared, padded and masked as in :func:`evaluate`.
 
     Examples:
         >>> import jax.numpy as jnp, numpy as np, optax
@@ -607,10 +534,7 @@ def stacked_evaluate(
 
 
 def stacked_predict(model: Layer | Callable, params, state, x, *, batch_size: int = 256):
-    """Every model's outputs (inference mode): leaves of shape ``(N, rows, ...)``.
-
-    Runs in batches of ``batch_size`` rows (the last one padded; one
-    compile) inside one compiled call, the models vmapped.
+    """Every model's outputs ``(N, rows, ...)``, in padded batches inside one compiled call.
 
     Examples:
         >>> import jax.numpy as jnp, numpy as np, optax
@@ -658,31 +582,21 @@ def ensemble_predict(
     combine: str = "mean_probs",
     batch_size: int = 256,
 ) -> jax.Array:
-    """The stacked models' predictions combined into one (a deep ensemble).
+    """The stacked models' predictions combined (a deep ensemble); the models output logits.
 
-    The models output logits, as funcnet's cross-entropy losses expect (one
-    column: a binary logit).
-
-    Args:
-        combine: ``"mean_probs"``: the mean over models of the softmax
-            probabilities (of the sigmoid for one column), ``(rows, classes)``.
-            ``"vote"``: each model's class (argmax, or logit > 0), the most
-            frequent wins, a tie to the smallest class; ``(rows,)`` int32.
-            ``"mean"``: the mean of the raw outputs (regression).
-        batch_size: as in :func:`stacked_predict`.
-
-    Raises:
-        ValueError: for an unknown ``combine``.
+    ``combine``: ``"mean_probs"``: the mean of the softmax probabilities (the
+    sigmoid's for one column), ``(rows, classes)``. ``"vote"``: each model's
+    class (argmax, or logit > 0), the most frequent wins, ties to the smallest
+    class; ``(rows,)`` int32. ``"mean"``: the mean of the outputs (regression).
+    A ValueError for any other.
 
     Examples:
         >>> import jax.numpy as jnp, numpy as np, optax
         >>> from funcnet import Dense
         >>> ts = stack_init(Dense(3), optax.sgd(0.1), 5, jnp.zeros((1, 2)))
         >>> x = np.ones((4, 2), np.float32)
-        >>> ensemble_predict(Dense(3), ts.params, ts.state, x).shape
-        (4, 3)
-        >>> ensemble_predict(Dense(3), ts.params, ts.state, x, combine="vote").dtype
-        dtype('int32')
+        >>> ensemble_predict(Dense(3), ts.params, ts.state, x, combine="vote").shape
+        (4,)
     """
     if combine not in _COMBINE:
         raise ValueError(
@@ -697,16 +611,12 @@ def ensemble_predict(
 
 
 def shard_models(tree: Any, mesh: Mesh, axis: str = "models") -> Any:
-    """A copy of a stacked pytree with its model axis split over the mesh axis ``axis``.
+    """A copy of a stacked pytree, its model axis split over the mesh axis ``axis``.
 
-    Each device then holds ``N / mesh.shape[axis]`` of the models (their
-    params and optimizer state); the jitted step follows the shardings
-    (a batch may be split over another axis of the same mesh, e.g.
-    ``("models", "data")``). Keys are placed through their key data.
-
-    Raises:
-        ValueError: for a mesh without ``axis`` or a number of models that
-            does not split evenly over it.
+    Each device holds ``N / mesh.shape[axis]`` models; the jitted step
+    follows the shardings (a batch may be split over another axis, e.g. of a
+    ``("models", "data")`` mesh). ValueError for a mesh without ``axis`` or N
+    not a multiple of its size.
 
     Examples:
         >>> import jax, jax.numpy as jnp
