@@ -345,9 +345,9 @@ def test_ensemble_against_numpy(classes):
 
 def test_vote_ties_go_to_the_smallest_class():
     outputs = jnp.array([[[0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]]])
-    assert stacked._combine(outputs, "vote").tolist() == [0]
-    assert stacked._combine(outputs[1:], "vote").tolist() == [0]
-    assert stacked._combine(outputs[:2], "vote").tolist() == [1]
+    assert stacked.infer._combine(outputs, "vote").tolist() == [0]
+    assert stacked.infer._combine(outputs[1:], "vote").tolist() == [0]
+    assert stacked.infer._combine(outputs[:2], "vote").tolist() == [1]
 
 
 def test_inference_errors():
