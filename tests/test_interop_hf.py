@@ -204,11 +204,9 @@ def test_missing_folder_config_and_weights(tmp_path):
 
 
 def test_unsupported_model_type_is_named(tmp_path):
-    _write_config(tmp_path, model_type="llama")
+    _write_config(tmp_path, model_type="mistral")
     with pytest.raises(
-        InteropError,
-        match=r"'llama' is not supported \(the Llama family is "
-        r"future work\); supported: \['bert', 'gpt2'\]",
+        InteropError, match=r"'mistral' is not supported; supported: \['bert', 'gpt2', 'llama'\]"
     ):
         hf.from_pretrained(tmp_path)
 

@@ -31,6 +31,9 @@ from funcnet.interop.models import (
     gpt2,
     gpt2_example_inputs,
     gpt2_mapping,
+    llama,
+    llama_example_inputs,
+    llama_mapping,
 )
 from funcnet.interop.pytorch import InteropError, from_torch
 
@@ -69,6 +72,11 @@ def _build_gpt2(config: dict, prefix: str, names: set) -> tuple[Layer, dict, Any
     return gpt2(config), gpt2_mapping(config, prefix), gpt2_example_inputs(config)
 
 
+def _build_llama(config: dict, prefix: str, names: set) -> tuple[Layer, dict, Any]:
+    del names
+    return llama(config), llama_mapping(config, prefix), llama_example_inputs(config)
+
+
 def _build_bert(config: dict, prefix: str, names: set) -> tuple[Layer, dict, Any]:
     pooler = any(n.endswith("pooler.dense.weight") for n in names)  # task models have none
     model, mapping = bert(config, pooler=pooler), bert_mapping(config, prefix, pooler=pooler)
@@ -82,6 +90,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ("*.attn.bias", "*.attn.masked_bias"),  # causal-mask buffers of older checkpoints
     ),
     "bert": Architecture(_build_bert, ("bert", ""), ("*position_ids",)),  # an old buffer
+    "llama": Architecture(_build_llama, ("model", ""), ("*.rotary_emb.inv_freq",)),  # old buffer
 }
 """The ``model_type`` s :func:`from_pretrained` builds; add your own entries."""
 
@@ -219,7 +228,7 @@ def from_pretrained(folder: str | os.PathLike, *, strict_heads: bool = False) ->
     """Build the reference model of a local Hugging Face checkpoint and load its weights.
 
     The ``model_type`` of ``config.json`` picks the architecture in
-    :data:`ARCHITECTURES` (``"gpt2"``, ``"bert"``). The base model's tensors
+    :data:`ARCHITECTURES` (``"gpt2"``, ``"bert"``, ``"llama"``). The base model's tensors
     are loaded; those of task heads a checkpoint adds (``cls.*`` of
     ``BertForMaskedLM``, ``classifier.*``, ...) are skipped unless
     ``strict_heads``.
@@ -262,9 +271,8 @@ def from_pretrained(folder: str | os.PathLike, *, strict_heads: bool = False) ->
     config = read_config(folder)
     model_type = config.get("model_type")
     if model_type not in ARCHITECTURES:
-        later = " (the Llama family is future work)" if model_type in ("llama", "mistral") else ""
         raise InteropError(
-            f"`{os.fspath(folder)}`: model_type {model_type!r} is not supported{later}; supported: "
+            f"`{os.fspath(folder)}`: model_type {model_type!r} is not supported; supported: "
             f"{sorted(ARCHITECTURES)} (add an `Architecture` to `ARCHITECTURES` for others)."
         )
     arch = ARCHITECTURES[model_type]
