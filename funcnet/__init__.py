@@ -23,7 +23,16 @@ from funcnet import (
     training,
 )
 from funcnet.checkpoint import CheckpointManager
-from funcnet.combinators import concat, fanout, parallel, repeat, residual, serial, shared
+from funcnet.combinators import (
+    concat,
+    fanout,
+    parallel,
+    remat,
+    repeat,
+    residual,
+    serial,
+    shared,
+)
 from funcnet.core import (
     FuncnetError,
     Layer,
@@ -110,6 +119,7 @@ __all__ = [
     "parallel",
     "predict",
     "predict_step",
+    "remat",
     "repeat",
     "residual",
     "serial",

@@ -22,6 +22,7 @@ through ordinary layers, which is all a Transformer block needs beyond
 """
 
 from funcnet.combinators.basic import concat, fanout, parallel, residual, serial
+from funcnet.combinators.remat import REMAT_POLICIES, remat
 from funcnet.combinators.reuse import repeat, shared
 from funcnet.combinators.routing import (
     INPUT_KEYS,
@@ -34,10 +35,12 @@ from funcnet.combinators.routing import (
 
 __all__ = [
     "INPUT_KEYS",
+    "REMAT_POLICIES",
     "concat",
     "fanout",
     "on_x",
     "parallel",
+    "remat",
     "repeat",
     "replace_x",
     "residual",

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 from funcnet._checks import check_positive_int, fmt_spec
 from funcnet.combinators.basic import _fold, _require_same_spec, _same_spec
+from funcnet.combinators.remat import remat as remat_layer
+from funcnet.combinators.remat import resolve_policy
 from funcnet.core import Layer, LayerError, as_layer, call_with_path, output_spec, spec_of
 
 __all__ = ["repeat", "shared"]
@@ -127,7 +129,9 @@ def shared(layer: Layer | Callable, build: Callable[[Layer], Layer | Callable]) 
     return Layer(init, apply, "shared", (body,))
 
 
-def repeat(block: Layer | Callable, n: int, *, unroll: int | bool = 1) -> Layer:
+def repeat(
+    block: Layer | Callable, n: int, *, unroll: int | bool = 1, remat: bool | str | Callable = False
+) -> Layer:
     """Apply ``n`` copies of ``block`` (each with its own params) one after another.
 
     The copies' params are stacked along a new leading axis of size ``n`` and
@@ -140,6 +144,9 @@ def repeat(block: Layer | Callable, n: int, *, unroll: int | bool = 1) -> Layer:
         n: number of copies, >= 1.
         unroll: passed to ``lax.scan``; on CPU, blocks with convolutions are
             much faster fully unrolled (``unroll=True``), see JAX_NOTES.
+        remat: rematerialise each copy in the backward pass (:func:`funcnet.remat`):
+            ``False`` or ``None`` (default: off), ``True`` (save nothing), or a policy name or
+            function. Only the carried ``x`` between copies is stored.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -151,6 +158,10 @@ def repeat(block: Layer | Callable, n: int, *, unroll: int | bool = 1) -> Layer:
     """
     block = as_layer(block)
     n = check_positive_int("repeat", "n", n)
+    if remat is not False and remat is not None:
+        policy = None if remat is True else remat
+        resolve_policy("repeat", policy)
+        block = remat_layer(block, policy)
 
     def init(key, inputs):
         def one(i):

@@ -34,6 +34,7 @@ from funcnet.combinators import (
     serial,
     split_inputs,
 )
+from funcnet.combinators import remat as remat_layer
 from funcnet.core import Layer, LayerError, call_with_path
 from funcnet.layers._sequence import sequence_of
 from funcnet.layers.activations import gelu
@@ -214,6 +215,7 @@ def TransformerEncoderBlock(
     epsilon: float = 1e-5,
     causal: bool = False,
     rope: bool = False,
+    remat: bool | str | Callable = False,
 ) -> Layer:
     """A Transformer encoder block: self-attention and an MLP, each with a residual.
 
@@ -260,6 +262,8 @@ def TransformerEncoderBlock(
         epsilon: LayerNorm epsilon.
         causal: causal self-attention.
         rope: rotary position embeddings in the attention.
+        remat: ``True``, a policy name or function: recompute the block in
+            the backward pass (:func:`funcnet.remat`); default off.
 
     Raises:
         ValueError: in the constructor, for bad hyperparameters.
@@ -307,7 +311,8 @@ def TransformerEncoderBlock(
         return {"attention": [mha, Dropout(drop_rate)]}
 
     name = _block_name(owner, opts, causal=causal, rope=rope)
-    return _block(name, opts, attentions, allowed=("x", "mask"), require=("x",))
+    block = _block(name, opts, attentions, allowed=("x", "mask"), require=("x",))
+    return _with_remat(block, remat)
 
 
 def TransformerDecoderBlock(
@@ -321,6 +326,7 @@ def TransformerDecoderBlock(
     activation: Layer | Callable = gelu,
     epsilon: float = 1e-5,
     rope: bool = False,
+    remat: bool | str | Callable = False,
 ) -> Layer:
     """A Transformer decoder block: causal self-attention, cross-attention to a memory, an MLP.
 
@@ -407,7 +413,15 @@ def TransformerDecoderBlock(
         }
 
     name = _block_name(owner, opts, causal=False, rope=rope)
-    return _block(name, opts, attentions, allowed=ATTENTION_KEYS, require=("x", "memory"))
+    block = _block(name, opts, attentions, allowed=ATTENTION_KEYS, require=("x", "memory"))
+    return _with_remat(block, remat)
+
+
+def _with_remat(block: Layer, policy) -> Layer:
+    """``block``, or ``remat(block, policy)`` for ``policy`` other than ``False``/``None``."""
+    if policy is False or policy is None:
+        return block
+    return remat_layer(block, None if policy is True else policy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +438,7 @@ class BlockStates(NamedTuple):
     blocks: tuple
 
 
-def _repeat_blocks(block: Layer, n: int, unroll) -> Layer:
+def _repeat_blocks(block: Layer, n: int, unroll, remat_policy) -> Layer:
     """``repeat(block, n)``, except while decoding: then one state per block, run in a loop.
 
     Training and inference run the blocks as one ``lax.scan`` over their
@@ -436,6 +450,7 @@ def _repeat_blocks(block: Layer, n: int, unroll) -> Layer:
     block, and ``apply`` given one runs the blocks one after the other, each
     with its slice of the params, which are the same in both modes.
     """
+    block = _with_remat(block, remat_policy)
     stacked = repeat(block, n, unroll=unroll)
 
     def init(key, inputs):
@@ -465,11 +480,13 @@ def _repeat_blocks(block: Layer, n: int, unroll) -> Layer:
     return Layer(init, apply, stacked.name, stacked.children)
 
 
-def _stack(block: Layer, num_layers: int, final_norm, unroll, block_kwargs: dict) -> Layer:
+def _stack(
+    block: Layer, num_layers: int, final_norm, unroll, remat_policy, block_kwargs: dict
+) -> Layer:
     """``repeat(block)``, then a LayerNorm of ``x`` when ``final_norm`` (default: pre-LN blocks)."""
     if final_norm is None:
         final_norm = block_kwargs.get("norm", "pre") == "pre"
-    blocks = _repeat_blocks(block, num_layers, unroll)
+    blocks = _repeat_blocks(block, num_layers, unroll, remat_policy)
     if not final_norm:
         return blocks
     return serial(blocks, on_x(LayerNorm(epsilon=block_kwargs.get("epsilon", 1e-5))))
@@ -481,6 +498,7 @@ def transformer_encoder(
     *,
     final_norm: bool | None = None,
     unroll: int | bool = 1,
+    remat: bool | str | Callable = False,
     **block_kwargs,
 ) -> Layer:
     """``num_layers`` :func:`TransformerEncoderBlock` s run with ``repeat`` (one ``lax.scan``).
@@ -489,7 +507,9 @@ def transformer_encoder(
     pre-LN blocks, which leave their output un-normalized). Params: the
     stacked block params (leading axis ``num_layers``), then the final norm's:
     ``(blocks, norm)`` with the norm, ``blocks`` alone without. Inputs and
-    outputs as the block's.
+    outputs as the block's. ``remat`` (``True``, a policy name or function,
+    see :func:`funcnet.remat`) recomputes each block in the backward pass:
+    same gradients, less memory; decoding with a KV cache works as without.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -502,7 +522,7 @@ def transformer_encoder(
     """
     n = check_positive_int("transformer_encoder", "num_layers", num_layers)
     block = TransformerEncoderBlock(num_heads, **block_kwargs)
-    return _stack(block, n, final_norm, unroll, block_kwargs)
+    return _stack(block, n, final_norm, unroll, remat, block_kwargs)
 
 
 def transformer_decoder(
@@ -511,6 +531,7 @@ def transformer_decoder(
     *,
     final_norm: bool | None = None,
     unroll: int | bool = 1,
+    remat: bool | str | Callable = False,
     **block_kwargs,
 ) -> Layer:
     """``num_layers`` :func:`TransformerDecoderBlock` s run with ``repeat``, as
@@ -526,4 +547,4 @@ def transformer_decoder(
     """
     n = check_positive_int("transformer_decoder", "num_layers", num_layers)
     block = TransformerDecoderBlock(num_heads, **block_kwargs)
-    return _stack(block, n, final_norm, unroll, block_kwargs)
+    return _stack(block, n, final_norm, unroll, remat, block_kwargs)
