@@ -431,6 +431,8 @@ def main() -> None:
     mutants = [m for f in files for m in mutants_of(f)
                if args.all or results.get(m.id, {}).get("status") not in done]  # fmt: skip
     random.Random(0).shuffle(mutants)  # stopped early, the mutants run are a random sample
+    # last run's survivors first (new tests may kill them), in their random order
+    mutants.sort(key=lambda m: m.id not in results)
     print(f"{len(mutants)} mutants to run in {len(files)} files", flush=True)
 
     start = time.time()
