@@ -130,7 +130,14 @@ def write(cache: KVCache, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Ar
     return ks, vs
 
 
-def decoding_mask(positions: Positions, t: int) -> jax.Array:
-    """``(N, 1, t, L)``: new token ``i`` of row ``n`` may attend slot ``j <= index[n] + i``."""
+def decoding_mask(positions: Positions, t: int, window: int | None = None) -> jax.Array:
+    """``(N, 1, t, L)``: new token ``i`` of row ``n`` may attend slot ``j <= index[n] + i``.
+
+    With a sliding ``window``, also ``j > index[n] + i - window``.
+    """
     slots = jnp.arange(positions.max_len, dtype=jnp.int32)
-    return (slots <= positions.take(t)[..., None])[:, None]
+    at = positions.take(t)[..., None]
+    mask = slots <= at
+    if window is not None:
+        mask = mask & (slots > at - window)
+    return mask[:, None]

@@ -20,7 +20,7 @@ from funcnet.layers.attention.cache import (
     requested_cache,
     write,
 )
-from funcnet.layers.attention.scaled import ATTENTION_KEYS, attend, attention_mask
+from funcnet.layers.attention.scaled import ATTENTION_KEYS, attend, attention_mask, window_mask
 from funcnet.layers.positional import Positions, _check_base, apply_rope
 
 __all__ = ["MultiHeadAttention"]
@@ -35,6 +35,7 @@ class _Config(NamedTuple):
     value_size: int | None
     out_features: int | None
     causal: bool
+    window: int | None  # None: no sliding window
     rate: float
     use_bias: bool
     return_weights: bool
@@ -73,6 +74,12 @@ def _check_config(num_heads, num_kv_heads, key_size, value_size, out_features, *
             f"{[g for g in range(1, heads + 1) if heads % g == 0]}."
         )
     key_size = _optional_int("key_size", key_size)
+    window = _optional_int("window", rest["window"])
+    if window is not None and not rest["causal"]:
+        raise ValueError(
+            f"{_OWNER}: `window={window}` is a sliding window of causal attention (each query "
+            "sees the last `window` keys, itself included); pass `causal=True` with it."
+        )
     if rest["rope"] and key_size is not None and key_size % 2:
         raise ValueError(f"{_OWNER}: `rope=True` needs an even `key_size`, got {key_size}.")
     return _Config(
@@ -82,6 +89,7 @@ def _check_config(num_heads, num_kv_heads, key_size, value_size, out_features, *
         _optional_int("value_size", value_size),
         _optional_int("out_features", out_features),
         bool(rest["causal"]),
+        window,
         check_rate(_OWNER, "drop_rate", rest["drop_rate"]),
         bool(rest["use_bias"]),
         bool(rest["return_weights"]),
@@ -99,6 +107,7 @@ def _name(cfg: _Config) -> str:
     for flag, text in (
         (cfg.kv_heads is not None, f"num_kv_heads={cfg.kv_heads}"),
         (cfg.causal, "causal=True"),
+        (cfg.window is not None, f"window={cfg.window}"),
         (cfg.rope, "rope=True"),
         (cfg.rate > 0, f"drop_rate={cfg.rate}"),
         (cfg.return_weights, "return_weights=True"),
@@ -266,11 +275,14 @@ def _apply(cfg: _Config, params, state, inputs, *, key=None, train=False):
         check_cache(state, entries, n, tq, s.g, (s.k, s.v))
         q, k, v = _qkv(cfg, params, entries, dt, state.positions)
         k_all, v_all = write(state, k, v)
-        mask, causal = decoding_mask(state.positions, tq), False
+        mask, causal = decoding_mask(state.positions, tq, cfg.window), False
         state = KVCache(k_all, v_all, state.positions.advance(tq))
         k, v = k_all.astype(dt), v_all.astype(dt)
     else:
         mask, causal = attention_mask(entries, n, s.h, tq, tk), cfg.causal
+        if cfg.window is not None:
+            band = jnp.asarray(window_mask(tq, tk, cfg.window))[None, None]
+            mask = band if mask is None else jnp.logical_and(mask, band)
         q, k, v = _qkv(cfg, params, entries, dt, None)
     o, weights = attend(
         q,
@@ -300,6 +312,7 @@ def MultiHeadAttention(
     value_size: int | None = None,
     out_features: int | None = None,
     causal: bool = False,
+    window: int | None = None,
     drop_rate: float = 0.0,
     use_bias: bool = True,
     return_weights: bool = False,
@@ -341,10 +354,11 @@ def MultiHeadAttention(
     of ``x``), ``(N, Tq, Tk)`` or ``(N, H, Tq, Tk)``; any of these axes may be
     1 to broadcast. ``"memory_mask"`` ``(N, S)`` is the padding of
     ``"memory"`` and is combined with ``"mask"`` (logical and); ``causal=True``
-    adds ``j <= i`` (aligned at the top left). A masked position gets exactly
-    zero weight. A query row whose keys are *all* masked gets all-zero weights,
-    so its output is the output bias ``bo`` (never NaN). Outputs at padded
-    *query* positions are computed like any other; ignore them downstream.
+    adds ``j <= i`` (aligned at the top left), and ``window=W`` also ``j > i -
+    W``. A masked position gets exactly zero weight. A query row whose keys
+    are *all* masked gets all-zero weights, so its output is the output bias
+    ``bo`` (never NaN). Outputs at padded *query* positions are computed like
+    any other; ignore them downstream.
 
     Decoding (KV cache): a causal self-attention layer given the state made by
     :func:`funcnet.init_cache` (a :class:`~funcnet.layers.attention.KVCache`)
@@ -368,6 +382,9 @@ def MultiHeadAttention(
         value_size: size ``V`` of each head's values; default ``key_size``.
         out_features: ``D_out``; default ``D`` (the queries' width).
         causal: mask keys after the query's position.
+        window: with ``causal=True``, a sliding window (Mistral, Longformer):
+            query ``i`` sees keys ``i - window < j <= i`` only, also while
+            decoding (the cache still holds every position).
         drop_rate: dropout on the attention weights when ``train=True``
             (needs ``key``).
         use_bias: biases in the four projections.
@@ -430,6 +447,7 @@ def MultiHeadAttention(
         value_size,
         out_features,
         causal=causal,
+        window=window,
         drop_rate=drop_rate,
         use_bias=use_bias,
         return_weights=return_weights,

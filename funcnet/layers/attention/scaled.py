@@ -74,6 +74,20 @@ def attention_mask(entries: dict, n: int, h: int, tq: int, tk: int, *, build: bo
     return combined
 
 
+def window_mask(tq: int, tk: int, window: int) -> np.ndarray:
+    """Causal sliding window: query ``i`` may attend key ``i - window < j <= i``.
+
+    Examples:
+        >>> window_mask(4, 4, 2).astype(int)
+        array([[1, 0, 0, 0],
+               [1, 1, 0, 0],
+               [0, 1, 1, 0],
+               [0, 0, 1, 1]])
+    """
+    i, j = np.arange(tq)[:, None], np.arange(tk)[None, :]
+    return (j <= i) & (j > i - window)
+
+
 def causal_mask(tq: int, tk: int) -> np.ndarray:
     """Query ``i`` may attend key ``j <= i`` (aligned at the top left, as jax.nn)."""
     return np.tril(np.ones((tq, tk), bool))

@@ -1,18 +1,4 @@
-"""Transformer blocks, built from the public layers with ``serial`` and ``residual``.
-
-A block takes ``x`` ``(N, T, D)`` and returns an array of the same shape, or
-takes the dict form (see :mod:`funcnet.layers.attention`) and returns the same
-dict with ``"x"`` replaced and every other entry passed through unchanged, so
-that ``repeat(block, n)`` (whose blocks must keep their input's structure)
-stacks blocks that share one mask or one memory.
-
-The blocks are built with :func:`~funcnet.serial`, :func:`~funcnet.residual`
-and the three routing combinators of :mod:`funcnet.combinators` (re-exported
-here): :func:`~funcnet.combinators.on_x` applies a layer to ``"x"`` only,
-:func:`~funcnet.combinators.select_keys` keeps some entries of the dict and
-:func:`~funcnet.combinators.residual_x` is ``residual`` for the dict. A user
-writing their own block can use them the same way.
-"""
+"""The Transformer encoder and decoder blocks (see :mod:`funcnet.layers.transformer`)."""
 
 from __future__ import annotations
 
@@ -20,13 +6,11 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
 from funcnet._checks import check_number, check_positive_int, check_rate, fmt_shape
 from funcnet.combinators import (
     on_x,
-    repeat,
     replace_x,
     residual,
     residual_x,
@@ -39,20 +23,11 @@ from funcnet.core import Layer, LayerError, call_with_path
 from funcnet.layers._sequence import sequence_of
 from funcnet.layers.activations import gelu
 from funcnet.layers.attention import ATTENTION_KEYS, MultiHeadAttention
-from funcnet.layers.dense import Dense
 from funcnet.layers.dropout import Dropout
-from funcnet.layers.norm import LayerNorm
-from funcnet.layers.positional import cache_request
+from funcnet.layers.norm import LayerNorm, RMSNorm
+from funcnet.layers.transformer.mlp import MLP_KINDS, block_mlp
 
-__all__ = [
-    "TransformerDecoderBlock",
-    "TransformerEncoderBlock",
-    "on_x",
-    "residual_x",
-    "select_keys",
-    "transformer_decoder",
-    "transformer_encoder",
-]
+__all__ = ["TransformerDecoderBlock", "TransformerEncoderBlock"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,6 +45,7 @@ class _BlockOptions(NamedTuple):
     norm: str
     activation: Layer | Callable
     epsilon: float
+    mlp: str
 
 
 def _check_options(
@@ -82,6 +58,7 @@ def _check_options(
     norm,
     activation,
     epsilon,
+    mlp="mlp",
 ) -> _BlockOptions:
     heads = check_positive_int(owner, "num_heads", num_heads)
     kv_heads = None
@@ -101,10 +78,16 @@ def _check_options(
         raise ValueError(f"{owner}: `mlp_ratio` must be a number > 0, got {mlp_ratio!r}.")
     check_rate(owner, "drop_rate", drop_rate)
     check_rate(owner, "attention_drop_rate", attention_drop_rate)
-    if norm not in ("pre", "post"):
+    if norm not in ("pre", "post", "rms"):
         raise ValueError(
-            f"{owner}: `norm` must be 'pre' (LayerNorm before each sub-block, the default) or "
-            f"'post' (after each residual add, as the original Transformer), got {norm!r}."
+            f"{owner}: `norm` must be 'pre' (LayerNorm before each sub-block, the default), "
+            "'rms' (RMSNorm before each sub-block, as LLaMA) or 'post' (LayerNorm after each "
+            f"residual add, as the original Transformer), got {norm!r}."
+        )
+    if mlp not in MLP_KINDS:
+        raise ValueError(
+            f"{owner}: `mlp` must be one of {list(MLP_KINDS)} (the classic MLP, or a gated MLP "
+            f"with SiLU or GELU, see `glu_mlp`), got {mlp!r}."
         )
     check_number(owner, "epsilon", epsilon, above=0)
     if not callable(activation):
@@ -112,20 +95,24 @@ def _check_options(
             f"{owner}: `activation` must be a function or a layer, got {activation!r}."
         )
     return _BlockOptions(
-        heads, kv_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon
+        heads, kv_heads, mlp_ratio, drop_rate, attention_drop_rate, norm, activation, epsilon, mlp
     )
 
 
-def _block_name(owner: str, opts: _BlockOptions, *, causal: bool, rope: bool) -> str:
+def _block_name(owner: str, opts: _BlockOptions, *, causal: bool, rope: bool, window=None) -> str:
     args = [str(opts.heads)]
     if opts.kv_heads is not None:
         args.append(f"num_kv_heads={opts.kv_heads}")
     if opts.norm != "pre":
         args.append(f"norm={opts.norm!r}")
+    if opts.mlp != "mlp":
+        args.append(f"mlp={opts.mlp!r}")
     if causal:
         args.append("causal=True")
     if rope:
         args.append("rope=True")
+    if window is not None:
+        args.append(f"window={window}")
     if opts.drop_rate:
         args.append(f"drop_rate={opts.drop_rate}")
     if opts.attention_drop_rate:
@@ -145,26 +132,33 @@ def _width(entries, heads: int) -> int:
     return d
 
 
+def norm_layer(norm: str, epsilon: float) -> Layer:
+    """The normalization of a block with ``norm`` (``"pre"``, ``"post"`` or ``"rms"``)."""
+    return RMSNorm(epsilon=epsilon) if norm == "rms" else LayerNorm(epsilon=epsilon)
+
+
 def _body(attentions: dict[str, list], width: int, opts: _BlockOptions) -> Layer:
     """The sub-blocks of a block: one ``residual_x`` per attention branch, then the MLP.
 
-    With ``norm="pre"`` each sub-block starts with a LayerNorm of ``x``; with
-    ``"post"`` a LayerNorm (``"<name>_norm"``) follows each residual add.
+    With ``norm="pre"`` (``"rms"``) each sub-block starts with a LayerNorm
+    (RMSNorm) of ``x``; with ``"post"`` a LayerNorm (``"<name>_norm"``)
+    follows each residual add.
     """
 
     def layer_norm():
-        return LayerNorm(epsilon=opts.epsilon)
+        return norm_layer(opts.norm, opts.epsilon)
 
     hidden = max(1, round(opts.mlp_ratio * width))
-    mlp = [Dense(hidden), opts.activation, Dense(width), Dropout(opts.drop_rate)]
+    mlp = block_mlp(opts.mlp, width, hidden, opts.activation, opts.drop_rate)
     parts = {}
+    pre = opts.norm != "post"
     for name, branch in attentions.items():
-        if opts.norm == "pre":
+        if pre:
             parts[name] = residual_x(on_x(layer_norm()), *branch)
         else:
             parts[name] = residual_x(*branch)
             parts[f"{name}_norm"] = on_x(layer_norm())
-    if opts.norm == "pre":
+    if pre:
         parts["mlp"] = on_x(residual(layer_norm(), *mlp))
     else:
         parts["mlp"] = on_x(residual(*mlp))
@@ -213,8 +207,10 @@ def TransformerEncoderBlock(
     norm: str = "pre",
     activation: Layer | Callable = gelu,
     epsilon: float = 1e-5,
+    mlp: str = "mlp",
     causal: bool = False,
     rope: bool = False,
+    window: int | None = None,
     remat: bool | str | Callable = False,
 ) -> Layer:
     """A Transformer encoder block: self-attention and an MLP, each with a residual.
@@ -256,12 +252,18 @@ def TransformerEncoderBlock(
         mlp_ratio: hidden width of the MLP as a multiple of ``D`` (rounded).
         drop_rate: dropout after the attention and after the MLP.
         attention_drop_rate: dropout on the attention weights.
-        norm: ``"pre"`` or ``"post"``.
+        norm: ``"pre"``, ``"post"`` or ``"rms"`` (pre-norm with RMSNorm).
         activation: the MLP's activation, a function or a layer (default
-            exact GELU).
-        epsilon: LayerNorm epsilon.
+            exact GELU; unused by the gated MLPs).
+        epsilon: LayerNorm (RMSNorm) epsilon.
+        mlp: ``"mlp"`` (above), ``"swiglu"`` or ``"geglu"``: the gated MLP
+            :func:`~funcnet.layers.transformer.glu_mlp` with hidden width
+            ``mlp_ratio * D`` and SiLU or GELU, no biases (LLaMA: ``norm="rms",
+            mlp="swiglu"``).
         causal: causal self-attention.
         rope: rotary position embeddings in the attention.
+        window: with ``causal=True``, a sliding window of ``window`` keys
+            (see :func:`~funcnet.layers.attention.MultiHeadAttention`).
         remat: ``True``, a policy name or function: recompute the block in
             the backward pass (:func:`funcnet.remat`); default off.
 
@@ -298,6 +300,7 @@ def TransformerEncoderBlock(
         norm,
         activation,
         epsilon,
+        mlp,
     )
 
     def attentions():
@@ -305,12 +308,13 @@ def TransformerEncoderBlock(
             opts.heads,
             num_kv_heads=opts.kv_heads,
             causal=causal,
+            window=window,
             drop_rate=attention_drop_rate,
             rope=rope,
         )
         return {"attention": [mha, Dropout(drop_rate)]}
 
-    name = _block_name(owner, opts, causal=causal, rope=rope)
+    name = _block_name(owner, opts, causal=causal, rope=rope, window=window)
     block = _block(name, opts, attentions, allowed=("x", "mask"), require=("x",))
     return _with_remat(block, remat)
 
@@ -325,6 +329,7 @@ def TransformerDecoderBlock(
     norm: str = "pre",
     activation: Layer | Callable = gelu,
     epsilon: float = 1e-5,
+    mlp: str = "mlp",
     rope: bool = False,
     remat: bool | str | Callable = False,
 ) -> Layer:
@@ -390,6 +395,7 @@ def TransformerDecoderBlock(
         norm,
         activation,
         epsilon,
+        mlp,
     )
 
     def attentions():
@@ -422,129 +428,3 @@ def _with_remat(block: Layer, policy) -> Layer:
     if policy is False or policy is None:
         return block
     return remat_layer(block, None if policy is True else policy)
-
-
-# ---------------------------------------------------------------------------------------------
-# Stacks
-
-
-class BlockStates(NamedTuple):
-    """The decoding state of a stack of ``n`` blocks: one state per block, not stacked.
-
-    Made by :func:`funcnet.init_cache` for the stacks of
-    :func:`transformer_encoder` and :func:`transformer_decoder`.
-    """
-
-    blocks: tuple
-
-
-def _repeat_blocks(block: Layer, n: int, unroll, remat_policy) -> Layer:
-    """``repeat(block, n)``, except while decoding: then one state per block, run in a loop.
-
-    Training and inference run the blocks as one ``lax.scan`` over their
-    stacked params and state (:func:`~funcnet.repeat`). While decoding, the
-    state holds each block's KV cache; scanned, the stacked caches would be
-    sliced out and stacked back (copied) at every token, which made decoding
-    ~1.8x slower. So the decoding state (made under
-    :func:`funcnet.init_cache`) is a :class:`BlockStates` of one state per
-    block, and ``apply`` given one runs the blocks one after the other, each
-    with its slice of the params, which are the same in both modes.
-    """
-    block = _with_remat(block, remat_policy)
-    stacked = repeat(block, n, unroll=unroll)
-
-    def init(key, inputs):
-        params, state = stacked.init(key, inputs)
-        if cache_request() is None:
-            return params, state
-        per_block = [jax.tree.map(lambda a, i=i: a[i], state) for i in range(n)]
-        return params, BlockStates(tuple(per_block))
-
-    def apply(params, state, inputs, *, key=None, train=False):
-        if not isinstance(state, BlockStates):
-            return stacked.apply(params, state, inputs, key=key, train=train)
-        if len(state.blocks) != n:
-            raise LayerError(
-                f"expected a decoding state of {n} blocks, got {len(state.blocks)}. Make it with "
-                "`funcnet.init_cache` for this model.",
-                path=["repeat"],
-            )
-        x, states = inputs, []
-        for i, s in enumerate(state.blocks):
-            p = jax.tree.map(lambda a, i=i: a[i], params)
-            k = None if key is None else jax.random.fold_in(key, i)
-            x, s = call_with_path("repeat", block.apply, p, s, x, key=k, train=train)
-            states.append(s)
-        return x, BlockStates(tuple(states))
-
-    return Layer(init, apply, stacked.name, stacked.children)
-
-
-def _stack(
-    block: Layer, num_layers: int, final_norm, unroll, remat_policy, block_kwargs: dict
-) -> Layer:
-    """``repeat(block)``, then a LayerNorm of ``x`` when ``final_norm`` (default: pre-LN blocks)."""
-    if final_norm is None:
-        final_norm = block_kwargs.get("norm", "pre") == "pre"
-    blocks = _repeat_blocks(block, num_layers, unroll, remat_policy)
-    if not final_norm:
-        return blocks
-    return serial(blocks, on_x(LayerNorm(epsilon=block_kwargs.get("epsilon", 1e-5))))
-
-
-def transformer_encoder(
-    num_layers: int,
-    num_heads: int,
-    *,
-    final_norm: bool | None = None,
-    unroll: int | bool = 1,
-    remat: bool | str | Callable = False,
-    **block_kwargs,
-) -> Layer:
-    """``num_layers`` :func:`TransformerEncoderBlock` s run with ``repeat`` (one ``lax.scan``).
-
-    Followed by a LayerNorm of ``"x"`` when ``final_norm`` (default: for
-    pre-LN blocks, which leave their output un-normalized). Params: the
-    stacked block params (leading axis ``num_layers``), then the final norm's:
-    ``(blocks, norm)`` with the norm, ``blocks`` alone without. Inputs and
-    outputs as the block's. ``remat`` (``True``, a policy name or function,
-    see :func:`funcnet.remat`) recomputes each block in the backward pass:
-    same gradients, less memory; decoding with a KV cache works as without.
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> enc = transformer_encoder(3, 2, mlp_ratio=2)
-        >>> params, state = enc.init(jax.random.key(0), jnp.ones((2, 5, 8)))
-        >>> params[0]["mlp"][1]["w"].shape, sorted(params[1])
-        ((3, 8, 16), ['bias', 'scale'])
-        >>> enc.apply(params, state, jnp.ones((2, 5, 8)))[0].shape
-        (2, 5, 8)
-    """
-    n = check_positive_int("transformer_encoder", "num_layers", num_layers)
-    block = TransformerEncoderBlock(num_heads, **block_kwargs)
-    return _stack(block, n, final_norm, unroll, remat, block_kwargs)
-
-
-def transformer_decoder(
-    num_layers: int,
-    num_heads: int,
-    *,
-    final_norm: bool | None = None,
-    unroll: int | bool = 1,
-    remat: bool | str | Callable = False,
-    **block_kwargs,
-) -> Layer:
-    """``num_layers`` :func:`TransformerDecoderBlock` s run with ``repeat``, as
-    :func:`transformer_encoder` (dict inputs with ``"memory"``; output the dict).
-
-    Examples:
-        >>> import jax, jax.numpy as jnp
-        >>> dec = transformer_decoder(2, 2)
-        >>> inputs = {"x": jnp.ones((2, 5, 8)), "memory": jnp.ones((2, 3, 8))}
-        >>> params, state = dec.init(jax.random.key(0), inputs)
-        >>> dec.apply(params, state, inputs)[0]["x"].shape
-        (2, 5, 8)
-    """
-    n = check_positive_int("transformer_decoder", "num_layers", num_layers)
-    block = TransformerDecoderBlock(num_heads, **block_kwargs)
-    return _stack(block, n, final_norm, unroll, remat, block_kwargs)
