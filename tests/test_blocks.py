@@ -172,3 +172,18 @@ def test_block_errors():
         mha = fn.MultiHeadAttention(2, causal=True, window=2)
         params, state = mha.init(jax.random.key(0), jnp.ones((1, 3, 8)))
         mha.apply(params, state, jnp.ones((1, 3, 6)))
+
+
+def test_rms_swiglu_decoder_block(key):
+    block = fn.TransformerDecoderBlock(2, norm="rms", mlp="swiglu", mlp_ratio=2)
+    assert block.name == "TransformerDecoderBlock(2, norm='rms', mlp='swiglu')"
+    inputs = {"x": normal(2, 5, 8), "memory": normal(2, 3, 6, seed=1)}
+    params, state = block.init(key, inputs)
+    assert sorted(params["cross_attention"][0]) == ["scale"]  # RMSNorm: no bias
+    out, _ = jax.jit(block.apply)(params, state, inputs)
+    x = inputs["x"]
+    assert out["x"].shape == x.shape and np.isfinite(np.asarray(out["x"])).all()
+    norm_m, glu = params["mlp"]  # the MLP sub-block, checked on its own
+    mlp_only = fn.on_x(fn.residual(fn.RMSNorm(epsilon=1e-5), fn.glu_mlp(16, 8)))
+    y, _ = mlp_only.apply(params["mlp"], state["mlp"], {"x": x})
+    close(y["x"], x + np_glu(np_rms(x, norm_m["scale"], 1e-5), glu, np_silu))
