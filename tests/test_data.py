@@ -534,6 +534,8 @@ def test_standardizer_constant_and_single_row_data():
     np.testing.assert_array_equal(Standardizer.fit(zero).apply(zero), zero)
     one = np.array([[1.0, 2.0]])  # one example is enough to fit (std 1 where it is 0)
     np.testing.assert_array_equal(Standardizer.fit(one).apply(one), [[0.0, 0.0]])
+    flat = np.array([1.0, 3.0])  # one feature as a 1-D array
+    np.testing.assert_allclose(Standardizer.fit(flat).apply(flat), [-1.0, 1.0])
 
 
 def test_k_fold_shuffles_by_default():

@@ -217,6 +217,8 @@ def test_every_labelled_input_is_checked(key):
         fit((x.tolist(), y))
     with pytest.raises(TypeError, match=r"fit: `y` is a Python list .*np.asarray\(y"):
         fit((x, y.tolist()))
+    with pytest.raises(TypeError, match=r"fit: `y` is a Python number, not an array"):
+        fit((x, 3))
     # in range: accepted, and a multi-input x (a list of arrays) is still arrays
     fn.evaluate(model, params, state, (x, y), loss=loss)
     two = fn.serial(lambda xs: jnp.concatenate(xs, -1), mlp())

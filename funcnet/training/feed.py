@@ -159,14 +159,14 @@ def is_arrays(data, where: str = "fit") -> bool:
     leaves = jax.tree.leaves(data)
     if leaves and all(_is_array(leaf) for leaf in leaves):
         return True
+    numbers = (int, float, complex, bool)
     for name, part in zip(("x", "y", "weights"), data):
-        if isinstance(part, (list, tuple)) and any(
-            isinstance(leaf, (int, float, complex, bool)) for leaf in jax.tree.leaves(part)
-        ):
+        if any(isinstance(leaf, numbers) for leaf in jax.tree.leaves(part)):
+            what = "number" if isinstance(part, numbers) else f"{type(part).__name__} of numbers"
             raise TypeError(
-                f"{where}: `{name}` is a Python {type(part).__name__} of numbers, not an array: "
-                f"the data must be arrays. Convert it first, e.g. `{name} = np.asarray({name}, "
-                "np.float32)`."
+                f"{where}: `{name}` is a Python {what}, not an array: the data must be arrays "
+                f"with one row per example. Convert it first, e.g. `{name} = "
+                f"np.asarray({name}, np.float32)`."
             )
     return False
 
