@@ -518,10 +518,12 @@ def test_k_fold_defaults_to_five_folds():
     assert len(folds) == 5 and all(len(val) == 2 for _, val in folds)
 
 
-def test_standardizer_statistics_keep_the_reduced_axes():
+def test_normalizer_statistics_keep_the_reduced_axes():
     x = np.random.default_rng(0).normal(size=(10, 3, 2))
     norm = Standardizer.fit(x, axis=(0, 1))
     assert norm.mean.shape == norm.std.shape == (1, 1, 2)
+    scaler = MinMaxScaler.fit(x, axis=(0, 1))
+    assert scaler.minimum.shape == scaler.maximum.shape == (1, 1, 2)
 
 
 def test_batches_of_no_rows_are_none():

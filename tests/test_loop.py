@@ -703,9 +703,9 @@ def test_history_repr_shows_the_last_epoch():
     from funcnet.training.history import History
 
     h = History()
-    h.append(0, {"loss": 2.0})
-    h.append(1, {"loss": 1.5})
-    assert repr(h) == "History(epochs=2, last={'loss': 1.5})"
+    for epoch, loss in enumerate([2.0, 1.5, 1.25]):
+        h.append(epoch, {"loss": loss})
+    assert repr(h) == "History(epochs=3, last={'loss': 1.25})"
 
 
 def test_objects_with_some_array_attributes_are_not_arrays():
@@ -717,3 +717,29 @@ def test_objects_with_some_array_attributes_are_not_arrays():
     assert is_arrays((x, x))
     for partial in (SimpleNamespace(shape=(4,)), SimpleNamespace(shape=(4,), dtype=np.float32)):
         assert not is_arrays((x, partial))
+
+
+def test_checkpoint_every_saves_mid_epoch_after_resuming_over_an_iterable(tmp_path, key):
+    """A resumed run over an iterable counts its batches first; its epochs then save mid-epoch
+    too (the epoch-end save with the logs stays the last of each epoch)."""
+    x, y = blobs(32)
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
+    loss = "sparse_categorical_cross_entropy"
+    manager = fn.CheckpointManager(tmp_path, max_to_keep=None)
+    kw = dict(checkpoint=manager, checkpoint_every=2, key=key, verbose=0)
+    fn.fit(mlp(), optax.sgd(0.1), loss, batches, epochs=1, **kw)
+    fn.fit(mlp(), optax.sgd(0.1), loss, batches, epochs=2, **kw)  # resumes at step 4
+    assert manager.all_steps() == [2, 4, 6, 8]
+
+
+def test_evaluate_over_batches_applies_the_model_to_each_whole_batch(key):
+    """An iterable's batches are evaluated as batches (a model that looks across the batch
+    sees all its rows), the same as by hand."""
+    x, y = blobs(16)
+    y = y[:, None].astype(np.float32)
+    center = fn.serial(lambda v: v - v.mean(axis=0, keepdims=True), lambda v: v[:, :1])
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    params, state = center.init(key, x[:1])
+    logs = fn.evaluate(center, params, state, batches, loss="mse")
+    by_hand = [np.mean((b[0][:, :1] - b[0][:, :1].mean(0) - b[1]) ** 2) for b in batches]
+    np.testing.assert_allclose(logs["loss"], np.mean(by_hand), rtol=1e-5)
