@@ -28,8 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnet.core import Layer
+from funcnet.training.step import eval_step
 
-__all__ = ["fused_runner", "has_conv", "logs_add", "logs_compute", "logs_init"]
+__all__ = [
+    "eval_chunk_adder",
+    "fused_runner",
+    "has_conv",
+    "logs_add",
+    "logs_compute",
+    "logs_init",
+]
 
 
 def logs_init(metrics: dict) -> dict:
@@ -71,6 +79,31 @@ def logs_add(metrics: dict, acc: dict, logs: dict, weight, step=None) -> dict:
             "nonfinite_count": acc["nonfinite_count"] + bad.astype(jnp.int32),
         }
     return out
+
+
+def eval_chunk_adder(model: Layer, loss_fn, metrics: dict) -> Callable:
+    """``add(params, state, acc, chunk, stacked) -> acc``: a chunk of evaluation batches added.
+
+    A ``lax.scan`` over stacked batches ``(batches, batch, ...)`` (or one batch
+    when ``stacked`` is False), every example counted by its weight (0 for
+    padding). Not compiled: ``evaluate`` jits it, the stacked evaluator vmaps it
+    over the model axis first.
+    """
+    step = eval_step(model, loss_fn, metrics=metrics)
+
+    def add(params, state, acc, chunk, stacked: bool):
+        if not stacked:
+            chunk = jax.tree.map(lambda a: a[None], chunk)
+
+        def body(acc, batch):
+            logs = step(params, state, batch)
+            if loss_fn is None:
+                logs["loss"] = jnp.zeros((), jnp.float32)
+            return logs_add(metrics, acc, logs, jnp.sum(batch[2].astype(jnp.float32))), None
+
+        return jax.lax.scan(body, acc, chunk)[0]
+
+    return add
 
 
 def logs_compute(metrics: dict, acc: dict, with_loss: bool = True) -> dict:

@@ -49,12 +49,11 @@ from funcnet.training.feed import (
     split_validation,
     stack_batches,
 )
-from funcnet.training.fused import has_conv, logs_add, logs_compute, logs_init
+from funcnet.training.fused import eval_chunk_adder, has_conv, logs_compute, logs_init
 from funcnet.training.history import History
 from funcnet.training.options import compose_optimizer
 from funcnet.training.step import (
     TrainState,
-    eval_step,
     metric_dict,
     predict_step,
     resolve_loss,
@@ -74,22 +73,11 @@ def make_evaluator(model: Layer, loss_fn, metrics: dict, placement: Placement) -
     ``lax.scan`` over stacked batches, or one batch), every example weighted by
     its weight (0 for padding); it is compiled once per chunk shape and reused.
     """
-    step = eval_step(model, loss_fn, metrics=metrics)
-
-    def add_chunk(params, state, acc, chunk, stacked):
-        if not stacked:
-            chunk = jax.tree.map(lambda a: a[None], chunk)
-
-        def body(acc, batch):
-            logs = step(params, state, batch)
-            if loss_fn is None:
-                logs["loss"] = jnp.zeros((), jnp.float32)
-            return logs_add(metrics, acc, logs, jnp.sum(batch[2].astype(jnp.float32))), None
-
-        return jax.lax.scan(body, acc, chunk)[0]
-
     compiled = jax.jit(
-        add_chunk, static_argnums=4, donate_argnums=2, out_shardings=placement.replicated
+        eval_chunk_adder(model, loss_fn, metrics),
+        static_argnums=4,
+        donate_argnums=2,
+        out_shardings=placement.replicated,
     )
 
     def run(params, state, chunks):

@@ -11,10 +11,9 @@ import numpy as np
 from funcnet._checks import check_positive_int
 from funcnet.core import Layer, as_layer
 from funcnet.training.feed import Placement, batch_check, eval_chunks, stack_batches
-from funcnet.training.fused import logs_add, logs_compute, logs_init
+from funcnet.training.fused import eval_chunk_adder, logs_compute, logs_init
 from funcnet.training.stacked.models import model_at, num_models
 from funcnet.training.step import (
-    eval_step,
     metric_dict,
     predict_step,
     resolve_loss,
@@ -28,19 +27,7 @@ _COMBINE = ("mean_probs", "vote", "mean")
 
 def _stacked_evaluator(model, loss_fn, metrics: dict) -> Callable:
     """``add(params, state, acc, chunk, stacked)``: every model's logs of a chunk of batches."""
-    step = eval_step(model, loss_fn, metrics=metrics)
-
-    def add_one(params, state, acc, chunk, stacked):
-        if not stacked:
-            chunk = jax.tree.map(lambda a: a[None], chunk)
-
-        def body(acc, batch):
-            logs = step(params, state, batch)
-            if loss_fn is None:
-                logs["loss"] = jnp.zeros((), jnp.float32)
-            return logs_add(metrics, acc, logs, jnp.sum(batch[2].astype(jnp.float32))), None
-
-        return jax.lax.scan(body, acc, chunk)[0]
+    add_one = eval_chunk_adder(model, loss_fn, metrics)
 
     def add(params, state, acc, chunk, stacked):
         one = lambda p, s, a: add_one(p, s, a, chunk, stacked)
