@@ -313,3 +313,9 @@ def test_mixup_accepts_one_dimensional_float_targets_and_rejects_scalars():
 def test_default_parameters_as_documented():
     assert augment.random_crop().__name__ == "random_crop(padding=4)"
     assert augment.mixup().__name__ == "mixup(0.2)"
+
+
+def test_rotation_accepts_180_degrees_and_mixup_1d_inputs(key):
+    assert augment.random_rotation(180)(key, _images()).shape == _images().shape
+    xm, ym = augment.mixup(0.5)(key, (jnp.arange(4.0), jnp.arange(4.0) * 2))
+    np.testing.assert_allclose(ym, 2 * xm, rtol=1e-6)  # (N,) inputs mix as the targets do

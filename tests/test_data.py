@@ -536,7 +536,7 @@ def test_standardizer_constant_and_single_row_data():
     np.testing.assert_array_equal(Standardizer.fit(zero).apply(zero), zero)
     one = np.array([[1.0, 2.0]])  # one example is enough to fit (std 1 where it is 0)
     np.testing.assert_array_equal(Standardizer.fit(one).apply(one), [[0.0, 0.0]])
-    flat = np.array([1.0, 3.0])  # one feature as a 1-D array
+    flat = np.array([1.0, 5.0])  # one feature as a 1-D array: mean 3, std 2
     np.testing.assert_allclose(Standardizer.fit(flat).apply(flat), [-1.0, 1.0])
 
 
@@ -545,3 +545,14 @@ def test_k_fold_shuffles_by_default():
     assert folds != [list(range(i, i + 5)) for i in range(0, 20, 5)]
     plain = [val.tolist() for _, val in k_fold(20, 4, shuffle=False)]
     assert plain == [list(range(i, i + 5)) for i in range(0, 20, 5)]
+
+
+def test_more_bad_arguments_of_normalizers_and_splits():
+    x = np.ones((4, 3), np.float32)
+    for axis in ((), (0.5,)):
+        with pytest.raises(TypeError, match="`axis` must be an int or a tuple of ints"):
+            Standardizer.fit(x, axis=axis)
+    with pytest.raises(ValueError, match="`feature_range` must be \\(low, high\\) with low < high"):
+        MinMaxScaler.fit(x, feature_range=(1.0, 1.0))
+    with pytest.raises(ValueError, match="val_size"):
+        data.train_val_test_split(np.arange(10), val_size=1.0, test_size=0)

@@ -219,6 +219,13 @@ def test_every_labelled_input_is_checked(key):
         fit((x, y.tolist()))
     with pytest.raises(TypeError, match=r"fit: `y` is a Python number, not an array"):
         fit((x, 3))
+    # a sequence model's classes are its last axis, not its time axis (7 here)
+    seq = fn.serial(fn.Dense(3))
+    xs = np.ones((4, 7, 5), np.float32)
+    p_seq, s_seq = seq.init(key, xs[:1])
+    with pytest.raises(ValueError, match=out_of_range.format("evaluate", "0, 5")):
+        labels = np.tile(np.arange(7) % 6, (4, 1)).astype(np.int32)
+        fn.evaluate(seq, p_seq, s_seq, (xs, labels), loss=loss)
     # in range: accepted, and a multi-input x (a list of arrays) is still arrays
     fn.evaluate(model, params, state, (x, y), loss=loss)
     two = fn.serial(lambda xs: jnp.concatenate(xs, -1), mlp())
