@@ -30,7 +30,7 @@ IMPLS = {
     "jax": "pure JAX: params dict + optax, `jax.jit` per step (donated)",
     "jax_fused": "pure JAX, `fused_steps` steps in one `lax.scan` call (batches gathered inside)",
     "funcnet": "funcnet `train_step` under `jax.jit` (donated), default options",
-    "funcnet_fused": "funcnet's `fit` fused path (`steps_per_execution`, `fn.training.fused_runner`)",
+    "funcnet_fused": "funcnet's `fit` fused path (`steps_per_execution`, `training.fused_runner`)",
     "flax_linen": "Flax Linen + `flax.training.train_state`, `jax.jit` (donated)",
     "flax_nnx": "Flax NNX idiomatic: `nnx.Optimizer`, `nnx.jit`",
     "haiku": "Haiku `hk.transform` + optax, `jax.jit` (donated)",
