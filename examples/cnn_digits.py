@@ -79,6 +79,7 @@ def main(
     mnist: str | None = None,
     seed: int = 0,
     log_every: int = 5,
+    policy: str | None = None,
 ) -> dict:
     """Train, validate and test.
 
@@ -129,6 +130,7 @@ def main(
         validation_data=val,
         metrics=["accuracy"],
         augment=aug,
+        policy=policy,  # e.g. "mixed_bfloat16" (see the README's "Mixed precision")
         callbacks=[fn.callbacks.LambdaCallback(on_epoch_end=report), best],
         # Steps fused per compiled call. fit unrolls them for a model with convolutions
         # (XLA:CPU is slow at convolution gradients inside a rolled loop), and compiling
@@ -170,6 +172,7 @@ if __name__ == "__main__":
     parser.add_argument("--max-degrees", type=float, default=10.0, help="0 for no rotation")
     parser.add_argument("--mnist", metavar="DIR", help="read MNIST IDX files from DIR")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", help="precision policy, e.g. mixed_bfloat16")
     parser.add_argument("--smoke", action="store_true", help="two epochs, runs in seconds")
     args = parser.parse_args()
     main(
@@ -181,4 +184,5 @@ if __name__ == "__main__":
         mnist=args.mnist,
         seed=args.seed,
         log_every=1 if args.smoke else 5,
+        policy=args.policy,
     )

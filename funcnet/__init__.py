@@ -24,14 +24,17 @@ from funcnet import (
 )
 from funcnet.checkpoint import CheckpointManager
 from funcnet.combinators import (
+    Policy,
     concat,
     fanout,
+    get_policy,
     parallel,
     remat,
     repeat,
     residual,
     serial,
     shared,
+    with_policy,
 )
 from funcnet.core import (
     FuncnetError,
@@ -56,6 +59,7 @@ from funcnet.training import (
     TrainState,
     callbacks,
     compose_optimizer,
+    dynamic_loss_scale,
     ensemble_predict,
     eval_step,
     evaluate,
@@ -86,6 +90,7 @@ __all__ = [
     "LayerError",
     "PRNGKey",
     "Params",
+    "Policy",
     "State",
     "TrainState",
     "__version__",
@@ -98,6 +103,7 @@ __all__ = [
     "data",
     "datasets",
     "distributed",
+    "dynamic_loss_scale",
     "ensemble_predict",
     "eval_step",
     "evaluate",
@@ -105,6 +111,7 @@ __all__ = [
     "fanout",
     "fit",
     "generate",
+    "get_policy",
     "hparams_of",
     "init_cache",
     "init_spec",
@@ -138,5 +145,6 @@ __all__ = [
     "train_step",
     "training",
     "with_hparams",
+    "with_policy",
     *_layers,
 ]

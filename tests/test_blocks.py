@@ -187,3 +187,22 @@ def test_rms_swiglu_decoder_block(key):
     mlp_only = fn.on_x(fn.residual(fn.RMSNorm(epsilon=1e-5), fn.glu_mlp(16, 8)))
     y, _ = mlp_only.apply(params["mlp"], state["mlp"], {"x": x})
     close(y["x"], x + np_glu(np_rms(x, norm_m["scale"], 1e-5), glu, np_silu))
+
+
+def test_decoder_block_window_equals_a_band_mask(key):
+    """``window=W`` on the decoder block is its causal self-attention restricted to the band
+    ``j > i - W``: the same as passing that band as the ``(N, T, T)`` mask; the
+    cross-attention still sees the whole memory."""
+    inputs = {"x": normal(2, 7, 8), "memory": normal(2, 3, 6, seed=1)}
+    windowed = fn.TransformerDecoderBlock(2, norm="rms", window=2)
+    assert windowed.name == "TransformerDecoderBlock(2, norm='rms', window=2)"
+    params, state = windowed.init(key, inputs)
+    out, _ = jax.jit(windowed.apply)(params, state, inputs)
+    i, j = np.arange(7)[:, None], np.arange(7)[None]
+    band = np.broadcast_to(j > i - 2, (2, 7, 7))
+    plain = fn.TransformerDecoderBlock(2, norm="rms")
+    want, _ = plain.apply(params, state, {**inputs, "mask": band})
+    close(out["x"], want["x"])
+    full, _ = plain.apply(params, state, inputs)
+    assert not np.allclose(out["x"][:, 2:], full["x"][:, 2:], atol=1e-4)
+    close(out["x"][:, :2], full["x"][:, :2])  # the first two positions see no farther anyway

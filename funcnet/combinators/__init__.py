@@ -22,6 +22,7 @@ through ordinary layers, which is all a Transformer block needs beyond
 """
 
 from funcnet.combinators.basic import concat, fanout, parallel, residual, serial
+from funcnet.combinators.precision import POLICIES, Policy, get_policy, with_policy
 from funcnet.combinators.remat import REMAT_POLICIES, remat
 from funcnet.combinators.reuse import repeat, shared
 from funcnet.combinators.routing import (
@@ -35,9 +36,12 @@ from funcnet.combinators.routing import (
 
 __all__ = [
     "INPUT_KEYS",
+    "POLICIES",
+    "Policy",
     "REMAT_POLICIES",
     "concat",
     "fanout",
+    "get_policy",
     "on_x",
     "parallel",
     "remat",
@@ -49,4 +53,5 @@ __all__ = [
     "serial",
     "shared",
     "split_inputs",
+    "with_policy",
 ]

@@ -4,8 +4,9 @@ Who owns what (imports go down this list, never up; layers, losses,
 metrics, data, distributed and persistence never import training):
 
 - :mod:`~funcnet.training.keys`: the key scheme, one table of every use of randomness.
-- :mod:`~funcnet.training.options`: freezing, clipping and skipping non-finite
-  updates as optax transforms (:func:`compose_optimizer`).
+- :mod:`~funcnet.training.options`: freezing, clipping, skipping non-finite
+  updates and dynamic loss scaling as optax transforms (:func:`compose_optimizer`,
+  :func:`dynamic_loss_scale`).
 - :mod:`~funcnet.training.collectives`: the explicit-collective helpers of a step
   under ``shard_map`` / ``pmap`` (``axis_name``).
 - :mod:`~funcnet.training.step`: :class:`TrainState`, :func:`train_step`,
@@ -26,7 +27,7 @@ from funcnet.training import callbacks, keys
 from funcnet.training.fused import fused_runner, logs_add, logs_compute, logs_init
 from funcnet.training.history import History
 from funcnet.training.loop import evaluate, fit, predict
-from funcnet.training.options import compose_optimizer
+from funcnet.training.options import compose_optimizer, dynamic_loss_scale, loss_scale_of
 from funcnet.training.stacked import (
     ensemble_predict,
     hparams_of,
@@ -49,6 +50,7 @@ __all__ = [
     "TrainState",
     "callbacks",
     "compose_optimizer",
+    "dynamic_loss_scale",
     "eval_step",
     "evaluate",
     "fit",
@@ -57,6 +59,7 @@ __all__ = [
     "logs_add",
     "logs_compute",
     "logs_init",
+    "loss_scale_of",
     "predict",
     "predict_step",
     "train_step",

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from funcnet._checks import check_positive_int
+from funcnet.combinators.precision import get_policy
 from funcnet.core import Layer, as_layer
 from funcnet.training.callbacks import call_hooks
 from funcnet.training.feed import (
@@ -51,9 +52,10 @@ from funcnet.training.feed import (
 )
 from funcnet.training.fused import eval_chunk_adder, has_conv, logs_compute, logs_init
 from funcnet.training.history import History
-from funcnet.training.options import compose_optimizer
+from funcnet.training.options import compose_optimizer, loss_scale_of, update_was_finite
 from funcnet.training.step import (
     TrainState,
+    _policy_model,
     metric_dict,
     predict_step,
     resolve_loss,
@@ -187,12 +189,21 @@ def predict(
 _OPTIMIZER_OPTIONS = ("clip_norm", "freeze")
 
 
-def _compose(optimizer, step_options: dict):
-    """fit's optimizer with its option transforms, and the options left for ``train_step``."""
+def _compose(optimizer, step_options: dict, policy):
+    """fit's optimizer with its option transforms, and the options left for ``train_step``.
+
+    ``loss_scale="dynamic"``, or a float16 ``policy`` without a ``loss_scale``,
+    wraps the optimizer in :func:`~funcnet.training.dynamic_loss_scale`.
+    """
     options = {k: step_options.pop(k) for k in _OPTIMIZER_OPTIONS if k in step_options}
     if step_options.get("nan_guard") == "skip":
         step_options.pop("nan_guard")
         options["skip_nonfinite"] = True
+    float16 = policy is not None and policy.compute_dtype == jnp.float16
+    unscaled = "loss_scale" not in step_options
+    if step_options.get("loss_scale") == "dynamic" or (float16 and unscaled):
+        step_options.pop("loss_scale", None)
+        options["loss_scale"] = "dynamic"
     return (compose_optimizer(optimizer, **options) if options else optimizer), step_options
 
 
@@ -403,10 +414,15 @@ def fit(
             model state and optimizer state split over the mesh's ``"fsdp"``
             axis (``"data"`` without one), see
             :func:`funcnet.distributed.state_shardings`.
-        **step_options: ``clip_norm``, ``freeze`` and ``nan_guard="skip"``
-            are composed into the optimizer (:func:`compose_optimizer`); the
-            rest go to :func:`train_step` (``l2``, ``accumulate_steps``,
-            ``compute_dtype``, ``augment``, ...).
+        **step_options: ``policy`` (or ``compute_dtype``) runs the whole model
+            (training, validation, the params' dtype at init) as
+            ``with_policy(model, policy)`` (see :func:`funcnet.get_policy`);
+            ``clip_norm``, ``freeze``, ``nan_guard="skip"`` and
+            ``loss_scale="dynamic"`` are composed into the optimizer
+            (:func:`compose_optimizer`); a float16 policy
+            (``"mixed_float16"``) without a ``loss_scale`` gets the dynamic
+            one. The rest go to :func:`train_step` (``l2``,
+            ``accumulate_steps``, ``augment``, a static ``loss_scale``, ...).
 
     Returns:
         ``(train_state, history)``.
@@ -415,18 +431,21 @@ def fit(
         ValueError: for inconsistent or empty data, NaN/Inf in the arrays,
             labels out of range, bad arguments.
         FloatingPointError: when a step produced a NaN/Inf loss (the message
-            names the step). With ``nan_guard="skip"`` such a step's update is
-            skipped instead, its loss and metrics left out of the epoch's, and
-            the epoch's count logged as ``skipped_steps``.
+            names the step). With ``nan_guard="skip"`` or a dynamic loss scale
+            (an optimizer that skips non-finite updates) such a step's update
+            is skipped instead, its loss and metrics left out of the epoch's,
+            and the epoch's count logged as ``skipped_steps``; a dynamic loss
+            scale's value at the end of the epoch is logged as ``loss_scale``.
     """
-    model = as_layer(model)
+    step_options = dict(step_options)
+    policy = get_policy(step_options.pop("policy", None), "fit")
+    model = _policy_model(as_layer(model), policy, step_options.pop("compute_dtype", None), "fit")
     loss_fn = resolve_loss(loss, "fit")
     metrics = metric_dict(metrics)
     both = bool(validation_split) and validation_data is not None
     _check_fit_args(batch_size, epochs, steps_per_execution, both, param_sharding, mesh)
     placement = Placement(mesh, "fit")
-    skipping = step_options.get("nan_guard") == "skip"
-    optimizer, step_options = _compose(optimizer, dict(step_options))
+    optimizer, step_options = _compose(optimizer, step_options, policy)
     step = train_step(model, loss_fn, optimizer, metrics=metrics, **step_options)
     key = jax.random.key(0) if key is None else key
     if validation_split:
@@ -455,6 +474,7 @@ def fit(
         validate = _validator(
             model, loss_fn, metrics, placement, validation_data, validation_batch_size, check
         )
+    skipping = update_was_finite(ts.opt_state) is not None  # the optimizer skips NaN/Inf steps
     run = _Run(feed, manager, checkpoint_every, callbacks, verbose, epochs, skipping)
     ts, history = run.epochs(ts, key, shuffle, metrics, placement, validate)
     return placement.to_user(ts), history
@@ -484,7 +504,7 @@ class _Run:
     def __init__(self, feed, manager, checkpoint_every, callbacks, verbose, epochs, skipping):
         self.feed, self.manager, self.every = feed, manager, checkpoint_every
         self.callbacks, self.verbose, self.n_epochs = callbacks, verbose, epochs
-        self.skipping = skipping  # nan_guard="skip": non-finite steps are skipped and counted
+        self.skipping = skipping  # nan_guard="skip", loss scaling: non-finite steps are skipped
 
     def epochs(self, ts, key, shuffle, metrics, placement, validate):
         history = History()
@@ -510,6 +530,9 @@ class _Run:
             lr = _learning_rate(ts.opt_state)
             if lr is not None:
                 logs["learning_rate"] = lr
+            scale = loss_scale_of(ts.opt_state)
+            if scale is not None:
+                logs["loss_scale"] = float(scale)
             history.append(epoch, logs)
             if self.manager is not None:
                 self.manager.save(int(ts.step), ts, metrics=logs)

@@ -1,10 +1,12 @@
 """Training options as optax transforms composed with the user's optimizer.
 
-Freezing, gradient clipping and skipping non-finite updates are not flags
-inside the step: they are optax ``GradientTransformation``\\ s wrapped around
-the optimizer (``optax.multi_transform`` with ``optax.set_to_zero``,
-``optax.clip_by_global_norm``, ``optax.apply_if_finite``), so their state
-lives in ``opt_state`` and any optax user reads them at once. Pass the
+Freezing, gradient clipping, skipping non-finite updates and dynamic loss
+scaling are not flags inside the step: they are optax
+``GradientTransformation``\\ s wrapped around the optimizer
+(``optax.multi_transform`` with ``optax.set_to_zero``,
+``optax.clip_by_global_norm``, ``optax.apply_if_finite``,
+:func:`dynamic_loss_scale`), so their state lives in ``opt_state`` and any
+optax user reads them at once. Pass the
 composed optimizer to both :meth:`TrainState.create` and :func:`train_step`
 (``fit`` does this itself for its ``clip_norm=``, ``freeze=``,
 ``nan_guard="skip"`` arguments).
@@ -14,14 +16,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from funcnet import _checks
 from funcnet.core import Params, path_str
 
-__all__ = ["compose_optimizer", "path_mask"]
+__all__ = [
+    "DynamicLossScaleState",
+    "compose_optimizer",
+    "dynamic_loss_scale",
+    "loss_scale_of",
+    "path_mask",
+]
 
 # apply_if_finite gives up skipping after this many non-finite steps in a row; "skip" never does.
 _NEVER_GIVE_UP = 2**30
@@ -74,6 +84,7 @@ def compose_optimizer(
     clip_norm: float | None = None,
     freeze: str | Sequence[str] | None = None,
     skip_nonfinite: bool = False,
+    loss_scale: str | None = None,
 ) -> optax.GradientTransformation:
     """``optimizer`` with the usual training options, each an optax transform.
 
@@ -89,7 +100,10 @@ def compose_optimizer(
             (``optax.apply_if_finite``): params and optimizer state stay as they
             were, and :func:`train_step` also keeps the model state (BatchNorm
             statistics) and logs ``"nonfinite"``. For ``float16`` with
-            ``loss_scale``, where overflowing steps are expected.
+            a static ``loss_scale`` in :func:`train_step`.
+        loss_scale: ``"dynamic"``: wrap everything in :func:`dynamic_loss_scale`
+            (default settings) for ``float16`` training; it skips overflowing
+            updates itself.
 
     Returns:
         The composed transformation; pass it to both :meth:`TrainState.create`
@@ -123,14 +137,118 @@ def compose_optimizer(
         )
     if skip_nonfinite:
         tx = optax.apply_if_finite(tx, _NEVER_GIVE_UP)
+    if loss_scale is not None:
+        if loss_scale != "dynamic":
+            raise ValueError(
+                f"compose_optimizer: `loss_scale` must be 'dynamic' or None, got {loss_scale!r}; "
+                "for a static scale pass `loss_scale=` to train_step."
+            )
+        tx = dynamic_loss_scale(tx)
     return tx
 
 
-def update_was_finite(opt_state) -> jax.Array | None:
-    """``last_finite`` of the outermost ``optax.apply_if_finite`` state; None without one."""
-    for node in jax.tree.leaves(
-        opt_state, is_leaf=lambda s: isinstance(s, optax.ApplyIfFiniteState)
-    ):
-        if isinstance(node, optax.ApplyIfFiniteState):
-            return node.last_finite
+class DynamicLossScaleState(NamedTuple):
+    """The state of :func:`dynamic_loss_scale`: the scale and its bookkeeping."""
+
+    scale: jax.Array  # float32: the factor the loss is multiplied by before differentiating
+    good_steps: jax.Array  # int32: finite steps since the scale last changed
+    last_finite: jax.Array  # bool: whether the last update was applied
+    skipped: jax.Array  # int32: updates skipped so far (a non-finite gradient)
+    inner_state: Any
+
+
+def dynamic_loss_scale(
+    optimizer: optax.GradientTransformation,
+    *,
+    initial_scale: float = 2.0**15,
+    growth_interval: int = 2000,
+    factor: float = 2.0,
+    min_scale: float = 1.0,
+) -> optax.GradientTransformationExtraArgs:
+    """``optimizer`` behind a dynamic loss scale, for ``float16`` training.
+
+    :func:`train_step` multiplies the loss by the current scale before
+    differentiating (so small float16 gradients do not flush to zero) and
+    divides the gradient by it before this transform sees it. Here a
+    gradient with a NaN/Inf (an overflow) skips the update (params, optimizer
+    state and, in :func:`train_step`, the model state stay as they were; the
+    step logs ``"nonfinite"``) and divides the scale by ``factor`` (not below
+    ``min_scale``); ``growth_interval`` finite steps in a row multiply it by
+    ``factor``. This is the rule of PyTorch's ``GradScaler`` and Keras'
+    ``LossScaleOptimizer``. The state (:class:`DynamicLossScaleState`) counts
+    the skipped updates; :func:`loss_scale_of` reads the scale.
+
+    Raises:
+        TypeError: when ``optimizer`` is not an optax transformation.
+        ValueError: for a scale, factor or interval out of range.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> opt = dynamic_loss_scale(optax.sgd(0.1), initial_scale=8.0, growth_interval=2)
+        >>> s = opt.init({"w": jnp.zeros(2)})
+        >>> for g in ([1.0, 1.0], [1.0, 1.0], [jnp.inf, 1.0]):
+        ...     u, s = opt.update({"w": jnp.array(g)}, s)
+        ...     print(float(s.scale), bool(s.last_finite), u["w"].tolist())
+        8.0 True [-0.1, -0.1]
+        16.0 True [-0.1, -0.1]
+        8.0 False [0.0, 0.0]
+    """
+    check_optimizer(optimizer, "dynamic_loss_scale")
+    _checks.check_positive_int("dynamic_loss_scale", "growth_interval", growth_interval)
+    if not (min_scale > 0 and initial_scale >= min_scale and factor > 1):
+        raise ValueError(
+            "dynamic_loss_scale: need 0 < min_scale <= initial_scale and factor > 1, got "
+            f"min_scale={min_scale}, initial_scale={initial_scale}, factor={factor}."
+        )
+    inner = optax.with_extra_args_support(optimizer)
+
+    def init(params):
+        return DynamicLossScaleState(
+            scale=jnp.asarray(initial_scale, jnp.float32),
+            good_steps=jnp.zeros((), jnp.int32),
+            last_finite=jnp.asarray(True),
+            skipped=jnp.zeros((), jnp.int32),
+            inner_state=inner.init(params),
+        )
+
+    def update(updates, state, params=None, **extra):
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(updates)]))
+        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
+        keep = lambda new, old: jnp.where(finite, new, old)
+        new_updates = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), new_updates)
+        new_inner = jax.tree.map(keep, new_inner, state.inner_state)
+        grow = finite & (state.good_steps + 1 >= growth_interval)
+        scale = jnp.where(
+            finite,
+            jnp.where(grow, state.scale * factor, state.scale),
+            jnp.maximum(state.scale / factor, min_scale),
+        )
+        return new_updates, DynamicLossScaleState(
+            scale=scale,
+            good_steps=jnp.where(finite & ~grow, state.good_steps + 1, 0),
+            last_finite=finite,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+            inner_state=new_inner,
+        )
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _outermost(opt_state, kinds):
+    for node in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, kinds)):
+        if isinstance(node, kinds):
+            return node
     return None
+
+
+def loss_scale_of(opt_state) -> jax.Array | None:
+    """The current scale of the :func:`dynamic_loss_scale` in ``opt_state``; None without one."""
+    node = _outermost(opt_state, DynamicLossScaleState)
+    return None if node is None else node.scale
+
+
+def update_was_finite(opt_state) -> jax.Array | None:
+    """``last_finite`` of the outermost ``optax.apply_if_finite`` or
+    :func:`dynamic_loss_scale` state; None without one."""
+    node = _outermost(opt_state, (optax.ApplyIfFiniteState, DynamicLossScaleState))
+    return None if node is None else node.last_finite

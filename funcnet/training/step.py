@@ -35,9 +35,15 @@ import optax
 from funcnet import _checks
 from funcnet import losses as losses_lib
 from funcnet import metrics as metrics_lib
+from funcnet.combinators.precision import Policy, with_policy
 from funcnet.core import Layer, Params, PRNGKey, State, as_layer, spec_of
 from funcnet.training import collectives, keys
-from funcnet.training.options import check_optimizer, path_mask, update_was_finite
+from funcnet.training.options import (
+    check_optimizer,
+    loss_scale_of,
+    path_mask,
+    update_was_finite,
+)
 
 __all__ = ["TrainState", "eval_step", "metric_dict", "predict_step", "resolve_loss", "train_step"]
 
@@ -137,12 +143,17 @@ def unpack_batch(batch, where: str):
     )
 
 
-def _cast_floats(tree, dtype):
-    if dtype is None:
-        return tree
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree
-    )
+def _policy_model(model: Layer, policy, compute_dtype, where: str) -> Layer:
+    """``model`` under ``policy`` (or ``compute_dtype``: that compute dtype, float32 outputs)."""
+    if policy is not None and compute_dtype is not None:
+        raise ValueError(
+            f"{where}: give `policy=` or `compute_dtype=`, not both "
+            "(`compute_dtype=jnp.bfloat16` is `policy='params=float32,compute=bfloat16,"
+            "output=float32'` without the cast of params at init)."
+        )
+    if compute_dtype is not None:
+        policy = Policy(compute_dtype=jnp.dtype(compute_dtype), output_dtype=jnp.float32)
+    return model if policy is None else with_policy(model, policy)
 
 
 def metric_dict(metrics) -> dict:
@@ -206,7 +217,6 @@ class _Options(NamedTuple):
     l2: float
     regularize: Any
     accumulate_steps: int
-    compute_dtype: Any
     loss_scale: float
     axis_name: Any
 
@@ -215,21 +225,13 @@ def _objective(model, o: _Options):
     """``objective(params, state, x, y, w, key, share) -> (scaled loss, (loss, outputs, state))``.
 
     ``share`` weighs this part of the batch (a micro-batch, a device's rows)
-    in the loss of the whole batch.
+    in the loss of the whole batch, times the loss scale.
     """
 
     def objective(params, state, x, y, w, key, share):
-        outputs, new_state = model.apply(
-            _cast_floats(params, o.compute_dtype),
-            state,
-            _cast_floats(x, o.compute_dtype),
-            key=key,
-            train=True,
-        )
-        if o.compute_dtype is not None:
-            outputs = _cast_floats(outputs, jnp.float32)
+        outputs, new_state = model.apply(params, state, x, key=key, train=True)
         total = _call_loss(o.loss_fn, outputs, y, w) + _penalty(params, o.l1, o.l2, o.regularize)
-        return total * (o.loss_scale * share), (total, outputs, new_state)
+        return total * share, (total, outputs, new_state)
 
     return objective
 
@@ -343,6 +345,7 @@ def train_step(
     l2: float = 0.0,
     regularize: str | Sequence[str] = r"(^|/)w$",
     accumulate_steps: int = 1,
+    policy=None,
     compute_dtype=None,
     loss_scale: float = 1.0,
     nan_guard: str | bool = False,
@@ -379,15 +382,22 @@ def train_step(
             once, each weighted by its share of the batch's total sample
             weight: the memory of a small batch, the update of a large one.
             The batch size must be divisible by it.
-        compute_dtype: e.g. ``jnp.bfloat16``: the forward and backward passes
-            run in this dtype (params and float inputs cast) while params,
-            gradients and the optimizer stay float32; outputs are cast back to
-            float32 for the loss.
+        policy: a precision policy (:func:`funcnet.get_policy`: e.g.
+            ``"mixed_bfloat16"``): the model runs as
+            ``with_policy(model, policy)``, so the forward and backward passes
+            compute in its compute dtype while the params, gradients and the
+            optimizer keep the params' dtype, and the loss sees outputs in its
+            output dtype (float32 for the mixed policies).
+        compute_dtype: e.g. ``jnp.bfloat16``: short for a policy with that
+            compute dtype and float32 outputs.
         loss_scale: multiply the loss before differentiating and divide the
             gradient after, before the optimizer (and so before clipping):
             static loss scaling for ``float16``, with
             ``compose_optimizer(..., skip_nonfinite=True)`` to skip
-            overflowing steps.
+            overflowing steps. An optimizer with :func:`dynamic_loss_scale`
+            (``compose_optimizer(..., loss_scale="dynamic")``) sets the scale
+            itself, from its state, every step; the step logs it as
+            ``"loss_scale"``.
         nan_guard: ``False`` (default): no check in the step (``fit`` still
             checks every step's loss and raises naming the first NaN/Inf one).
             ``"report"``: ``logs["nonfinite"]`` is True when the loss is
@@ -423,7 +433,7 @@ def train_step(
         ValueError: for bad arguments (here) or a batch not divisible into
             ``accumulate_steps`` micro-batches (when traced).
     """
-    model = as_layer(model)
+    model = _policy_model(as_layer(model), policy, compute_dtype, "train_step")
     metrics = metric_dict(metrics)
     check_optimizer(optimizer, "train_step")
     _check_step_options(accumulate_steps, l1, l2, loss_scale, nan_guard, augment)
@@ -433,7 +443,6 @@ def train_step(
         l2=l2,
         regularize=regularize,
         accumulate_steps=accumulate_steps,
-        compute_dtype=compute_dtype,
         loss_scale=float(loss_scale),
         axis_name=collectives.check_axis_name(axis_name, "train_step"),
     )
@@ -456,6 +465,9 @@ def train_step(
             grads, train_state.opt_state, train_state.params, **extra
         )
         logs = {"loss": total}
+        scale = loss_scale_of(train_state.opt_state)
+        if scale is not None:
+            logs["loss_scale"] = scale
         finite = update_was_finite(new_opt_state)
         if finite is not None:  # the optimizer skipped a non-finite update: keep the model state
             new_state = jax.tree.map(
@@ -500,17 +512,33 @@ def _global_gradients(gradients, train_state, x, y, w, key, o: _Options):
     under ``pmap`` and ``shard_map`` alike.
     """
     params = train_state.params
+    scale = _loss_scale(train_state.opt_state, o.loss_scale)
     if o.axis_name is None:
-        grads, total, outputs, new_state = gradients(params, train_state.state, x, y, w, key, 1.0)
+        grads, total, outputs, new_state = gradients(params, train_state.state, x, y, w, key, scale)
     else:
         share = collectives.device_share(w, o.axis_name)
         local = collectives.varying_params(params, o.axis_name)
-        grads, total, outputs, new_state = gradients(local, train_state.state, x, y, w, key, share)
+        grads, total, outputs, new_state = gradients(
+            local, train_state.state, x, y, w, key, share * scale
+        )
         grads = jax.lax.psum(grads, o.axis_name)
         total = jax.lax.psum(total * share, o.axis_name)
-    if o.loss_scale != 1.0:
-        grads = jax.tree.map(lambda g: g / o.loss_scale, grads)
+    if not (isinstance(scale, float) and scale == 1.0):
+        grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / scale).astype(g.dtype), grads)
     return grads, total, outputs, new_state
+
+
+def _loss_scale(opt_state, static: float):
+    """The loss scale of this step: the optimizer's dynamic one, or the static one."""
+    dynamic = loss_scale_of(opt_state)
+    if dynamic is None:
+        return static
+    if static != 1.0:
+        raise ValueError(
+            f"train_step: the optimizer has a dynamic loss scale, so `loss_scale={static}` "
+            "cannot apply too; drop one of them."
+        )
+    return dynamic
 
 
 def eval_step(
@@ -518,6 +546,7 @@ def eval_step(
     loss: str | Callable | None = None,
     *,
     metrics: Mapping[str, Any] | Sequence | str | None = None,
+    policy=None,
     compute_dtype=None,
     axis_name: Hashable | tuple | None = None,
 ) -> Callable[[Params, State, Any], dict]:
@@ -529,7 +558,8 @@ def eval_step(
     With ``axis_name`` (inside ``jax.shard_map`` / ``jax.pmap``, the batch
     split over that axis) the loss is the global batch's (each device's loss
     weighted by its share of the batch) and the metric states are merged over
-    the axis, as in :func:`train_step`.
+    the axis, as in :func:`train_step`. ``policy`` and ``compute_dtype`` are
+    :func:`train_step`'s.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -541,17 +571,14 @@ def eval_step(
         >>> logs["loss"].shape
         ()
     """
-    model = as_layer(model)
+    model = _policy_model(as_layer(model), policy, compute_dtype, "eval_step")
     metrics = metric_dict(metrics)
     loss_fn = resolve_loss(loss, "eval_step") if loss is not None else None
     axis_name = collectives.check_axis_name(axis_name, "eval_step")
 
     def step(params, state, batch) -> dict:
         x, y, w = unpack_batch(batch, "eval_step")
-        outputs, _ = model.apply(
-            _cast_floats(params, compute_dtype), state, _cast_floats(x, compute_dtype)
-        )
-        outputs = _cast_floats(outputs, jnp.float32) if compute_dtype is not None else outputs
+        outputs, _ = model.apply(params, state, x)
         logs = {}
         if loss_fn is not None:
             logs["loss"] = _call_loss(loss_fn, outputs, y, w)

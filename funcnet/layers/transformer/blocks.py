@@ -331,6 +331,7 @@ def TransformerDecoderBlock(
     epsilon: float = 1e-5,
     mlp: str = "mlp",
     rope: bool = False,
+    window: int | None = None,
     remat: bool | str | Callable = False,
 ) -> Layer:
     """A Transformer decoder block: causal self-attention, cross-attention to a memory, an MLP.
@@ -362,7 +363,8 @@ def TransformerDecoderBlock(
     Under :func:`funcnet.init_cache` the self-attention keeps a KV cache (the
     cross-attention does not: it reads ``"memory"``, passed with every call).
 
-    Args: as :func:`TransformerEncoderBlock` (``rope`` applies to the
+    Args: as :func:`TransformerEncoderBlock` (``rope`` and ``window``, a
+    sliding window of the last ``window`` positions, apply to the
     self-attention only).
 
     Raises:
@@ -403,6 +405,7 @@ def TransformerDecoderBlock(
             opts.heads,
             num_kv_heads=opts.kv_heads,
             causal=True,
+            window=window,
             drop_rate=attention_drop_rate,
             rope=rope,
         )
@@ -418,7 +421,7 @@ def TransformerDecoderBlock(
             ],
         }
 
-    name = _block_name(owner, opts, causal=False, rope=rope)
+    name = _block_name(owner, opts, causal=False, rope=rope, window=window)
     block = _block(name, opts, attentions, allowed=ATTENTION_KEYS, require=("x", "memory"))
     return _with_remat(block, remat)
 
