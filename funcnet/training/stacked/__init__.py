@@ -30,6 +30,7 @@ Examples:
     ((4, 3, 8), (4,))
 """
 
+from funcnet.training.stacked.fit import StackedHistory, stacked_fit
 from funcnet.training.stacked.infer import ensemble_predict, stacked_evaluate, stacked_predict
 from funcnet.training.stacked.models import (
     hparams_of,
@@ -47,6 +48,7 @@ from funcnet.training.stacked.train import (
 )
 
 __all__ = [
+    "StackedHistory",
     "ensemble_predict",
     "hparams_of",
     "model_at",
@@ -55,6 +57,7 @@ __all__ = [
     "stack_init",
     "stack_models",
     "stacked_evaluate",
+    "stacked_fit",
     "stacked_predict",
     "stacked_runner",
     "stacked_train_step",
