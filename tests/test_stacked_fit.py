@@ -113,6 +113,26 @@ def test_shared_order_is_fits_order_for_every_model():
     close(fn.model_at(ts.params, 0), ref.params)
 
 
+def test_step_options_and_seed_keys_as_fit():
+    """`clip_norm` (composed into the optimizer) and `l2` (the step) as in fit; int seeds."""
+    options = dict(clip_norm=0.05, l2=1e-2)
+    ts, _ = fn.stacked_fit(
+        make_model(),
+        adam(),
+        LOSS,
+        make_data(),
+        keys=[3],
+        epochs=1,
+        batch_size=8,
+        data_order="per_model",
+        **options,
+    )
+    ref, _ = single_fit(adam(), jax.random.key(3), 1, **options)
+    close(fn.model_at(ts.params, 0), ref.params)
+    plain, _ = single_fit(adam(), jax.random.key(3), 1)
+    assert not np.allclose(ref.params[0]["w"], plain.params[0]["w"])
+
+
 def test_bootstrap_equals_model_orders_with_stacked_runner():
     """Bagging: each model and epoch draws `model_orders(epoch_key(key, e), bootstrap=True)`."""
     x, y = make_data()

@@ -518,14 +518,8 @@ def stacked_fit(
     put, place = _placers(mesh)
     ts = _start_stack(model, optimizer, model_keys, data, batch_size, hparams, place)
     n = int(model_keys.shape[0])
-    step = stacked_train_step(
-        model,
-        loss_fn,
-        optimizer,
-        shared_batch=data_order == "shared",
-        metrics=metrics,
-        **step_options,
-    )
+    options = dict(shared_batch=data_order == "shared", metrics=metrics, **step_options)
+    step = stacked_train_step(model, loss_fn, optimizer, **options)
     monitor = stop.monitor if stop else ("val_loss" if validation_data is not None else "loss")
     validate = None
     if validation_data is not None:
