@@ -294,7 +294,7 @@ def test_bfloat16_policy_trains_the_example_lm_like_float32(key):
     vocab = lm.Vocabulary(text)
     data = lm.windows(vocab.encode(text), 32, 16)
     model = lm.make_model(len(vocab), width=32, layers=2, heads=4, context=32, dropout=0.0)
-    kw = dict(epochs=2, batch_size=32, verbose=0, key=key, steps_per_execution=8)
+    kw = dict(epochs=2, batch_size=32, verbose=0, key=key)
     loss = "sparse_categorical_cross_entropy"
     _, h32 = fn.fit(model, optax.adam(3e-3), loss, data, **kw)
     _, h16 = fn.fit(model, optax.adam(3e-3), loss, data, policy="mixed_bfloat16", **kw)

@@ -276,8 +276,8 @@ def coverage_map(workdir: Path) -> tuple[dict, dict]:
     junit = workdir / "junit.xml"
     cov_file = workdir / ".coverage"
     env = dict(os.environ, COVERAGE_FILE=str(cov_file))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-           "--cov=funcnet", "--cov-context=test", "--cov-report=",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+           "-m", "not slow", "--cov=funcnet", "--cov-context=test", "--cov-report=",
            f"--junitxml={junit}", *[t for t in TESTS if (repo / t).exists()]]  # fmt: skip
     print("coverage run:", " ".join(cmd[3:]), flush=True)
     subprocess.run(cmd, cwd=repo, env=env, check=False)
@@ -337,7 +337,7 @@ def run_one(m: Mutant, tests: list[str], durations: dict, copy: Path, cache: str
         FUNCNET_TEST_CACHE_MIN_SECS="0",
         PYTHONDONTWRITEBYTECODE="1",
     )
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests]
     try:
         proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, timeout=budget)
         # 0: passed, 1: failed, 2/3: the mutant broke an import; 4/5: bad test ids, a bug here
