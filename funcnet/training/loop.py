@@ -36,7 +36,6 @@ import numpy as np
 import optax
 
 from funcnet._checks import check_positive_int
-from funcnet.combinators.precision import get_policy
 from funcnet.core import Layer, as_layer
 from funcnet.training.callbacks import call_hooks
 from funcnet.training.feed import (
@@ -52,10 +51,9 @@ from funcnet.training.feed import (
 )
 from funcnet.training.fused import eval_chunk_adder, has_conv, logs_compute, logs_init
 from funcnet.training.history import History
-from funcnet.training.options import compose_optimizer, loss_scale_of, update_was_finite
+from funcnet.training.options import fit_options, loss_scale_of, update_was_finite
 from funcnet.training.step import (
     TrainState,
-    _policy_model,
     metric_dict,
     predict_step,
     resolve_loss,
@@ -184,27 +182,6 @@ def predict(
 
 
 # ----------------------------------------------------------------------------- fit's pieces
-
-
-_OPTIMIZER_OPTIONS = ("clip_norm", "freeze")
-
-
-def _compose(optimizer, step_options: dict, policy):
-    """fit's optimizer with its option transforms, and the options left for ``train_step``.
-
-    ``loss_scale="dynamic"``, or a float16 ``policy`` without a ``loss_scale``,
-    wraps the optimizer in :func:`~funcnet.training.dynamic_loss_scale`.
-    """
-    options = {k: step_options.pop(k) for k in _OPTIMIZER_OPTIONS if k in step_options}
-    if step_options.get("nan_guard") == "skip":
-        step_options.pop("nan_guard")
-        options["skip_nonfinite"] = True
-    float16 = policy is not None and policy.compute_dtype == jnp.float16
-    unscaled = "loss_scale" not in step_options
-    if step_options.get("loss_scale") == "dynamic" or (float16 and unscaled):
-        step_options.pop("loss_scale", None)
-        options["loss_scale"] = "dynamic"
-    return (compose_optimizer(optimizer, **options) if options else optimizer), step_options
 
 
 def _check_fit_args(batch_size, epochs, steps_per_execution, validation, param_sharding, mesh):
@@ -437,15 +414,12 @@ def fit(
             and the epoch's count logged as ``skipped_steps``; a dynamic loss
             scale's value at the end of the epoch is logged as ``loss_scale``.
     """
-    step_options = dict(step_options)
-    policy = get_policy(step_options.pop("policy", None), "fit")
-    model = _policy_model(as_layer(model), policy, step_options.pop("compute_dtype", None), "fit")
+    model, optimizer, step_options = fit_options(model, optimizer, step_options, "fit")
     loss_fn = resolve_loss(loss, "fit")
     metrics = metric_dict(metrics)
     both = bool(validation_split) and validation_data is not None
     _check_fit_args(batch_size, epochs, steps_per_execution, both, param_sharding, mesh)
     placement = Placement(mesh, "fit")
-    optimizer, step_options = _compose(optimizer, step_options, policy)
     step = train_step(model, loss_fn, optimizer, metrics=metrics, **step_options)
     key = jax.random.key(0) if key is None else key
     if validation_split:

@@ -23,14 +23,17 @@ import jax.numpy as jnp
 import optax
 
 from funcnet import _checks
-from funcnet.core import Params, path_str
+from funcnet.combinators.precision import Policy, get_policy, with_policy
+from funcnet.core import Layer, Params, as_layer, path_str
 
 __all__ = [
     "DynamicLossScaleState",
     "compose_optimizer",
     "dynamic_loss_scale",
+    "fit_options",
     "loss_scale_of",
     "path_mask",
+    "policy_model",
 ]
 
 # apply_if_finite gives up skipping after this many non-finite steps in a row; "skip" never does.
@@ -252,3 +255,42 @@ def update_was_finite(opt_state) -> jax.Array | None:
     :func:`dynamic_loss_scale` state; None without one."""
     node = _outermost(opt_state, (optax.ApplyIfFiniteState, DynamicLossScaleState))
     return None if node is None else node.last_finite
+
+
+def policy_model(model, policy, compute_dtype, where: str) -> Layer:
+    """``model`` under ``policy`` (or ``compute_dtype``: that compute dtype, float32 outputs)."""
+    if policy is not None and compute_dtype is not None:
+        raise ValueError(
+            f"{where}: give `policy=` or `compute_dtype=`, not both "
+            "(`compute_dtype=jnp.bfloat16` is `policy='params=float32,compute=bfloat16,"
+            "output=float32'` without the cast of params at init)."
+        )
+    if compute_dtype is not None:
+        policy = Policy(compute_dtype=jnp.dtype(compute_dtype), output_dtype=jnp.float32)
+    model = as_layer(model)
+    return model if policy is None else with_policy(model, get_policy(policy, where))
+
+
+_OPTIMIZER_OPTIONS = ("clip_norm", "freeze")
+
+
+def fit_options(model, optimizer, step_options: dict, where: str):
+    """``(model, optimizer, rest)``: ``fit``'s options applied, the rest for :func:`train_step`.
+
+    ``policy`` / ``compute_dtype`` wrap the model (:func:`policy_model`);
+    ``clip_norm``, ``freeze``, ``nan_guard="skip"`` and ``loss_scale="dynamic"``
+    (or a float16 policy without a ``loss_scale``) are composed into the
+    optimizer (:func:`compose_optimizer`).
+    """
+    rest = dict(step_options)
+    policy = get_policy(rest.pop("policy", None), where)
+    model = policy_model(model, policy, rest.pop("compute_dtype", None), where)
+    options = {k: rest.pop(k) for k in _OPTIMIZER_OPTIONS if k in rest}
+    if rest.get("nan_guard") == "skip":
+        rest.pop("nan_guard")
+        options["skip_nonfinite"] = True
+    float16 = policy is not None and policy.compute_dtype == jnp.float16
+    if rest.get("loss_scale") == "dynamic" or (float16 and "loss_scale" not in rest):
+        rest.pop("loss_scale", None)
+        options["loss_scale"] = "dynamic"
+    return model, (compose_optimizer(optimizer, **options) if options else optimizer), rest

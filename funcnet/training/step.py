@@ -35,13 +35,13 @@ import optax
 from funcnet import _checks
 from funcnet import losses as losses_lib
 from funcnet import metrics as metrics_lib
-from funcnet.combinators.precision import Policy, with_policy
 from funcnet.core import Layer, Params, PRNGKey, State, as_layer, spec_of
 from funcnet.training import collectives, keys
 from funcnet.training.options import (
     check_optimizer,
     loss_scale_of,
     path_mask,
+    policy_model,
     update_was_finite,
 )
 
@@ -141,19 +141,6 @@ def unpack_batch(batch, where: str):
         + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
         + "."
     )
-
-
-def _policy_model(model: Layer, policy, compute_dtype, where: str) -> Layer:
-    """``model`` under ``policy`` (or ``compute_dtype``: that compute dtype, float32 outputs)."""
-    if policy is not None and compute_dtype is not None:
-        raise ValueError(
-            f"{where}: give `policy=` or `compute_dtype=`, not both "
-            "(`compute_dtype=jnp.bfloat16` is `policy='params=float32,compute=bfloat16,"
-            "output=float32'` without the cast of params at init)."
-        )
-    if compute_dtype is not None:
-        policy = Policy(compute_dtype=jnp.dtype(compute_dtype), output_dtype=jnp.float32)
-    return model if policy is None else with_policy(model, policy)
 
 
 def metric_dict(metrics) -> dict:
@@ -433,7 +420,7 @@ def train_step(
         ValueError: for bad arguments (here) or a batch not divisible into
             ``accumulate_steps`` micro-batches (when traced).
     """
-    model = _policy_model(as_layer(model), policy, compute_dtype, "train_step")
+    model = policy_model(model, policy, compute_dtype, "train_step")
     metrics = metric_dict(metrics)
     check_optimizer(optimizer, "train_step")
     _check_step_options(accumulate_steps, l1, l2, loss_scale, nan_guard, augment)
@@ -571,7 +558,7 @@ def eval_step(
         >>> logs["loss"].shape
         ()
     """
-    model = _policy_model(as_layer(model), policy, compute_dtype, "eval_step")
+    model = policy_model(model, policy, compute_dtype, "eval_step")
     metrics = metric_dict(metrics)
     loss_fn = resolve_loss(loss, "eval_step") if loss is not None else None
     axis_name = collectives.check_axis_name(axis_name, "eval_step")

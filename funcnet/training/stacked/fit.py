@@ -32,14 +32,13 @@ from jax.sharding import PartitionSpec as P
 
 from funcnet import distributed
 from funcnet._checks import check_positive_int
-from funcnet.combinators.precision import Policy, get_policy, with_policy
-from funcnet.core import Layer, as_layer
+from funcnet.core import Layer
 from funcnet.training import keys as keyring
 from funcnet.training.callbacks import EarlyStopping
 from funcnet.training.feed import Placement, batch_check, check_arrays, eval_chunks, is_arrays
 from funcnet.training.fused import has_conv, logs_add, logs_compute, logs_init
 from funcnet.training.history import History
-from funcnet.training.options import compose_optimizer
+from funcnet.training.options import fit_options
 from funcnet.training.stacked.infer import _stacked_evaluator
 from funcnet.training.stacked.models import (
     _model_keys,
@@ -107,17 +106,6 @@ def _model_key_array(num_models, keys, key) -> jax.Array:
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw ``PRNGKey``
         key = jax.random.wrap_key_data(key)
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
-
-
-def _prepare(model, optimizer, step_options: dict):
-    """The model under its policy and the optimizer with fit's option transforms composed."""
-    policy = get_policy(step_options.pop("policy", None), _WHERE)
-    compute_dtype = step_options.pop("compute_dtype", None)
-    if compute_dtype is not None and policy is None:
-        policy = Policy(compute_dtype=jnp.dtype(compute_dtype), output_dtype=jnp.float32)
-    model = as_layer(model) if policy is None else with_policy(as_layer(model), policy)
-    options = {k: step_options.pop(k) for k in ("clip_norm", "freeze") if k in step_options}
-    return model, (compose_optimizer(optimizer, **options) if options else optimizer)
 
 
 def _train_arrays(train_data, check, batch_size: int):
@@ -488,9 +476,10 @@ def stacked_fit(
         mesh: a mesh with a ``"models"`` axis: the models are split over it
             (:func:`shard_models`; N a multiple of its size), the data replicated.
         verbose: 0 silent, 1 a line per epoch (mean ± std of each log).
-        **step_options: as ``fit``'s: ``policy``/``compute_dtype`` wrap the
-            model, ``clip_norm``/``freeze`` go into the optimizer, the rest to
-            :func:`stacked_train_step` / :func:`train_step`.
+        **step_options: as ``fit``'s (:func:`~funcnet.training.options.fit_options`):
+            ``policy``/``compute_dtype`` wrap the model, ``clip_norm``,
+            ``freeze``, ``nan_guard="skip"`` and dynamic loss scaling go into
+            the optimizer, the rest to :func:`stacked_train_step`.
 
     Returns:
         ``(train_state, history)``: the stacked ``TrainState`` and a
@@ -509,8 +498,7 @@ def stacked_fit(
     """
     _check_args(num_models, keys, data_order, batch_size, epochs, steps_per_execution)
     key = jax.random.key(0) if key is None else key
-    step_options = dict(step_options)
-    model, optimizer = _prepare(model, optimizer, step_options)
+    model, optimizer, step_options = fit_options(model, optimizer, step_options, _WHERE)
     loss_fn, metrics = resolve_loss(loss, _WHERE), metric_dict(metrics)
     data, rows = _train_arrays(train_data, batch_check(model, loss_fn), batch_size)
     stop = _stopping(early_stopping, metrics, validation_data is not None)
