@@ -9,7 +9,9 @@ example)`` trained alone on the same batches, up to float rounding.
 :func:`stacked_train_step` trains it on shared or per-model batches
 (:func:`model_orders`, :func:`take_batches`, :func:`stacked_runner`),
 :func:`stacked_evaluate` / :func:`stacked_predict` / :func:`ensemble_predict`
-use it, :func:`shard_models` splits it over devices.
+use it, :func:`shard_models` splits it over devices, and :func:`stacked_fit`
+is ``fit`` for the stack (per-model logs with mean and std, per-model early
+stopping, the best model, checkpoints of the stack).
 
 Memory: N copies of the params and optimizer state, nothing more (tested).
 Speed: one program saves N - 1 dispatches per step and lets a backend fill
