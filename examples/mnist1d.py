@@ -196,6 +196,24 @@ def train_seeds(
     return 100 * np.asarray(logs["accuracy"]), seconds, ts
 
 
+def ensemble_report(model: fn.Layer, ts, test) -> dict:
+    """The seeds as a deep ensemble (mean of probabilities) against the single models.
+
+    Returns:
+        ``{"ensemble_accuracy", "ensemble_ece", "single_ece"}`` (accuracy in %,
+        expected calibration errors with 15 bins; ``single_ece`` per seed).
+    """
+    x, y = test
+    single = fn.stacked_evaluate(model, ts.params, ts.state, test, metrics=["ece"], batch_size=1000)
+    probs = fn.ensemble_predict(model, ts.params, ts.state, x, batch_size=1000)
+    ece = fn.metrics.expected_calibration_error(from_logits=False)
+    return {
+        "ensemble_accuracy": 100 * float(np.mean(np.argmax(probs, -1) == y)),
+        "ensemble_ece": float(ece.compute(ece.update(ece.init(), probs, y))),
+        "single_ece": np.asarray(single["ece"]).tolist(),
+    }
+
+
 def main(
     *,
     models: tuple[str, ...] = MODELS,
@@ -227,7 +245,7 @@ def main(
     results = {}
     for name in models:
         model = make_model(name, init=init, mlp_hidden=mlp_hidden)
-        accuracies, seconds, _ = train_seeds(
+        accuracies, seconds, ts = train_seeds(
             model,
             train,
             test,
@@ -239,7 +257,15 @@ def main(
         )
         shown = " ".join(f"{a:.1f}" for a in accuracies)
         print(f"  {name}: {seeds} seeds in {seconds:.1f} s; test accuracy per seed (%): {shown}")
+        ensemble = ensemble_report(model, ts, test)
+        print(
+            f"  {name}: the {seeds} seeds as an ensemble: accuracy "
+            f"{ensemble['ensemble_accuracy']:.1f}% (single models {np.mean(accuracies):.1f}%), "
+            f"ECE {ensemble['ensemble_ece']:.3f} (single models "
+            f"{np.mean(ensemble['single_ece']):.3f})"
+        )
         results[name] = {
+            **ensemble,
             "accuracies": accuracies.tolist(),
             "mean": float(np.mean(accuracies)),
             "std": float(np.std(accuracies)),

@@ -501,3 +501,41 @@ def test_bad_weights():
     mae = metrics.mean_absolute_error()
     with pytest.raises(TypeError, match=r"`weights` must be bool, int or float"):
         mae.update(mae.init(), PREG, YREG, weights=np.ones(N, np.complex64))
+
+
+def _np_ece(probs, labels, bins, weights=None):
+    """Guo et al.'s ECE written out: bins (k/B, (k+1)/B] of the top probability."""
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
+    conf, pred = probs.max(1), probs.argmax(1)
+    total, ece = w.sum(), 0.0
+    for k in range(bins):
+        inside = (conf > k / bins) & (conf <= (k + 1) / bins)
+        if k == 0:
+            inside |= conf == 0
+        if w[inside].sum() > 0:
+            acc = np.sum(w[inside] * (pred[inside] == labels[inside])) / w[inside].sum()
+            mean_conf = np.sum(w[inside] * conf[inside]) / w[inside].sum()
+            ece += w[inside].sum() / total * abs(acc - mean_conf)
+    return ece
+
+
+@pytest.mark.parametrize("bins", [1, 10, 15])
+def test_expected_calibration_error_against_numpy(bins):
+    rng = np.random.default_rng(bins)
+    logits = (rng.normal(size=(300, 5)) * 2).astype(np.float32)
+    labels = rng.integers(0, 5, 300).astype(np.int32)
+    weights = rng.uniform(0, 2, 300).astype(np.float32)
+    probs = np.asarray(jax.nn.softmax(logits, -1), np.float64)
+    ece = metrics.get("ece", num_bins=bins)
+    s = ece.merge(
+        ece.update(ece.init(), logits[:170], labels[:170], weights=weights[:170]),
+        jax.jit(ece.update)(ece.init(), logits[170:], labels[170:], weights=weights[170:]),
+    )
+    np.testing.assert_allclose(ece.compute(s), _np_ece(probs, labels, bins, weights), rtol=1e-4)
+    on_probs = metrics.expected_calibration_error(bins, from_logits=False)
+    s = on_probs.update(on_probs.init(), probs.astype(np.float32), labels)
+    np.testing.assert_allclose(on_probs.compute(s), _np_ece(probs, labels, bins), rtol=1e-4)
+    with pytest.raises(ValueError, match="`num_bins` must be an int >= 1"):
+        metrics.expected_calibration_error(0)
+    with pytest.raises(ValueError, match="expected integer `targets`"):
+        ece.update(ece.init(), logits, labels[:, None, None])

@@ -65,6 +65,7 @@ import inspect
 from collections.abc import Callable, Mapping
 
 from funcnet.metrics._base import Metric, mean
+from funcnet.metrics.calibration import expected_calibration_error
 from funcnet.metrics.classification import (
     accuracy,
     binary_accuracy,
@@ -85,6 +86,7 @@ __all__ = [
     "categorical_accuracy",
     "collection",
     "confusion_matrix",
+    "expected_calibration_error",
     "f1",
     "get",
     "mean",
@@ -154,6 +156,7 @@ _NAMES: dict[str, Callable[..., Metric]] = {
         top_k_accuracy,
     ),
     "confusion_matrix": confusion_matrix,
+    **dict.fromkeys(["ece", "expected_calibration_error"], expected_calibration_error),
     "precision": precision,
     "recall": recall,
     **dict.fromkeys(["f1", "f1_score"], f1),
