@@ -132,6 +132,8 @@ SMOKE = {
     # character frequencies alone (a unigram model) give about 4.6 bits per character
     "transformer_lm": ("validation bits per character: ", lambda v: v[0] < 4.3),
     "data_parallel": ("test accuracy: ", lambda v: v[0] > 0.5),
+    # (the best rate's mean test accuracy, its seeds' ensemble accuracy)
+    "sweep": ("sweep: best learning rate ", lambda v: v[0] > 0.5 and v[1] > 0.5),
     # (largest logit difference, fraction of greedy tokens equal) against transformers
     "hf_gpt2": ("logits max abs difference vs transformers: ", lambda v: v[0] < 1e-4 and v[1] == 1),
 }
@@ -150,7 +152,7 @@ def test_example_runs_from_the_command_line(name, tmp_path):
         pytest.importorskip("torch")
         pytest.importorskip("transformers")
     command = [sys.executable, str(EXAMPLES / f"{name}.py"), "--smoke"]
-    if name in ("gan", "vae"):
+    if name in ("gan", "vae", "sweep"):
         command += ["--out", str(tmp_path / f"{name}.png")]
     env = dict(os.environ)  # the tests' persistent compilation cache (see conftest.py)
     env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
@@ -257,3 +259,22 @@ def test_transformer_lm_windows_and_generation():
     assert params[1][0]["attention"][1]["key"]["w"].shape == (1, 8, 1, 4)
     long, _ = lm.sample_text(rope, params, state, vocab, "ab", seed=1, length=10, temperature=1.0)
     assert all(len(s) == 12 for s in long)
+
+
+def test_sweep_ensemble_is_the_mean_of_its_models_probabilities():
+    """The sweep's ensemble of rows (1, 2) of a stack, against numpy on the models' logits."""
+    import optax
+
+    import funcnet as fn
+
+    sweep = load("sweep")
+    model = sweep.make_model()
+    x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 10, 40).astype(np.int32)
+    ts = fn.stack_init(model, optax.adam(1e-3), 3, x[:1])
+    report = sweep.ensemble(model, ts, [1, 2], (x, y))
+    logits = np.asarray(fn.stacked_predict(model, ts.params, ts.state, x), np.float64)[1:]
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    assert report["accuracy"] == pytest.approx(np.mean(probs.mean(0).argmax(-1) == y))
+    np.testing.assert_allclose(report["single_accuracy"], np.mean(probs.argmax(-1) == y, 1))
