@@ -53,7 +53,10 @@ logreg 31.5%, mlp ...``. Measured with the defaults (seeds 0-7; see
 ``examples/RESULTS.md``): logistic regression 31.5 +- 0.0%, MLP 68.3 +-
 0.9%, CNN 93.3 +- 0.9%, GRU 89.2 +- 2.3% (single GRU runs from 85.4 to
 93.2%): each within two points of the published number, the GRU's spread
-being the widest.
+being the widest. The 8 seeds of each model as a deep ensemble (the mean of
+their probabilities): MLP 76.3%, CNN 97.0%, GRU 96.3%, with expected
+calibration errors 0.032, 0.030 and 0.067 against the single models' 0.281,
+0.054 and 0.081.
 
 The PyTorch reference code itself, run on the same data, gives MLP 68.8%,
 CNN 93.7% and GRU 91.7% (seeds 0-2), and with the same initial weights and

@@ -14,11 +14,15 @@ and expected calibration error with the single models'.
 Data: scikit-learn's bundled 8x8 digits (no download), standardized, 10% of
 the training rows held out for validation.
 
-Run (about a minute on a 2-core CPU)::
+Run (40 s on a 2-core CPU)::
 
     python examples/sweep.py --out sweep.png
 
-Measured (5 learning rates x 4 seeds, 20 epochs; see ``examples/RESULTS.md``).
+Measured (the defaults: 6 learning rates x 4 seeds, 20 epochs; 2-core CPU;
+``examples/RESULTS.md``): the 24 models train in 34.5 s; test accuracy from
+0.959 (1e-4) to 0.990 +- 0.006 (3e-3) and down to 0.940 (3e-2); the 4 seeds of
+the best rate by validation (1e-3) as an ensemble: 0.992 against 0.985 for
+the single models.
 """
 
 from __future__ import annotations
