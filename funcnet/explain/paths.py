@@ -89,7 +89,7 @@ def _check_paths(model: Layer, paths: Iterable, where: str) -> list[str]:
         text = str(path).strip("/")
         if text not in valid:
             raise ValueError(
-                f"{where}: no sub-layer at path {str(path)!r} in {model!r};\nvalid paths: {valid}."
+                f"{where}: no sub-layer at path {str(path)!r} in {model!r}; valid paths: {valid}."
             )
         out.append(text)
     return out
@@ -245,7 +245,7 @@ def intermediates(
         >>> intermediates(model, params, state, jnp.ones((2, 4)), "5")
         Traceback (most recent call last):
         ...
-        ValueError: intermediates: no sub-layer at path '5' in serial(...); valid paths: ['0', '1', '2'].
+        ValueError: intermediates: no sub-layer at path '5' in serial(...); valid paths: [...].
     """
     return run_with(
         model, params, state, inputs, capture=paths, key=key, train=train, where="intermediates"
