@@ -20,8 +20,9 @@ outputs against ``(32,)`` targets is an error that shows the fix, not a
 ``(32, 32)`` loss.
 
 **Logits, one convention.** Every classification loss
-(:func:`binary_cross_entropy`, :func:`categorical_cross_entropy`,
-:func:`sparse_categorical_cross_entropy`, :func:`kl_divergence`) takes
+(:func:`binary_cross_entropy` (alias :func:`log_loss`), :func:`focal`,
+:func:`categorical_cross_entropy`, :func:`sparse_categorical_cross_entropy`,
+:func:`kl_divergence`, and :func:`ctc`, which has no probability option) takes
 **logits** by default, ``from_logits=True``, as optax, Flax and PyTorch's
 ``BCEWithLogitsLoss``/``CrossEntropyLoss``: the model ends in a linear layer
 and the loss applies the sigmoid or softmax itself, exactly and stably. Apply
@@ -38,6 +39,13 @@ anything runs, a model ending in a softmax/sigmoid trained on a loss that
 expects logits, and the reverse; it reads ``from_logits`` from the
 ``functools.partial`` keywords, a ``from_logits`` attribute, or the loss's
 default (see :func:`expects_logits`).
+
+The margin losses :func:`hinge` and :func:`squared_hinge` take raw scores
+(no sigmoid) and labels in ``{-1, 1}`` or ``{0, 1}``; :func:`poisson` takes
+rates, or log-rates with ``log_input=True``.
+
+There is no ``reduction`` argument: every loss returns the weighted mean, and
+the per-example values are a ``jax.vmap`` of the loss over the batch away.
 
 Losses are computed in float32 (float64 when the outputs are float64), also
 for bfloat16/float16 outputs.
@@ -64,16 +72,21 @@ from funcnet.losses.classification import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     categorical_cross_entropy,
+    focal,
     kl_divergence,
+    log_loss,
     sparse_categorical_cross_entropy,
 )
+from funcnet.losses.margin import hinge, squared_hinge
 from funcnet.losses.regression import (
     cosine_distance,
     cosine_similarity,
     huber,
     mean_absolute_error,
     mean_squared_error,
+    poisson,
 )
+from funcnet.losses.sequence import ctc
 
 __all__ = [
     "Loss",
@@ -83,12 +96,18 @@ __all__ = [
     "check_model_loss",
     "cosine_distance",
     "cosine_similarity",
+    "ctc",
     "expects_logits",
+    "focal",
     "get",
+    "hinge",
     "huber",
     "kl_divergence",
+    "log_loss",
     "mean_absolute_error",
     "mean_squared_error",
+    "poisson",
     "sparse_categorical_cross_entropy",
+    "squared_hinge",
     "weighted_mean",
 ]

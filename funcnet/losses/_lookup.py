@@ -11,16 +11,20 @@ from funcnet.losses.classification import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     categorical_cross_entropy,
+    focal,
     kl_divergence,
     sparse_categorical_cross_entropy,
 )
+from funcnet.losses.margin import hinge, squared_hinge
 from funcnet.losses.regression import (
     cosine_distance,
     cosine_similarity,
     huber,
     mean_absolute_error,
     mean_squared_error,
+    poisson,
 )
+from funcnet.losses.sequence import ctc
 
 __all__ = ["get"]
 
@@ -33,7 +37,7 @@ _NAMES: dict[str, Callable] = {
     **dict.fromkeys(["mse", "mean_squared_error"], mean_squared_error),
     **dict.fromkeys(["mae", "mean_absolute_error"], mean_absolute_error),
     **dict.fromkeys(["huber", "huber_loss"], huber),
-    **dict.fromkeys(["bce", "binary_crossentropy"], binary_cross_entropy),
+    **dict.fromkeys(["bce", "binary_crossentropy", "log_loss"], binary_cross_entropy),
     **dict.fromkeys(
         ["binary_crossentropy_with_logits", "sigmoid_binary_cross_entropy"],
         binary_cross_entropy_with_logits,
@@ -49,6 +53,11 @@ _NAMES: dict[str, Callable] = {
     **dict.fromkeys(["kld", "kl_divergence", "kullback_leibler_divergence"], kl_divergence),
     "cosine_similarity": cosine_similarity,
     "cosine_distance": cosine_distance,
+    "hinge": hinge,
+    "squared_hinge": squared_hinge,
+    **dict.fromkeys(["poisson", "poisson_nll_loss"], poisson),
+    **dict.fromkeys(["ctc", "ctc_loss"], ctc),
+    **dict.fromkeys(["focal", "sigmoid_focal_loss", "binary_focal_crossentropy"], focal),
 }
 _ALIASES = {_key(k): v for k, v in _NAMES.items()}
 
@@ -59,9 +68,9 @@ def get(name: str | Callable, **kwargs) -> Callable:
     Names are matched ignoring case, ``_``, ``-`` and spaces, so
     ``"sparse_categorical_crossentropy"``, ``"SparseCategoricalCrossentropy"``
     and ``"sparse_categorical_cross_entropy"`` are the same loss. Short names:
-    ``"mse"``, ``"mae"``, ``"bce"``, ``"kld"``. Every classification loss takes
-    logits by default, unlike Keras: ``get("binary_crossentropy", from_logits=False)``
-    for a model that ends in a sigmoid or softmax.
+    ``"mse"``, ``"mae"``, ``"bce"`` (also scikit-learn's ``"log_loss"``), ``"kld"``.
+    Every classification loss takes logits by default, unlike Keras:
+    ``get("binary_crossentropy", from_logits=False)`` for a model that ends in a sigmoid or softmax.
 
     Args:
         name: a loss name, or a callable (returned as is, with ``kwargs`` bound).

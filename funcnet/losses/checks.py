@@ -18,6 +18,7 @@ from funcnet.losses.classification import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     categorical_cross_entropy,
+    focal,
     kl_divergence,
     sparse_categorical_cross_entropy,
 )
@@ -30,6 +31,7 @@ _CLASSIFICATION_LOSSES = (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     categorical_cross_entropy,
+    focal,
     kl_divergence,
     sparse_categorical_cross_entropy,
 )

@@ -1,7 +1,9 @@
-"""Classification losses: binary, categorical and sparse cross-entropy, KL divergence.
+"""Classification losses: binary, categorical and sparse cross-entropy, KL divergence,
+sigmoid focal loss.
 
 Every one takes **logits** by default (``from_logits=True``); ``from_logits=False``
-takes probabilities. See :mod:`funcnet.losses` for how to pick it by name.
+takes probabilities. See :mod:`funcnet.losses` for how to pick it by name. The
+margin losses (hinge) on raw scores are in :mod:`funcnet.losses.margin`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "categorical_cross_entropy",
+    "focal",
     "kl_divergence",
+    "log_loss",
     "sparse_categorical_cross_entropy",
 ]
 
@@ -108,6 +112,77 @@ def binary_cross_entropy_with_logits(
         Array(0., dtype=float32)
     """
     return binary_cross_entropy(outputs, targets, from_logits=True, weights=weights)
+
+
+log_loss = binary_cross_entropy
+"""scikit-learn's name (``sklearn.metrics.log_loss``) for :func:`binary_cross_entropy`.
+
+The same function, so it takes **logits** by default; scikit-learn's
+``log_loss`` takes probabilities, which is ``log_loss(p, y, from_logits=False)``
+(or ``losses.get("log_loss", from_logits=False)``).
+"""
+
+
+def focal(
+    outputs: jax.typing.ArrayLike,
+    targets: jax.typing.ArrayLike,
+    *,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    from_logits: bool = True,
+    epsilon: float = _EPSILON,
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Sigmoid focal loss (Lin et al. 2017), per element (``optax.losses.sigmoid_focal_loss``).
+
+    Binary cross-entropy that down-weights easy examples, for dense detection
+    and strong class imbalance. With ``p = sigmoid(outputs)``,
+    ``p_t = p * t + (1 - p) * (1 - t)`` and ``alpha_t = alpha * t + (1 - alpha) * (1 - t)``::
+
+        focal = alpha_t * (1 - p_t) ** gamma * binary_cross_entropy(outputs, t)
+
+    the formula of ``torchvision.ops.sigmoid_focal_loss`` (whose ``alpha=-1``
+    is ``alpha=None`` here: no class weighting), reduced with the weighted mean.
+    ``gamma=0, alpha=None`` is :func:`binary_cross_entropy`.
+
+    Args:
+        outputs: logits (or probabilities with ``from_logits=False``), any shape.
+        targets: the same shape; 0/1 labels (bool, int or float) or soft labels in ``[0, 1]``.
+        alpha: the weight of the positive class in ``[0, 1]`` (negatives get
+            ``1 - alpha``), or ``None`` for no weighting. Default 0.25, as the paper.
+        gamma: the focusing exponent, ``>= 0``. Default 2, as the paper.
+        from_logits: whether ``outputs`` are logits (``True``, the default) or
+            probabilities (``False``, clipped to ``[epsilon, 1 - epsilon]``).
+        epsilon: the clipping of probabilities (unused for logits).
+        weights: optional per-example weights or mask (see :func:`weighted_mean`).
+
+    Raises:
+        ValueError: for ``alpha`` outside ``[0, 1]``, a negative ``gamma``, or
+            mismatched shapes.
+        TypeError: if ``from_logits`` is not a bool.
+
+    Examples:
+        >>> focal(jnp.array([2.0, -1.0]), jnp.array([1, 0]))
+        Array(0.0087..., dtype=float32)
+        >>> focal(jnp.array([2.0, -1.0]), jnp.array([1, 0]), alpha=None, gamma=0.0)
+        Array(0.2200..., dtype=float32)
+    """
+    name = "focal"
+    _check_flag(name, from_logits)
+    if alpha is not None:
+        _check_range(name, "alpha", alpha, 0.0, 1.0)
+    _check_range(name, "gamma", gamma, 0.0, float("inf"))
+    outputs = _outputs(name, outputs)
+    targets = _numeric_targets(name, targets, outputs.dtype)
+    _same_shape(name, outputs, targets)
+    if from_logits:
+        logits = outputs
+    else:
+        _check_range(name, "epsilon", epsilon, 0.0, 0.5, open_low=True)
+        p = jnp.clip(outputs, epsilon, 1.0 - epsilon)
+        logits = jnp.log(p) - jnp.log1p(-p)
+    per_element = optax.losses.sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
+    return weighted_mean(per_element, weights, name=name)
 
 
 # ----------------------------------------------------------------------------- categorical
@@ -192,6 +267,7 @@ def sparse_categorical_cross_entropy(
     targets: jax.typing.ArrayLike,
     *,
     from_logits: bool = True,
+    label_smoothing: float = 0.0,
     epsilon: float = _EPSILON,
     weights: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
@@ -207,17 +283,24 @@ def sparse_categorical_cross_entropy(
         outputs: logits (or probabilities) of shape ``(..., num_classes)``.
         targets: integer labels of shape ``outputs.shape[:-1]``.
         from_logits: whether ``outputs`` are logits (the default) or probabilities.
+        label_smoothing: ``alpha`` in ``[0, 1]``: the one-hot target becomes
+            ``(1 - alpha) * one_hot + alpha / num_classes``, as
+            :func:`categorical_cross_entropy` and PyTorch's
+            ``cross_entropy(..., label_smoothing=alpha)``.
         epsilon: the clipping of probabilities (unused for logits).
         weights: optional weights or mask of shape ``targets.shape[:k]``.
 
     Raises:
         TypeError: for float labels, or a ``from_logits`` that is not a bool.
-        ValueError: for labels with a trailing axis of 1, or one-hot labels.
+        ValueError: for labels with a trailing axis of 1, one-hot labels, or a
+            bad ``label_smoothing``.
 
     Examples:
         >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
         >>> sparse_categorical_cross_entropy(logits, jnp.array([0, 1]))
         Array(0.1323..., dtype=float32)
+        >>> sparse_categorical_cross_entropy(logits, jnp.array([0, 1]), label_smoothing=0.1)
+        Array(0.3157..., dtype=float32)
         >>> sparse_categorical_cross_entropy(logits, jnp.array([[0], [1]]))
         Traceback (most recent call last):
         ...
@@ -225,6 +308,7 @@ def sparse_categorical_cross_entropy(
     """
     name = "sparse_categorical_cross_entropy"
     _check_flag(name, from_logits)
+    _check_range(name, "label_smoothing", label_smoothing, 0.0, 1.0)
     outputs = _outputs(name, outputs, min_ndim=1)
     targets = jnp.asarray(targets)
     batch = outputs.shape[:-1]
@@ -253,6 +337,10 @@ def sparse_categorical_cross_entropy(
     targets = jnp.where(targets < 0, num_classes, targets)
     logits = outputs if from_logits else _log_probs(outputs, False, epsilon)
     per_example = optax.losses.softmax_cross_entropy_with_integer_labels(logits, targets)
+    if not isinstance(label_smoothing, (int, float)) or label_smoothing != 0:
+        # (1 - a) * nll + a * mean over classes of -log p: the smoothed one-hot target.
+        uniform = -jnp.mean(jax.nn.log_softmax(logits, axis=-1), axis=-1)
+        per_example = (1 - label_smoothing) * per_example + label_smoothing * uniform
     return weighted_mean(per_example, weights, name=name)
 
 

@@ -1,9 +1,10 @@
-"""Regression and similarity losses: squared, absolute, Huber, cosine."""
+"""Regression and similarity losses: squared, absolute, Huber, Poisson, cosine."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from funcnet.losses._base import (
@@ -20,6 +21,7 @@ __all__ = [
     "huber",
     "mean_absolute_error",
     "mean_squared_error",
+    "poisson",
 ]
 
 
@@ -105,6 +107,61 @@ def huber(
     targets = _numeric_targets(name, targets, outputs.dtype)
     _same_shape(name, outputs, targets)
     return weighted_mean(optax.losses.huber_loss(outputs, targets, delta=delta), weights, name=name)
+
+
+def poisson(
+    outputs: jax.typing.ArrayLike,
+    targets: jax.typing.ArrayLike,
+    *,
+    log_input: bool = False,
+    epsilon: float = 1e-7,
+    weights: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    """Poisson negative log-likelihood per element, for count targets.
+
+    With ``log_input=False`` (the default, Keras' ``poisson``) ``outputs`` are
+    the predicted rates (a model ending in e.g. ``jax.nn.softplus``)::
+
+        outputs - targets * log(outputs + epsilon)
+
+    With ``log_input=True`` (PyTorch's ``poisson_nll_loss`` default) they are
+    log-rates (a plain linear output), which is stable for any value::
+
+        exp(outputs) - targets * outputs
+
+    Both leave out the constant ``log(targets!)`` (PyTorch's ``full=False``).
+
+    Args:
+        outputs: rates (or log-rates), any shape, floating point.
+        targets: the same shape; non-negative counts (int or float).
+        log_input: whether ``outputs`` are log-rates.
+        epsilon: added to rates inside the log (unused for log-rates), ``>= 0``.
+        weights: optional per-example weights or mask (see :func:`weighted_mean`).
+
+    Raises:
+        ValueError: for mismatched shapes or a negative ``epsilon``.
+        TypeError: if ``log_input`` is not a bool.
+
+    Examples:
+        >>> poisson(jnp.array([2.0, 0.5]), jnp.array([3.0, 0.0]))
+        Array(0.2102..., dtype=float32)
+        >>> poisson(jnp.log(jnp.array([2.0, 0.5])), jnp.array([3.0, 0.0]), log_input=True)
+        Array(0.2102..., dtype=float32)
+    """
+    name = "poisson"
+    if not isinstance(log_input, (bool, np.bool_)):
+        raise TypeError(
+            f"{name}: `log_input` must be True (log-rates) or False (rates), got {log_input!r}."
+        )
+    outputs = _outputs(name, outputs)
+    targets = _numeric_targets(name, targets, outputs.dtype)
+    _same_shape(name, outputs, targets)
+    if log_input:
+        per_element = jnp.exp(outputs) - targets * outputs
+    else:
+        _check_range(name, "epsilon", epsilon, 0.0, float("inf"))
+        per_element = outputs - targets * jnp.log(outputs + epsilon)
+    return weighted_mean(per_element, weights, name=name)
 
 
 def cosine_similarity(
