@@ -7,12 +7,14 @@ arrays, the augmentations in :mod:`funcnet.augment`) also runs inside
 ``jax.jit``. Normalizers are pytrees, so they are saved with a checkpoint and
 passed to a jitted step like any other argument. Nothing keeps hidden state.
 
-The steps, in order: load (:mod:`funcnet.datasets`), :func:`clean` rows with
-NaN/Inf, :func:`encode_labels` string classes, :func:`train_val_test_split`
-(or :func:`k_fold`), fit a :class:`Standardizer` or :class:`MinMaxScaler` on
-the training split only and apply it to every split, augment training batches
-only, and iterate with :func:`batches` (optionally through
-:func:`prefetch_to_device`).
+The steps, in order: load (:mod:`funcnet.datasets`), look at the data with
+:func:`describe` (missing values, outliers, ranges, class balance),
+:func:`clean` rows with NaN/Inf, :func:`drop_duplicates`,
+:func:`encode_labels` string classes, :func:`train_val_test_split` (or
+:func:`k_fold`), fit an :class:`OutlierClipper`, :class:`ConstantColumns` and
+a :class:`Standardizer` or :class:`MinMaxScaler` on the training split only
+and apply them to every split, augment training batches only, and iterate
+with :func:`batches` (optionally through :func:`prefetch_to_device`).
 
 Examples:
     A complete pipeline on scikit-learn's digits (needs scikit-learn):
@@ -61,12 +63,19 @@ Examples:
 
 from funcnet.data.batching import batches, prefetch_to_device
 from funcnet.data.clean import CleanReport, clean, decode_labels, encode_labels, one_hot
+from funcnet.data.describe import Description, describe
 from funcnet.data.normalize import MinMaxScaler, Standardizer
+from funcnet.data.outliers import ConstantColumns, OutlierClipper, drop_duplicates
 from funcnet.data.split import Split, k_fold, take, train_val_test_split
 
 __all__ = [
     "CleanReport",
     "clean",
+    "describe",
+    "Description",
+    "drop_duplicates",
+    "OutlierClipper",
+    "ConstantColumns",
     "one_hot",
     "encode_labels",
     "decode_labels",

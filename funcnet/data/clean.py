@@ -53,7 +53,9 @@ def clean(
     Rows are along the first axis; a feature is one position in ``x.shape[1:]``.
     Targets are never imputed: a row whose target ``y`` is NaN/Inf is always
     dropped. Mean and median are computed per feature over the finite values of
-    the kept rows. Runs on the host (numpy).
+    the kept rows. Runs on the host (numpy). Finite outliers (a ``1e9`` typed
+    for ``1.0``) pass untouched: find them with :func:`describe` and clip or
+    drop them with an :class:`OutlierClipper` fitted on the training split.
 
     Args:
         x: features, shape ``(N, ...)``.
