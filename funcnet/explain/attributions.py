@@ -11,6 +11,7 @@ examples independently (true of every layer in inference mode).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -84,6 +85,39 @@ def _grad(model, params, state, inputs, target, where):
     return jax.grad(lambda x: _scores(model, params, state, x, target, where).sum())(inputs)
 
 
+def _jit(*static: str) -> Callable[[Callable], Callable]:
+    """Jit ``fn(model, params, state, inputs, *, target, ...)`` with ``static`` names static.
+
+    ``target`` is static when it is a Python int or ``None`` (so its range is checked
+    against the outputs' shape) and traced when it is an array. Compiled once per model,
+    shapes and static arguments; inside a user's ``jit`` it is inlined.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        with_int = jax.jit(fn, static_argnames=(*static, "target"))
+        with_array = jax.jit(fn, static_argnames=static)
+
+        def call(model, params, state, inputs, *, target, **kwargs):
+            if target is None or isinstance(target, (int, np.integer)):
+                target = None if target is None else int(target)
+                return with_int(model, params, state, inputs, target=target, **kwargs)
+            return with_array(model, params, state, inputs, target=target, **kwargs)
+
+        return call
+
+    return wrap
+
+
+@_jit("where")
+def _gradients(model, params, state, x, *, target, where):
+    return _grad(model, params, state, x, target, where)
+
+
+@_jit()
+def _gradient_x_input(model, params, state, x, *, target):
+    return x * _grad(model, params, state, x, target, "gradient_x_input")
+
+
 def gradients(model: Layer, params: Params, state: State, inputs, target) -> jax.Array:
     """Vanilla saliency: the gradient of the target score with respect to the inputs.
 
@@ -106,8 +140,7 @@ def gradients(model: Layer, params: Params, state: State, inputs, target) -> jax
         >>> gradients(model, params, (), jnp.ones((1, 3)), 0)
         Array([[1., 2., 3.]], dtype=float32)
     """
-    inputs = jnp.asarray(inputs)
-    return _grad(model, params, state, inputs, target, "gradients")
+    return _gradients(model, params, state, jnp.asarray(inputs), target=target, where="gradients")
 
 
 def gradient_x_input(model: Layer, params: Params, state: State, inputs, target) -> jax.Array:
@@ -122,8 +155,7 @@ def gradient_x_input(model: Layer, params: Params, state: State, inputs, target)
         >>> gradient_x_input(fn.Dense(1), params, (), jnp.array([[1.0, -1.0, 2.0]]), 0)
         Array([[ 1., -2.,  6.]], dtype=float32)
     """
-    inputs = jnp.asarray(inputs)
-    return inputs * _grad(model, params, state, inputs, target, "gradient_x_input")
+    return _gradient_x_input(model, params, state, jnp.asarray(inputs), target=target)
 
 
 def smoothgrad(
@@ -169,7 +201,20 @@ def smoothgrad(
         raise ValueError(f"smoothgrad: `num_samples` must be an int >= 1, got {num_samples!r}.")
     if not isinstance(noise_scale, jax.Array) and not noise_scale >= 0:
         raise ValueError(f"smoothgrad: `noise_scale` must be >= 0, got {noise_scale!r}.")
-    x = jnp.asarray(inputs)
+    return _smoothgrad(
+        model,
+        params,
+        state,
+        jnp.asarray(inputs),
+        target=target,
+        key=key,
+        noise_scale=noise_scale,
+        num_samples=num_samples,
+    )
+
+
+@_jit("num_samples")
+def _smoothgrad(model, params, state, x, *, target, key, noise_scale, num_samples):
     axes = tuple(range(1, x.ndim))
     spread = x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)
     sigma = (jnp.asarray(noise_scale, x.dtype) * spread).astype(x.dtype)
@@ -233,7 +278,8 @@ def _baseline(inputs, baseline, where: str):
         ) from None
 
 
-def _integrated_gradients(model, params, state, x, target, baseline, steps, method):
+@_jit("steps", "method")
+def _integrated_gradients(model, params, state, x, *, target, baseline, steps, method):
     alphas, weights = _quadrature(method, steps)
     where = "integrated_gradients"
     points = jnp.asarray(np.stack([alphas, weights], axis=1), x.dtype)
@@ -249,8 +295,7 @@ def _integrated_gradients(model, params, state, x, target, baseline, steps, meth
         model, params, state, baseline, target, where
     )
     axes = tuple(range(1, x.ndim))
-    error = jnp.abs(attributions.sum(axis=axes) - change)
-    return IntegratedGradients(attributions, error, int(steps))
+    return attributions, jnp.abs(attributions.sum(axis=axes) - change)
 
 
 def integrated_gradients(
@@ -332,7 +377,10 @@ def integrated_gradients(
             start=steps,
             max_steps=max_steps,
         )
-    return _integrated_gradients(model, params, state, x, target, base, steps, method)
+    attributions, error = _integrated_gradients(
+        model, params, state, x, target=target, baseline=base, steps=steps, method=method
+    )
+    return IntegratedGradients(attributions, error, int(steps))
 
 
 def ig_steps_for(
@@ -390,10 +438,12 @@ def ig_steps_for(
             "under `jit`; call `ig_steps_for(...)` outside and pass its result as `steps`."
         )
     base = _baseline(x, baseline, "ig_steps_for")
-    run = jax.jit(_integrated_gradients, static_argnums=(0, 6, 7))
     steps = max(int(start), 2 if "trapezoid" in method else 1)
     while True:
-        error = float(run(model, params, state, x, target, base, steps, method)[1].max())
+        _, errors = _integrated_gradients(
+            model, params, state, x, target=target, baseline=base, steps=steps, method=method
+        )
+        error = float(errors.max())
         if error <= tolerance:
             return steps
         if steps * 2 > max_steps:
@@ -487,16 +537,23 @@ def occlusion(
         )
     masks = _occlusion_masks(sizes, window, strides)
     fill = jnp.asarray(baseline_value, x.dtype)
+    return _occlusion(
+        model, params, state, x, target=target, masks=masks, fill=fill, batch_size=batch_size
+    )
+
+
+@_jit("batch_size")
+def _occlusion(model, params, state, x, *, target, masks, fill, batch_size):
     base_score = _scores(model, params, state, x, target, "occlusion")
 
     def drop(mask):
         occluded = jnp.where(mask[None], fill, x)
         return base_score - _scores(model, params, state, occluded, target, "occlusion")
 
-    drops = jax.lax.map(drop, jnp.asarray(masks), batch_size=batch_size)  # (P, N)
-    counts = masks.sum(axis=0).astype(np.float32)
-    total = jnp.einsum("pn,p...->n...", drops, jnp.asarray(masks, x.dtype))
-    return total / jnp.asarray(counts, x.dtype)[None]
+    drops = jax.lax.map(drop, masks, batch_size=batch_size)  # (P, N)
+    masks = masks.astype(x.dtype)
+    total = jnp.einsum("pn,p...->n...", drops, masks)
+    return total / masks.sum(axis=0)[None]
 
 
 def grad_cam(
@@ -548,8 +605,20 @@ def grad_cam(
         >>> grad_cam(model, params, state, x, 1, layer="1", upsample=False).shape
         (2, 4, 4)
     """
-    x = jnp.asarray(inputs)
-    path = str(layer)
+    return _grad_cam(
+        model,
+        params,
+        state,
+        jnp.asarray(inputs),
+        target=target,
+        path=str(layer),
+        upsample=upsample,
+        relu=relu,
+    )
+
+
+@_jit("path", "upsample", "relu")
+def _grad_cam(model, params, state, x, *, target, path, upsample, relu):
     spec = jax.eval_shape(
         lambda p, s, v: run_with(model, p, s, v, capture=[path], where="grad_cam")[1][path],
         params,
