@@ -15,7 +15,8 @@ class History:
 
     Attributes:
         history: ``{name: [value per epoch]}``.
-        epoch: the epoch numbers.
+        epoch: the epoch indices, counted from 0 (as Keras' ``History.epoch``);
+            the logs and :meth:`plot` number epochs from 1.
 
     Examples:
         >>> h = History()
@@ -43,6 +44,9 @@ class History:
     def plot(self, path: str, keys: Sequence[str] | None = None) -> str:
         """Plot the curves (train and ``val_`` on one axis per quantity) to a PNG; needs matplotlib.
 
+        The x axis numbers epochs from 1, as the logs (``epoch 1/10``) do, with
+        integer ticks.
+
         Returns:
             ``path``.
         """
@@ -55,11 +59,15 @@ class History:
             raise ImportError("History.plot needs matplotlib: `pip install matplotlib`.") from err
         names = [k for k in (keys or self.history) if not k.startswith("val_")]
         names = [k for k in names if np.ndim(self.history[k][0]) == 0]
+        from matplotlib.ticker import MaxNLocator
+
         fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+        epochs = [e + 1 for e in self.epoch]  # as the logs: epoch 1, 2, ...
         for ax, name in zip(axes[0], names):
-            ax.plot(self.epoch, self.history[name], label=name)
+            ax.plot(epochs, self.history[name], label=name)
             if "val_" + name in self.history:
-                ax.plot(self.epoch, self.history["val_" + name], label="val_" + name)
+                ax.plot(epochs, self.history["val_" + name], label="val_" + name)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_title(name)
             ax.legend()

@@ -1,0 +1,34 @@
+"""Tests for funcnet.training.History: the plot numbers epochs from 1, as the logs."""
+
+import numpy as np
+import pytest
+
+from funcnet.training import History
+
+
+def test_plot_x_axis_starts_at_epoch_one(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    h = History()
+    for epoch, (loss, val) in enumerate([(1.0, 1.2), (0.5, 0.9), (0.25, 0.8)]):
+        h.append(epoch, {"loss": loss, "val_loss": val, "accuracy": 0.5 + epoch / 10})
+    path = h.plot(str(tmp_path / "curves.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    (fig,) = saved
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3])
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert all(float(t).is_integer() for t in ticks)
+    assert h.epoch == [0, 1, 2]  # the attribute keeps Keras' 0-based indices
