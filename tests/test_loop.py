@@ -750,3 +750,51 @@ def test_evaluate_over_batches_applies_the_model_to_each_whole_batch(key):
     logs = fn.evaluate(center, params, state, batches, loss="mse")
     by_hand = [np.mean((b[0][:, :1] - b[0][:, :1].mean(0) - b[1]) ** 2) for b in batches]
     np.testing.assert_allclose(logs["loss"], np.mean(by_hand), rtol=1e-5)
+
+
+def test_list_instead_of_tuple_and_forgotten_labels_name_fit_and_the_fix(key):
+    x, y = blobs(40)
+    model, loss = mlp(), "sparse_categorical_cross_entropy"
+    args = (model, optax.adam(1e-2), loss)
+    listed = (
+        r"^{}: got a list of {} arrays; a list is read as a sequence of batches, so pass the "
+        r"arrays as a tuple `{}` instead of a list: `{}`, or `tuple\(data\)`\.$"
+    )
+    with pytest.raises(
+        TypeError,
+        match=listed.format(
+            "fit", 2, r"\(x, y\)", r"fit\(model, optimizer, loss, \(x, y\), \.\.\.\)"
+        ),
+    ):
+        fn.fit(*args, [x, y], verbose=0)
+    with pytest.raises(TypeError, match=r"^fit: got a list of 3 arrays.*`\(x, y, weights\)`"):
+        fn.fit(*args, [x, y, np.ones(40, np.float32)], verbose=0)
+    with pytest.raises(TypeError, match=r"^fit: got a list of 2 arrays"):
+        fn.fit(*args, [x, y], validation_split=0.2, verbose=0)
+    bare = (
+        r"^{}: got a single array of shape \(40, 5\) where inputs and targets were expected: "
+        r"the targets are missing\. Pass them together as a tuple, e.g\. `{}`; for outputs "
+        r"without targets use `predict\(model, params, state, x\)`\.$"
+    )
+    with pytest.raises(
+        TypeError, match=bare.format("fit", r"fit\(model, optimizer, loss, \(x, y\), \.\.\.\)")
+    ):
+        fn.fit(*args, x, verbose=0)
+    with pytest.raises(TypeError, match=r"^fit: got a single array of shape \(40, 5\)"):
+        fn.fit(*args, jnp.asarray(x), verbose=0)
+    with pytest.raises(
+        TypeError,
+        match=bare.format(r"fit \(validation_data\)", r"fit\(\.\.\., validation_data=\(x, y\)\)"),
+    ):
+        fn.fit(*args, (x, y), validation_data=x, verbose=0)
+    params, state = model.init(key, x[:1])
+    with pytest.raises(
+        TypeError,
+        match=listed.format(
+            "evaluate", 2, r"\(x, y\)", r"evaluate\(model, params, state, \(x, y\), \.\.\.\)"
+        ),
+    ):
+        fn.evaluate(model, params, state, [x, y], loss=loss)
+    # A list of batches is still a list of batches.
+    _, h = fn.fit(*args, [(x[:20], y[:20]), (x[20:], y[20:])], verbose=0)
+    assert len(h.epoch) == 1

@@ -148,12 +148,45 @@ def _is_array(a) -> bool:
     )
 
 
+def _call(where: str) -> str:
+    """How the user passes the data to the function named by ``where``."""
+    if where.startswith("fit ("):  # fit's validation_data
+        return "`fit(..., validation_data=(x, y))`"
+    if where.startswith("evaluate"):
+        return "`evaluate(model, params, state, (x, y), ...)`"
+    return "`fit(model, optimizer, loss, (x, y), ...)`"
+
+
+def _check_not_misplaced(data, where: str) -> None:
+    """Reject the two shapes of data a new user reaches for: ``[x, y]`` and a bare ``x``."""
+    if _is_array(data):
+        raise TypeError(
+            f"{where}: got a single array of shape {tuple(data.shape)} where inputs and targets "
+            f"were expected: the targets are missing. Pass them together as a tuple, e.g. "
+            f"{_call(where)}; for outputs without targets use `predict(model, params, state, x)`."
+        )
+    if (
+        isinstance(data, list)
+        and len(data) in (2, 3)
+        and all(_is_array(part) or isinstance(part, dict) for part in data)
+    ):
+        names = "`(x, y)`" if len(data) == 2 else "`(x, y, weights)`"
+        raise TypeError(
+            f"{where}: got a list of {len(data)} arrays; a list is read as a sequence of "
+            f"batches, so pass the arrays as a tuple {names} instead of a list: "
+            f"{_call(where)}, or `tuple(data)`."
+        )
+
+
 def is_arrays(data, where: str = "fit") -> bool:
     """True for a tuple ``(x, y)`` / ``(x, y, weights)`` of arrays (a list is batches).
 
     Raises:
-        TypeError: for such a tuple holding Python lists or numbers instead of arrays.
+        TypeError: for such a tuple holding Python lists or numbers instead of arrays,
+            a list ``[x, y]`` of arrays (pass a tuple), or a bare array (the targets
+            are missing).
     """
+    _check_not_misplaced(data, where)
     if not (isinstance(data, tuple) and len(data) in (2, 3)):
         return False
     leaves = jax.tree.leaves(data)
