@@ -17,11 +17,27 @@ the pixels. A faithful attribution makes the probability drop faster than
 random removal, so its curve has the smaller area (AUC, the mean of the six
 points).
 
-Run (about 15 s on a 2-core CPU)::
+Run (about 12 s of CPU time on a 2-core machine, most of it compiling)::
 
     python examples/explain_digits.py --out explain_digits.png
 
-Measured with the defaults (MEASURED)
+Measured with the defaults (15 epochs, the 359 test images)::
+
+    trained 15 epochs in 11.5 s; test accuracy 0.9972
+    IG (64 steps): completeness error mean 2.15e-02, max 7.38e-02; |f(x) - f(blank)| mean 13.20
+    true-class probability after removing 0%, 10%, 20%, 30%, 40%, 50%
+      integrated_gradients   0.986  0.144  0.030  0.034  0.037  0.037   AUC 0.211
+      smoothgrad             0.986  0.176  0.025  0.023  0.030  0.036   AUC 0.213
+      grad_cam               0.986  0.751  0.499  0.369  0.281  0.207   AUC 0.515
+      random                 0.986  0.916  0.800  0.678  0.534  0.408   AUC 0.721
+    explain: deletion AUC top-attributed 0.211 vs random 0.721
+
+Pixel attributions (IG, SmoothGrad) find the pixels the class rests on:
+removing the top 10% leaves a mean true-class probability of 0.14-0.18,
+random removal 0.92. Grad-CAM's 4x4 map, upsampled, ranks pixels only
+coarsely and falls in between. The completeness error (0.07 at most, against
+score changes of about 13) shrinks with ``--steps``
+(:func:`funcnet.explain.ig_steps_for` picks steps for a tolerance).
 
 ``--smoke`` trains two epochs and explains 64 images. The last line is
 ``explain: deletion AUC top-attributed <ig> vs random <random>``.
@@ -168,8 +184,8 @@ def main(
     )
     error = np.asarray(ig.completeness_error)
     print(
-        f"integrated gradients ({steps} steps): completeness error mean {error.mean():.2e}, "
-        f"max {error.max():.2e} (|f(x) - f(blank)| mean {change.mean():.2f})"
+        f"IG ({steps} steps): completeness error mean {error.mean():.2e}, "
+        f"max {error.max():.2e}; |f(x) - f(blank)| mean {change.mean():.2f}"
     )
     smooth = fn.explain.smoothgrad(
         model, params, state, x, y, key=jax.random.key(seed), num_samples=num_samples
