@@ -466,20 +466,26 @@ def _window(spec, ndim: int, name: str, sizes) -> tuple[int, ...]:
     return spec + tuple(sizes[len(spec) :])
 
 
-def _occlusion_masks(shape, window, strides) -> np.ndarray:
-    """One boolean mask per window position; every element is covered at least once."""
-    starts = []
+def _occlusion_windows(shape, window, strides) -> tuple[np.ndarray, np.ndarray]:
+    """The windows' corners ``(P, ndim)`` and how many windows cover each element.
+
+    The last window of an axis ends at its edge, so every element is covered.
+    """
+    starts, counts = [], []
     for size, win, stride in zip(shape, window, strides):
         axis = list(range(0, size - win + 1, stride))
         if axis[-1] != size - win:
             axis.append(size - win)
         starts.append(axis)
-    masks = []
-    for corner in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape)):
-        mask = np.zeros(shape, bool)
-        mask[tuple(slice(c, c + w) for c, w in zip(corner, window))] = True
-        masks.append(mask)
-    return np.stack(masks)
+        count = np.zeros(size)
+        for start in axis:
+            count[start : start + win] += 1
+        counts.append(count)
+    corners = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape))
+    coverage = counts[0]
+    for count in counts[1:]:  # windows form a grid, so coverage is a product over axes
+        coverage = np.multiply.outer(coverage, count)
+    return corners.astype(np.int32), coverage
 
 
 def occlusion(
@@ -535,25 +541,44 @@ def occlusion(
         raise ValueError(
             f"occlusion: `window` {window} is larger than the inputs' non-batch shape {sizes}."
         )
-    masks = _occlusion_masks(sizes, window, strides)
-    fill = jnp.asarray(baseline_value, x.dtype)
+    corners, coverage = _occlusion_windows(sizes, window, strides)
     return _occlusion(
-        model, params, state, x, target=target, masks=masks, fill=fill, batch_size=batch_size
+        model,
+        params,
+        state,
+        x,
+        target=target,
+        corners=corners,
+        coverage=coverage.astype(x.dtype),
+        fill=jnp.asarray(baseline_value, x.dtype),
+        window=window,
+        batch_size=batch_size,
     )
 
 
-@_jit("batch_size")
-def _occlusion(model, params, state, x, *, target, masks, fill, batch_size):
+@_jit("window", "batch_size")
+def _occlusion(model, params, state, x, *, target, corners, coverage, fill, window, batch_size):
     base_score = _scores(model, params, state, x, target, "occlusion")
+    patch = jnp.ones(window, bool)
+    empty = jnp.zeros(x.shape[1:], bool)
 
-    def drop(mask):
+    def drop(corner):  # masks are built one at a time: memory does not grow with positions
+        mask = jax.lax.dynamic_update_slice(empty, patch, tuple(corner))
         occluded = jnp.where(mask[None], fill, x)
         return base_score - _scores(model, params, state, occluded, target, "occlusion")
 
-    drops = jax.lax.map(drop, masks, batch_size=batch_size)  # (P, N)
-    masks = masks.astype(x.dtype)
-    total = jnp.einsum("pn,p...->n...", drops, masks)
-    return total / masks.sum(axis=0)[None]
+    drops = jax.lax.map(drop, corners, batch_size=batch_size)  # (P, N)
+    shape = (x.shape[0], *window)
+
+    def credit(total, pair):
+        corner, d = pair
+        start = (0, *tuple(corner))
+        region = jax.lax.dynamic_slice(total, start, shape)
+        value = region + d.reshape(-1, *([1] * len(window)))
+        return jax.lax.dynamic_update_slice(total, value, start), None
+
+    total, _ = jax.lax.scan(credit, jnp.zeros_like(x), (corners, drops))
+    return total / coverage[None]
 
 
 def grad_cam(
