@@ -24,14 +24,13 @@ Examples:
 from funcnet.explain.attributions import (
     IG_METHODS,
     IntegratedGradients,
-    grad_cam,
     gradient_x_input,
     gradients,
     ig_steps_for,
     integrated_gradients,
-    occlusion,
     smoothgrad,
 )
+from funcnet.explain.maps import grad_cam, occlusion
 from funcnet.explain.paths import intermediates, layer_paths
 
 __all__ = [
