@@ -404,6 +404,19 @@ def test_jit_and_vmap():
     np.testing.assert_allclose(
         occ, explain.occlusion(model, params, state, x, 0, window=2), rtol=1e-5
     )
+    sg = jax.jit(lambda k: explain.smoothgrad(model, params, state, x, 2, key=k, num_samples=3))
+    np.testing.assert_allclose(
+        sg(jax.random.key(1)),
+        explain.smoothgrad(model, params, state, x, 2, key=jax.random.key(1), num_samples=3),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    conv, cparams, cstate = cnn()
+    images = rand(15, (2, 7, 7, 2))
+    cam = jax.jit(lambda v: explain.grad_cam(conv, cparams, cstate, v, 0, layer="3"))(images)
+    np.testing.assert_allclose(
+        cam, explain.grad_cam(conv, cparams, cstate, images, 0, layer="3"), rtol=1e-5, atol=1e-7
+    )
     with pytest.raises(ValueError, match=r"cannot run under `jit`; call `ig_steps_for"):
         jax.jit(
             lambda v: explain.integrated_gradients(model, params, state, v, 0, tolerance=1e-3)[0]
