@@ -145,6 +145,7 @@ def test_mask_of_padded_batch_and_all_zero_mask(name, fn, outputs, targets, ref)
         ("hinge", losses.hinge, SIGNS),
         ("squared_hinge", losses.squared_hinge, BIN),
         ("focal", losses.focal, BIN),
+        ("focal_gamma_half", functools.partial(losses.focal, gamma=0.5, alpha=None), BIN),
         ("poisson_log_input", functools.partial(losses.poisson, log_input=True), COUNTS),
         (
             "sparse_smooth",
