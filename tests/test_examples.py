@@ -132,6 +132,8 @@ SMOKE = {
     # character frequencies alone (a unigram model) give about 4.6 bits per character
     "transformer_lm": ("validation bits per character: ", lambda v: v[0] < 4.3),
     "data_parallel": ("test accuracy: ", lambda v: v[0] > 0.5),
+    # (deletion AUC: removing the top-attributed pixels first, removing random pixels)
+    "explain_digits": ("explain: ", lambda v: v[0] < v[1]),
     # (the best rate's mean test accuracy, its seeds' ensemble accuracy)
     "sweep": ("sweep: best learning rate ", lambda v: v[0] > 0.5 and v[1] > 0.5),
     # (largest logit difference, fraction of greedy tokens equal) against transformers
