@@ -13,6 +13,7 @@ Examples:
 from funcnet import (
     augment,
     checkpoint,
+    compress,
     data,
     datasets,
     distributed,
@@ -100,6 +101,7 @@ __all__ = [
     "augment",
     "callbacks",
     "compose_optimizer",
+    "compress",
     "checkpoint",
     "concat",
     "data",

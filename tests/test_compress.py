@@ -1,0 +1,168 @@
+"""funcnet.compress: pruning masks and transforms, int8 quantization, distillation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import funcnet as fn
+from funcnet import compress
+
+STRICT_DTYPES = False  # optax Adam is not strict-clean
+
+
+def _np_masks(arrays, sparsity):
+    """Reference: prune the round(s * n) smallest |w| over all arrays (stable order)."""
+    flat = np.concatenate([np.abs(a).ravel() for a in arrays])
+    k = round(sparsity * flat.size)
+    keep = np.ones(flat.size, bool)
+    keep[np.argsort(flat, kind="stable")[:k]] = False
+    out, start = [], 0
+    for a in arrays:
+        out.append(keep[start : start + a.size].reshape(a.shape))
+        start += a.size
+    return out
+
+
+# ----------------------------------------------------------------------------- pruning
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9, 1.0])
+def test_global_masks_match_numpy(sparsity):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=(3, 3, 2, 4))
+    params = [{"w": jnp.asarray(a), "b": jnp.ones(5)}, {"w": jnp.asarray(b, jnp.float32)}]
+    masks = compress.magnitude_masks(params, sparsity)
+    ref = _np_masks([a, b.astype(np.float32)], sparsity)
+    np.testing.assert_array_equal(masks[0]["w"], ref[0])
+    np.testing.assert_array_equal(masks[1]["w"], ref[1])
+    assert bool(masks[0]["b"].all())  # biases are not matched by the default pattern
+    jitted = jax.jit(compress.magnitude_masks)(params, sparsity)
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool((x == y).all()), jitted, masks))
+
+
+def test_layer_scope_differs_from_global():
+    small = jnp.array([[0.1, 0.2], [0.3, 0.4]])
+    large = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    params = {"a": {"w": small}, "b": {"w": large}}
+    glob = compress.magnitude_masks(params, 0.5)
+    layer = compress.magnitude_masks(params, 0.5, scope="layer")
+    assert not bool(glob["a"]["w"].any()) and bool(glob["b"]["w"].all())
+    for name, ref in (("a", small), ("b", large)):
+        np.testing.assert_array_equal(layer[name]["w"], _np_masks([np.asarray(ref)], 0.5)[0])
+        assert int(layer[name]["w"].sum()) == 2
+
+
+def test_ties_broken_by_position():
+    params = {"w": jnp.array([1.0, 1.0, 1.0, 1.0])}
+    assert compress.magnitude_masks(params, 0.5)["w"].tolist() == [False, False, True, True]
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_structured_masks_drop_smallest_channels(scope):
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(3, 3, 2, 6)).astype(np.float32)
+    w[..., 2] *= 0.01
+    w[..., 4] *= 0.1
+    mask = compress.magnitude_masks({"w": jnp.asarray(w)}, 1 / 3, structured=True, scope=scope)["w"]
+    norms = np.sqrt((w.reshape(-1, 6) ** 2).sum(0))
+    dropped = np.argsort(norms)[:2]
+    assert sorted(dropped.tolist()) == [2, 4]
+    kept = np.asarray(mask).reshape(-1, 6)
+    assert not kept[:, dropped].any() and kept[:, [0, 1, 3, 5]].all()
+
+
+def test_apply_masks_and_report():
+    params = {"w": jnp.array([[1.0, -0.5], [0.25, 2.0]]), "b": jnp.ones(2)}
+    pruned = compress.apply_masks(params, compress.magnitude_masks(params, 0.5))
+    assert pruned["w"].tolist() == [[1.0, 0.0], [0.0, 2.0]]
+    assert compress.sparsity_report(pruned) == {"w": (2, 4, 0.5), "total": (2, 4, 0.5)}
+    full = compress.sparsity_report(pruned, pattern=None)
+    assert full["b"] == (0, 2, 0.0) and full["total"] == (2, 6, 2 / 6)
+
+
+def _tiny_problem():
+    model = fn.serial(fn.Dense(16), jax.nn.relu, fn.Dense(3))
+    params, state = model.init(jax.random.key(0), jnp.zeros((1, 4)))
+    x = jax.random.normal(jax.random.key(1), (64, 4))
+    y = (x[:, 0] > 0).astype(jnp.int32) + (x[:, 1] > 0).astype(jnp.int32)
+    return model, params, state, x, y
+
+
+def test_keep_masked_through_adamw_training():
+    model, params, _, x, y = _tiny_problem()
+    masks = compress.magnitude_masks(params, 0.7)
+    params = compress.apply_masks(params, masks)
+    opt = optax.chain(optax.adamw(1e-2, weight_decay=1e-2), compress.keep_masked(masks))
+    ts = fn.TrainState.create(model, opt, jax.random.key(0), x[:1])
+    ts = ts._replace(params=params)
+    step = jax.jit(fn.train_step(model, "sparse_categorical_crossentropy", opt))
+    for _ in range(200):
+        ts, logs = step(ts, (x, y))
+    for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(ts.params)):
+        assert bool((p[~m] == 0).all())
+    assert float(logs["loss"]) < 0.7  # it did train
+    assert compress.sparsity_report(ts.params)["total"][2] == pytest.approx(0.7, abs=0.01)
+
+
+def test_polynomial_sparsity_matches_formula():
+    s = compress.polynomial_sparsity(0.1, 0.9, begin_step=10, end_step=110, power=3)
+    for t in [0, 10, 35, 60, 99, 110, 500]:
+        tc = min(max(t, 10), 110)
+        want = 0.9 + (0.1 - 0.9) * (1 - (tc - 10) / 100) ** 3
+        assert float(s(t)) == pytest.approx(want, abs=1e-6)
+    assert float(jax.jit(s)(60)) == pytest.approx(0.9 - 0.8 * 0.125, abs=1e-6)
+
+
+def test_gradual_pruning_reaches_final_sparsity():
+    model, _, _, x, y = _tiny_problem()
+    schedule = compress.polynomial_sparsity(0.0, 0.8, begin_step=0, end_step=60)
+    opt = optax.chain(optax.adam(1e-2), compress.gradual_pruning(schedule, every=10))
+    ts = fn.TrainState.create(model, opt, jax.random.key(0), x[:1])
+    step = jax.jit(fn.train_step(model, "sparse_categorical_crossentropy", opt))
+    seen = []
+    for i in range(81):
+        ts, _ = step(ts, (x, y))
+        if i % 10 == 0:
+            seen.append(compress.sparsity_report(ts.params)["total"][2])
+    want = [float(schedule(i)) for i in range(0, 81, 10)]
+    np.testing.assert_allclose(seen, want, atol=0.01)
+
+
+# ----------------------------------------------------------------------------- pruning errors
+
+
+def test_prune_errors():
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    with pytest.raises(ValueError, match=r"magnitude_masks: `sparsity` must be in \[0, 1\]"):
+        compress.magnitude_masks(params, 1.5)
+    with pytest.raises(TypeError, match="magnitude_masks: `sparsity` must be a number"):
+        compress.magnitude_masks(params, "half")
+    with pytest.raises(ValueError, match="`scope` must be 'global' or 'layer'"):
+        compress.magnitude_masks(params, 0.5, scope="model")
+    with pytest.raises(ValueError, match="matches no parameter path"):
+        compress.magnitude_masks(params, 0.5, pattern="kernel")
+    with pytest.raises(TypeError, match="is not floating point"):
+        compress.magnitude_masks({"w": jnp.ones(2, jnp.int32)}, 0.5)
+    with pytest.raises(ValueError, match="is a scalar"):
+        compress.magnitude_masks({"w": jnp.ones(())}, 0.5)
+    with pytest.raises(ValueError, match="apply_masks: `masks` must have the structure"):
+        compress.apply_masks(params, {"w": jnp.ones((2, 2), bool)})
+    with pytest.raises(ValueError, match="the mask of 'w' has shape"):
+        compress.apply_masks(params, {"w": jnp.ones((2,), bool), "b": jnp.ones(2, bool)})
+    with pytest.raises(ValueError, match="keep_masked: `masks` must have the structure"):
+        compress.keep_masked({"w": jnp.ones((2, 2), bool)}).init(params)
+    with pytest.raises(ValueError, match="need `end_step > begin_step`"):
+        compress.polynomial_sparsity(0.0, 0.5, 10, 10)
+    with pytest.raises(ValueError, match="polynomial_sparsity: `sparsity` must be in"):
+        compress.polynomial_sparsity(0.0, -0.5, 0, 10)
+    with pytest.raises(ValueError, match="gradual_pruning: `every` must be an int >= 1"):
+        compress.gradual_pruning(0.5, every=0)
+    with pytest.raises(ValueError, match="gradual_pruning: `scope`"):
+        compress.gradual_pruning(0.5, every=1, scope="all")
+    tx = compress.gradual_pruning(0.5, every=1)
+    with pytest.raises(ValueError, match="gradual_pruning: `update` needs `params`"):
+        tx.update(params, tx.init(params))
+    with pytest.raises(ValueError, match="sparsity_report: `pattern="):
+        compress.sparsity_report(params, pattern="kernel")
