@@ -166,3 +166,112 @@ def test_prune_errors():
         tx.update(params, tx.init(params))
     with pytest.raises(ValueError, match="sparsity_report: `pattern="):
         compress.sparsity_report(params, pattern="kernel")
+
+
+# ----------------------------------------------------------------------------- quantization
+
+
+def _np_quantize(w):
+    w = np.asarray(w, np.float32)
+    scale = np.abs(w.reshape(-1, w.shape[-1])).max(0) / 127
+    safe = np.where(scale > 0, scale, 1.0)
+    return np.clip(np.round(w / safe), -127, 127).astype(np.int8), scale
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (3, 3, 2, 6), (3, 1, 4), (7,)])
+def test_quantize_array_matches_numpy_and_bound(shape):
+    w = jax.random.normal(jax.random.key(3), shape) * jnp.linspace(0.01, 3.0, shape[-1])
+    qw = compress.quantize_array(w)
+    q, scale = _np_quantize(w)
+    np.testing.assert_allclose(qw["scale"], scale, rtol=1e-6)
+    assert qw["q"].dtype == jnp.int8 and qw["scale"].shape == (shape[-1],)
+    assert np.mean(np.asarray(qw["q"]) == q) > 0.999  # a rare half-step may round differently
+    assert int(jnp.abs(qw["q"]).max()) == 127
+    back = compress.dequantize({"w": qw})["w"]
+    err = np.abs(np.asarray(back) - np.asarray(w))
+    # the rounding bound scale/2, up to float32 rounding of w/scale and q*scale
+    assert (err <= scale / 2 * (1 + 1e-5) + 1e-7).all()
+
+
+def test_quantize_zero_channel_and_jit():
+    w = jnp.array([[0.0, 1.0], [0.0, -3.0]])
+    qw = jax.jit(compress.quantize_array)(w)
+    assert qw["q"][:, 0].tolist() == [0, 0] and float(qw["scale"][0]) == 0.0
+    back = compress.dequantize({"w": qw})["w"]
+    assert back[:, 0].tolist() == [0.0, 0.0] and back[1, 1] == -3.0
+
+
+def test_quantize_leaves_the_rest_and_round_trips():
+    params = [{"w": jnp.ones((3, 2)), "b": jnp.ones(2)}, (), {"table": jnp.ones((4, 2))}]
+    qparams = compress.quantize(params)
+    assert compress.is_quantized(qparams[0]["w"]) and not compress.is_quantized(qparams[0])
+    assert qparams[2]["table"].dtype == jnp.float32 and qparams[1] == ()
+    back = jax.jit(compress.dequantize)(qparams)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    np.testing.assert_array_equal(back[0]["w"], params[0]["w"])
+    assert compress.dequantize(params)[0]["w"] is params[0]["w"]  # nothing quantized
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """A tiny conv net trained on sklearn digits (about 5 s)."""
+    (xtr, ytr), (xte, yte) = fn.datasets.load_digits()
+    xtr, xte = xtr / 16.0, xte / 16.0
+    model = fn.serial(
+        fn.Conv(8, (3, 3)), jax.nn.relu, fn.Flatten(), fn.Dense(32), jax.nn.relu, fn.Dense(10)
+    )
+    ts, _ = fn.fit(
+        model,
+        optax.adam(1e-2),
+        "sparse_categorical_crossentropy",
+        (xtr, ytr),
+        epochs=8,
+        batch_size=64,
+        verbose=0,
+        key=jax.random.key(0),
+    )
+    return model, ts, (xtr, ytr), (xte, yte)
+
+
+def _accuracy(model, params, state, x, y):
+    return float((fn.predict(model, params, state, x).argmax(-1) == y).mean())
+
+
+def test_digits_int8_size_and_accuracy(digits):
+    model, ts, _, (xte, yte) = digits
+    qparams = compress.quantize(ts.params)
+    ratio = compress.size_bytes(ts.params) / compress.size_bytes(qparams)
+    assert 3.8 < ratio < 4.0  # int8 kernels plus float32 scales and biases
+    before = _accuracy(model, ts.params, ts.state, xte, yte)
+    after = _accuracy(model, compress.dequantize(qparams), ts.state, xte, yte)
+    assert before > 0.95
+    assert after >= before - 0.01
+
+
+def test_int8_dense_within_activation_bound():
+    x = jax.random.normal(jax.random.key(0), (6, 20))
+    w = jax.random.normal(jax.random.key(1), (20, 5))
+    b = jnp.arange(5.0)
+    qw = compress.quantize_array(w)
+    got = jax.jit(compress.int8_dense)(x, qw, b)
+    w_deq = compress.dequantize({"w": qw})["w"]
+    want = x @ w_deq + b
+    s_x = jnp.abs(x).max(-1, keepdims=True) / 127
+    bound = s_x / 2 * jnp.abs(w_deq).sum(0) + 1e-4
+    assert bool((jnp.abs(got - want) <= bound).all())
+    assert float(jnp.abs(got - (x @ w + b)).max()) < 0.1
+
+
+def test_quantize_errors():
+    with pytest.raises(TypeError, match="quantize_array: `w` must be floating point"):
+        compress.quantize_array(jnp.ones(3, jnp.int32))
+    with pytest.raises(ValueError, match="quantize_array: `w` must have at least one axis"):
+        compress.quantize_array(jnp.ones(()))
+    with pytest.raises(ValueError, match="quantize: `pattern='kernel'` matches no parameter"):
+        compress.quantize({"w": jnp.ones((2, 2))}, pattern="kernel")
+    with pytest.raises(TypeError, match=r"quantize: cannot quantize 'w'.*Narrow `pattern`"):
+        compress.quantize({"w": jnp.ones((2, 2), jnp.int32)})
+    with pytest.raises(ValueError, match="quantize: cannot quantize 'w'"):
+        compress.quantize({"w": jnp.ones(())})
+    with pytest.raises(ValueError, match=r"int8_dense: expected inputs \(\.\.\., 3\)"):
+        compress.int8_dense(jnp.ones((2, 4)), compress.quantize_array(jnp.ones((3, 2))))

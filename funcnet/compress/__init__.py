@@ -6,7 +6,8 @@
   :func:`polynomial_sparsity` and :func:`gradual_pruning` (Zhu & Gupta 2017),
   :func:`sparsity_report`.
 - Quantization (:mod:`funcnet.compress.quantize`): per-channel symmetric int8
-  kernels with :func:`quantize` / :func:`dequantize`, :func:`size_bytes`.
+  kernels with :func:`quantize` / :func:`dequantize`, :func:`size_bytes`, and
+  :func:`int8_dense` (an integer matmul on activations quantized on the fly).
 - Distillation (:mod:`funcnet.compress.distill`): :func:`distillation_loss`
   (Hinton et al. 2015), a loss for ``fn.fit`` on ``{"labels", "teacher_logits"}`` targets.
 
@@ -30,14 +31,28 @@ from funcnet.compress.prune import (
     polynomial_sparsity,
     sparsity_report,
 )
+from funcnet.compress.quantize import (
+    dequantize,
+    int8_dense,
+    is_quantized,
+    quantize,
+    quantize_array,
+    size_bytes,
+)
 
 __all__ = [
     "KERNELS",
     "GradualPruningState",
     "apply_masks",
+    "dequantize",
     "gradual_pruning",
+    "int8_dense",
+    "is_quantized",
     "keep_masked",
     "magnitude_masks",
     "polynomial_sparsity",
+    "quantize",
+    "quantize_array",
+    "size_bytes",
     "sparsity_report",
 ]
