@@ -275,3 +275,108 @@ def test_quantize_errors():
         compress.quantize({"w": jnp.ones(())})
     with pytest.raises(ValueError, match=r"int8_dense: expected inputs \(\.\.\., 3\)"):
         compress.int8_dense(jnp.ones((2, 4)), compress.quantize_array(jnp.ones((3, 2))))
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+def _torch_distill(s, t, y, temperature, alpha):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    s, t, y = torch.tensor(np.asarray(s)), torch.tensor(np.asarray(t)), torch.tensor(np.asarray(y))
+    soft = F.kl_div(
+        F.log_softmax(s / temperature, -1),
+        F.log_softmax(t / temperature, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = F.cross_entropy(s, y.long())
+    return float(alpha * temperature**2 * soft + (1 - alpha) * hard)
+
+
+def _logits(n=8, c=5):
+    s = jax.random.normal(jax.random.key(0), (n, c)) * 3
+    t = jax.random.normal(jax.random.key(1), (n, c)) * 3
+    y = jax.random.randint(jax.random.key(2), (n,), 0, c)
+    return s, t, y
+
+
+@pytest.mark.parametrize(("temperature", "alpha"), [(1.0, 0.5), (4.0, 0.9), (2.5, 1.0), (8.0, 0.0)])
+def test_distillation_matches_torch(temperature, alpha):
+    s, t, y = _logits()
+    loss = compress.distillation_loss(temperature=temperature, alpha=alpha)
+    got = jax.jit(loss)(s, {"labels": y, "teacher_logits": t})
+    assert float(got) == pytest.approx(_torch_distill(s, t, y, temperature, alpha), rel=1e-5)
+
+
+def test_distillation_alpha_zero_is_cross_entropy_and_weights():
+    s, t, y = _logits()
+    w = jnp.array([1.0, 0.0, 2.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    loss = compress.distillation_loss(temperature=3.0, alpha=0.0)
+    want = fn.losses.sparse_categorical_cross_entropy(s, y, weights=w)
+    assert float(loss(s, {"labels": y, "teacher_logits": t}, weights=w)) == pytest.approx(
+        float(want), rel=1e-6
+    )
+
+
+def test_distillation_temperature_scaling():
+    s, t, y = _logits()
+    targets = {"labels": y, "teacher_logits": t}
+    soft = lambda temp, c=1.0: compress.distillation_loss(temperature=temp, alpha=1.0)(
+        c * s, {"labels": y, "teacher_logits": c * t}
+    )
+    # softmax(c s / (c T)) is unchanged, so only the T**2 factor moves: c**2 times the loss
+    assert float(soft(6.0, 3.0)) == pytest.approx(9 * float(soft(2.0)), rel=1e-5)
+    # T**2 keeps the soft gradient at alpha * T * (softmax(s/T) - softmax(t/T)) / batch
+    temp, alpha = 4.0, 0.7
+    grad = jax.grad(
+        lambda s_: compress.distillation_loss(temperature=temp, alpha=alpha)(s_, targets)
+    )(s)
+    hard = (1 - alpha) * (jax.nn.softmax(s) - jax.nn.one_hot(y, 5)) / 8
+    want = alpha * temp * (jax.nn.softmax(s / temp) - jax.nn.softmax(t / temp)) / 8 + hard
+    np.testing.assert_allclose(grad, want, atol=1e-6)
+    assert compress.distillation_loss().from_logits is True
+
+
+def test_distillation_with_fit_on_dict_targets():
+    x = jax.random.normal(jax.random.key(0), (128, 6))
+    teacher_logits = x[:, :3] * 4
+    y = teacher_logits.argmax(-1)
+    student = fn.serial(fn.Dense(3))
+    loss = compress.distillation_loss(temperature=4.0, alpha=0.9)
+    _, history = fn.fit(
+        student,
+        optax.adam(5e-2),
+        loss,
+        (x, {"labels": y, "teacher_logits": teacher_logits}),
+        epochs=15,
+        batch_size=32,
+        verbose=0,
+        validation_split=0.25,
+        key=jax.random.key(0),
+    )
+    assert history.history["loss"][-1] < 0.2 * history.history["loss"][0]
+    assert "val_loss" in history.history
+
+
+def test_distillation_errors():
+    s, t, y = _logits()
+    with pytest.raises(ValueError, match=r"distillation_loss: `temperature` must be in \(0.0"):
+        compress.distillation_loss(temperature=0.0)
+    with pytest.raises(ValueError, match=r"distillation_loss: `alpha` must be in \[0.0, 1.0\]"):
+        compress.distillation_loss(alpha=1.5)
+    with pytest.raises(TypeError, match="`temperature` must be a number"):
+        compress.distillation_loss(temperature="4")
+    loss = compress.distillation_loss()
+    with pytest.raises(TypeError, match="`targets` must be a dict with keys 'labels'"):
+        loss(s, y)
+    with pytest.raises(TypeError, match=r"got \['labels'\]"):
+        loss(s, {"labels": y})
+    with pytest.raises(TypeError, match="must be floating point"):
+        loss(y[:, None], {"labels": y, "teacher_logits": t})
+    with pytest.raises(ValueError, match="must have the same shape"):
+        loss(s, {"labels": y, "teacher_logits": t[:, :3]})
+    with pytest.raises(ValueError, match="`labels` must be integer class ids of shape"):
+        loss(s, {"labels": y.astype(jnp.float32), "teacher_logits": t})
+    with pytest.raises(ValueError, match="`labels` must be integer class ids of shape"):
+        loss(s, {"labels": y[:4], "teacher_logits": t})

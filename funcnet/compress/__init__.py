@@ -21,6 +21,7 @@ Examples:
     (84, 112, 0.75)
 """
 
+from funcnet.compress.distill import distillation_loss
 from funcnet.compress.prune import (
     KERNELS,
     GradualPruningState,
@@ -45,6 +46,7 @@ __all__ = [
     "GradualPruningState",
     "apply_masks",
     "dequantize",
+    "distillation_loss",
     "gradual_pruning",
     "int8_dense",
     "is_quantized",
