@@ -98,7 +98,7 @@ def test_keep_masked_through_adamw_training():
     ts = fn.TrainState.create(model, opt, jax.random.key(0), x[:1])
     ts = ts._replace(params=params)
     step = jax.jit(fn.train_step(model, "sparse_categorical_crossentropy", opt))
-    for _ in range(200):
+    for _ in range(100):
         ts, logs = step(ts, (x, y))
     for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(ts.params)):
         assert bool((p[~m] == 0).all())
@@ -128,6 +128,20 @@ def test_gradual_pruning_reaches_final_sparsity():
             seen.append(compress.sparsity_report(ts.params)["total"][2])
     want = [float(schedule(i)) for i in range(0, 81, 10)]
     np.testing.assert_allclose(seen, want, atol=0.01)
+
+
+def test_gradual_pruning_structured_constant_keeps_zeros_between_prunings():
+    w = jnp.array([[1.0, -3.0, 0.5, 2.0], [1.0, 3.0, -0.5, 2.0], [1.0, 3.0, 0.5, -2.0]])
+    params = {"w": w, "b": jnp.ones(4)}
+    tx = optax.chain(optax.sgd(0.1), compress.gradual_pruning(0.5, every=3, structured=True))
+    state = tx.init(params)
+    grads = {"w": -jnp.ones((3, 4)), "b": jnp.ones(4)}
+    for _ in range(5):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        assert params["w"][:, [0, 2]].tolist() == [[0.0, 0.0]] * 3  # smallest column norms
+    np.testing.assert_allclose(params["w"][:, 1], w[:, 1] + 0.5, rtol=1e-6)
+    np.testing.assert_allclose(params["b"], 0.5, rtol=1e-6)  # biases are not pruned
 
 
 # ----------------------------------------------------------------------------- pruning errors
