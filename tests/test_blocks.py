@@ -4,6 +4,7 @@ Checked against numpy references written here (and torch where handy), and
 cached decoding against recomputation for the sliding window.
 """
 
+import functools
 import math
 
 import jax
@@ -97,7 +98,7 @@ def test_rms_swiglu_block_against_numpy(window, key):
 
 def test_rms_stack_ends_with_rmsnorm(key):
     enc = fn.transformer_encoder(2, 2, norm="rms", mlp="geglu", mlp_ratio=2)
-    params, _ = enc.init(key, jnp.ones((1, 3, 8)))
+    params, _ = jax.eval_shape(enc.init, key, jnp.ones((1, 3, 8)))  # shapes only
     assert jax.tree.map(jnp.shape, params[1]) == {"scale": (8,)}
     assert params[0]["mlp"][1]["gate_up"][1]["w"].shape == (2, 8, 16)
 
@@ -121,36 +122,54 @@ def test_window_attention_against_numpy_and_torch(window, key):
     close(y, np.einsum("nhtv,hvo->nto", o, params["out"]["w"]) + np.asarray(params["out"]["b"]))
 
 
-def lm(window, **kw):
+@functools.cache
+def lm(window, mlp):
+    """A one-block sliding-window LM (stacks of blocks decode in tests/test_generation.py)."""
     return fn.serial(
         fn.Embedding(VOCAB, 16),
         fn.transformer_encoder(
-            2, 4, num_kv_heads=2, causal=True, rope=True, window=window, norm="rms", **kw
+            1, 4, num_kv_heads=2, causal=True, rope=True, window=window, norm="rms", mlp=mlp
         ),
         fn.Dense(VOCAB),
     )
 
 
+SEQ = np.random.default_rng(1).integers(0, VOCAB, (2, 12)).astype(np.int32)
+
+
+@functools.cache
+def window_lm(window, mlp):
+    """``(model, params, state, jitted apply)`` of a sliding-window LM, shared by the tests."""
+    model = lm(window, mlp)
+    params, state = model.init(jax.random.key(0), SEQ)
+    return model, params, state, jax.jit(model.apply)
+
+
 @pytest.mark.parametrize("window,mlp", [(3, "swiglu"), (1, "geglu"), (4, "mlp")])
-def test_window_cached_decoding_equals_recomputation(window, mlp, key):
-    model = lm(window, mlp=mlp)
-    seq = np.random.default_rng(1).integers(0, VOCAB, (2, 12)).astype(np.int32)
-    params, state = model.init(key, seq)
-    full, _ = jax.jit(model.apply)(params, state, seq)
-    no_window, _ = jax.jit(lm(None, mlp=mlp).apply)(params, state, seq)
+def test_window_cached_decoding_equals_recomputation(window, mlp):
+    model, params, state, step = window_lm(window, mlp)
+    seq = SEQ
+    full, _ = step(params, state, seq)
+    no_window, _ = jax.jit(lm(None, mlp).apply)(params, state, seq)
     assert not np.allclose(full[:, window + 1 :], no_window[:, window + 1 :], atol=1e-4)
     cache = fn.init_cache(model, state, seq, max_len=12)
-    step = jax.jit(model.apply)
-    logits, cache = step(params, cache, seq[:, :5])  # a prefill longer than the window
+    # a prefill longer than the window, a chunk of as many (one compile), then single tokens
+    logits, cache = step(params, cache, seq[:, :5])
     close(logits, full[:, :5])
-    logits, cache = step(params, cache, seq[:, 5:7])
-    close(logits, full[:, 5:7])
-    for t in range(7, 12):
+    logits, cache = step(params, cache, seq[:, 5:10])
+    close(logits, full[:, 5:10])
+    for t in range(10, 12):
         logits, cache = step(params, cache, seq[:, t : t + 1])
         close(logits[:, 0], full[:, t])
-    out = fn.generate(model, params, state, seq[:, :4], max_new_tokens=5, temperature=0.0)
+
+
+def test_window_generate_with_the_cache_equals_recomputation():
+    # generate is a prefill and single-token steps, checked above for every window; here its
+    # cached and uncached programs, once (each is a compile of its own)
+    model, params, state, _ = window_lm(3, "swiglu")
+    out = fn.generate(model, params, state, SEQ[:, :4], max_new_tokens=5, temperature=0.0)
     slow = fn.generate(
-        model, params, state, seq[:, :4], max_new_tokens=5, temperature=0.0, use_cache=False
+        model, params, state, SEQ[:, :4], max_new_tokens=5, temperature=0.0, use_cache=False
     )
     np.testing.assert_array_equal(np.asarray(out), np.asarray(slow))
 
@@ -200,9 +219,9 @@ def test_decoder_block_window_equals_a_band_mask(key):
     out, _ = jax.jit(windowed.apply)(params, state, inputs)
     i, j = np.arange(7)[:, None], np.arange(7)[None]
     band = np.broadcast_to(j > i - 2, (2, 7, 7))
-    plain = fn.TransformerDecoderBlock(2, norm="rms")
-    want, _ = plain.apply(params, state, {**inputs, "mask": band})
+    plain = jax.jit(fn.TransformerDecoderBlock(2, norm="rms").apply)
+    want, _ = plain(params, state, {**inputs, "mask": band})
     close(out["x"], want["x"])
-    full, _ = plain.apply(params, state, inputs)
+    full, _ = plain(params, state, inputs)
     assert not np.allclose(out["x"][:, 2:], full["x"][:, 2:], atol=1e-4)
     close(out["x"][:, :2], full["x"][:, :2])  # the first two positions see no farther anyway

@@ -1,5 +1,6 @@
 """KV cache and generation: cached decoding == recomputation; generate vs hand-written loops."""
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -27,9 +28,15 @@ def _example():
 
 LM = _example()
 
+# One set of shapes for the cache tests (N rows of T tokens; a prefill and a chunk of C) and one
+# for generate (prompts (N, P), NEW new tokens): each distinct shape is one more compile.
+N, T, C = 3, 10, 4
+P, NEW = 4, 6
 
+
+@functools.cache
 def make_lm(kv_heads=None, rope=False, context=16, layers=2):
-    """The example's language model, tiny: width 16, 4 query heads."""
+    """The example's language model, tiny: width 16, 4 query heads (one object per options)."""
     return LM.make_model(
         VOCAB,
         width=16,
@@ -40,6 +47,14 @@ def make_lm(kv_heads=None, rope=False, context=16, layers=2):
         kv_heads=kv_heads,
         rope=rope,
     )
+
+
+@functools.cache
+def lm_setup(kv_heads=None, rope=False, layers=2):
+    """``(model, params, state, jitted apply)``, shared by the tests of one model."""
+    model = make_lm(kv_heads=kv_heads, rope=rope, layers=layers)
+    params, state = model.init(jax.random.key(0), tokens(N, T))
+    return model, params, state, jax.jit(model.apply)
 
 
 def tokens(n, t, seed=1):
@@ -56,54 +71,56 @@ def greedy_lm():
     model = make_lm(kv_heads=2, rope=True, layers=1)
     params, state = model.init(jax.random.key(0), tokens(1, 4))
     params = jax.tree.map(lambda a: 3.0 * a, params)
-    return model, params, state
+    return model, params, state, jax.jit(model.apply)
 
 
 # ---------------------------------------------------------------------------------------------
 # The cache: decoding == recomputation
 
 
-@pytest.mark.parametrize("rope", [False, True], ids=["learned", "rope"])
-@pytest.mark.parametrize("kv_heads", [None, 2, 1], ids=["mha", "gqa", "mqa"])
+# RoPE rotates the cached keys of each key/value head, so it runs with every head grouping;
+# learned positions are a layer of their own, before the attention: one grouping is enough.
+@pytest.mark.parametrize(
+    "kv_heads,rope",
+    [(None, True), (2, True), (1, True), (2, False)],
+    ids=["mha-rope", "gqa-rope", "mqa-rope", "gqa-learned"],
+)
 def test_cached_decoding_equals_full_recomputation(kv_heads, rope):
-    model = make_lm(kv_heads=kv_heads, rope=rope)
-    seq = tokens(2, 12)
-    params, state = model.init(jax.random.key(0), seq)
-    full, _ = jax.jit(model.apply)(params, state, seq)
-    cache = fn.init_cache(model, state, seq, max_len=12)
-    step = jax.jit(model.apply)
-    # a prefill of 3, one chunk of 2, then one token at a time: every position checked
-    logits, cache = step(params, cache, seq[:, :3])
-    close(logits, full[:, :3])
-    logits, cache = step(params, cache, seq[:, 3:5])
-    close(logits, full[:, 3:5])
-    for t in range(5, 12):
+    model, params, state, step = lm_setup(kv_heads, rope)
+    seq = tokens(N, T)
+    full, _ = step(params, state, seq)
+    cache = fn.init_cache(model, state, seq, max_len=T)
+    # a prefill of C, one more chunk of C, then one token at a time: every position checked
+    logits, cache = step(params, cache, seq[:, :C])
+    close(logits, full[:, :C])
+    logits, cache = step(params, cache, seq[:, C : 2 * C])
+    close(logits, full[:, C : 2 * C])
+    for t in range(2 * C, T):
         logits, cache = step(params, cache, seq[:, t : t + 1])
         close(logits[:, 0], full[:, t])
-    np.testing.assert_array_equal(cache_positions(cache), [12, 12])
-    fresh = fn.init_cache(model, cache, seq, max_len=12)  # a used cache, made empty again
-    np.testing.assert_array_equal(cache_positions(fresh), [0, 0])
+    np.testing.assert_array_equal(cache_positions(cache), [T] * N)
+    fresh = fn.init_cache(model, cache, seq, max_len=T)  # a used cache, made empty again
+    np.testing.assert_array_equal(cache_positions(fresh), [0] * N)
 
 
 @pytest.mark.parametrize("rope", [False, True], ids=["learned", "rope"])
 def test_ragged_rows_decode_as_each_row_alone(rope):
-    model = make_lm(kv_heads=2, rope=rope)
-    seq = tokens(3, 10, seed=2)
-    lengths = np.array([5, 2, 4])
-    params, state = model.init(jax.random.key(0), seq)
-    prompts = np.where(np.arange(6) < lengths[:, None], seq[:, :6], 0)  # right-padded
-    cache = fn.init_cache(model, state, prompts, max_len=10)
-    _, cache = model.apply(params, cache, prompts)
+    # the shapes (and so the compiled programs) of the test above
+    model, params, state, step = lm_setup(2, rope)
+    seq = tokens(N, T, seed=2)
+    lengths = np.array([4, 1, 3])
+    prompts = np.where(np.arange(C) < lengths[:, None], seq[:, :C], 0)  # right-padded
+    cache = fn.init_cache(model, state, prompts, max_len=T)
+    _, cache = step(params, cache, prompts)
     cache = set_cache_positions(cache, lengths)
     np.testing.assert_array_equal(cache_positions(cache), lengths)
-    step = jax.jit(model.apply)
     # causal: position p of a row depends on that row's tokens up to p only, so one pass over
     # the unpadded rows gives each row's logits as if it were alone
     full, _ = step(params, state, seq)
     for i in range(4):  # row r gets its own token at position lengths[r] + i
-        new = seq[np.arange(3), lengths + i][:, None]
+        new = seq[np.arange(N), lengths + i][:, None]
         logits, cache = step(params, cache, new)
-        for r in range(3):
+        for r in range(N):
             close(logits[r, 0], full[r, lengths[r] + i])
 
 
@@ -114,13 +131,14 @@ def test_sinusoidal_and_encoder_decoder_models_decode_with_the_cache(key):
         fn.transformer_encoder(1, 2, num_kv_heads=1, causal=True),
         fn.Dense(VOCAB),
     )
-    seq = tokens(2, 7)
+    seq = tokens(2, 6)
     params, state = lm.init(key, seq)
-    full, _ = lm.apply(params, state, seq)
-    cache = fn.init_cache(lm, state, seq, max_len=7)
     apply = jax.jit(lm.apply)
+    full, _ = apply(params, state, seq)
+    cache = fn.init_cache(lm, state, seq, max_len=6)
     logits, cache = apply(params, cache, seq[:, :4])
-    for t in range(4, 7):
+    close(logits, full[:, :4])
+    for t in range(4, 6):
         logits, cache = apply(params, cache, seq[:, t : t + 1])
         close(logits[:, 0], full[:, t])
     # a decoder over a memory: the self-attention caches, the cross-attention reads the memory
@@ -128,7 +146,8 @@ def test_sinusoidal_and_encoder_decoder_models_decode_with_the_cache(key):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 8)), jnp.float32)
     memory = jnp.ones((2, 3, 8)) * jnp.arange(8.0)
     params, state = dec.init(key, {"x": x, "memory": memory})
-    full, _ = dec.apply(params, state, {"x": x, "memory": memory})
+    apply = jax.jit(dec.apply)
+    full, _ = apply(params, state, {"x": x, "memory": memory})
     cache = fn.init_cache(dec, state, {"x": x, "memory": memory}, max_len=5)
     # one state per block while decoding (params stay stacked): no caches copied by a scan
     assert isinstance(cache[0], BlockStates) and len(cache[0].blocks) == 2
@@ -136,7 +155,6 @@ def test_sinusoidal_and_encoder_decoder_models_decode_with_the_cache(key):
     assert isinstance(first["self_attention"][2], KVCache)
     assert first["self_attention"][2].k.shape == (2, 5, 2, 4)
     assert first["cross_attention"][2] == ()
-    apply = jax.jit(dec.apply)
     for t in range(5):
         out, cache = apply(params, cache, {"x": x[:, t : t + 1], "memory": memory})
         close(out["x"][:, 0], full["x"][:, t])
@@ -168,71 +186,63 @@ def test_init_cache_keeps_other_state_and_sets_dtypes(key):
 # generate
 
 
-def argmax_loop(model, params, state, prompt, steps):
-    """Greedy decoding by hand: run the whole (uncached) model, take the last argmax."""
+def argmax_loop(forward, params, state, prompt, steps, width=P + NEW):
+    """Greedy decoding by hand: run the whole (uncached) model, take the last argmax.
+
+    The tokens so far sit in a row of zeros of a fixed ``width`` (one compile of ``forward``);
+    the model is causal, so the positions after them change nothing.
+    """
     seq = list(prompt)
     for _ in range(steps):
-        logits, _ = model.apply(params, state, jnp.asarray([seq], jnp.int32))
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        row = np.zeros((1, width), np.int32)
+        row[0, : len(seq)] = seq
+        logits, _ = forward(params, state, row)
+        seq.append(int(np.argmax(np.asarray(logits)[0, len(seq) - 1])))
     return seq[len(prompt) :]
 
 
+def generate(lm, prompts, **kw):
+    """``fn.generate`` of the shared greedy LM, ``NEW`` tokens (compiled once per options)."""
+    model, params, state, _ = lm
+    return fn.generate(model, kw.pop("params", params), state, prompts, max_new_tokens=NEW, **kw)
+
+
 def test_greedy_equals_an_argmax_loop_over_the_uncached_model(greedy_lm):
-    model, params, state = greedy_lm
-    prompts = tokens(2, 4, seed=3)
-    out = fn.generate(model, params, state, prompts, max_new_tokens=8, temperature=0)
-    assert out.shape == (2, 8) and out.dtype == jnp.int32
-    for r in range(2):
-        assert out[r].tolist() == argmax_loop(model, params, state, prompts[r].tolist(), 8)
-    uncached = fn.generate(
-        model, params, state, prompts, max_new_tokens=8, temperature=0, use_cache=False
-    )
+    _, params, state, forward = greedy_lm
+    prompts = tokens(N, P, seed=3)
+    out = generate(greedy_lm, prompts, temperature=0)
+    assert out.shape == (N, NEW) and out.dtype == jnp.int32
+    for r in range(N):
+        assert out[r].tolist() == argmax_loop(forward, params, state, prompts[r].tolist(), NEW)
+    uncached = generate(greedy_lm, prompts, temperature=0, use_cache=False)
     np.testing.assert_array_equal(out, uncached)
 
 
 def test_ragged_prompts_continue_as_each_prompt_alone(greedy_lm):
-    model, params, state = greedy_lm
+    _, params, state, forward = greedy_lm
     lengths = np.array([4, 1, 3])
-    prompts = np.where(np.arange(4) < lengths[:, None], tokens(3, 4, seed=4), 7)
-    out = fn.generate(
-        model, params, state, prompts, max_new_tokens=6, temperature=0, prompt_lengths=lengths
-    )
-    uncached = fn.generate(
-        model,
-        params,
-        state,
-        prompts,
-        max_new_tokens=6,
-        temperature=0,
-        prompt_lengths=lengths,
-        use_cache=False,
-    )
+    prompts = np.where(np.arange(P) < lengths[:, None], tokens(N, P, seed=4), 7)
+    # the programs of the test above: prompt_lengths is an argument, not an option
+    out = generate(greedy_lm, prompts, temperature=0, prompt_lengths=lengths)
+    uncached = generate(greedy_lm, prompts, temperature=0, prompt_lengths=lengths, use_cache=False)
     np.testing.assert_array_equal(out, uncached)
-    for r in range(3):
-        alone = fn.generate(
-            model, params, state, prompts[r : r + 1, : lengths[r]], max_new_tokens=6, temperature=0
-        )
-        np.testing.assert_array_equal(out[r], alone[0])
+    for r in range(N):  # each prompt alone, unpadded, decoded by hand
+        alone = argmax_loop(forward, params, state, prompts[r, : lengths[r]].tolist(), NEW)
+        assert out[r].tolist() == alone
 
 
 def test_sampling_is_deterministic_for_a_key_and_top_k_1_or_small_top_p_is_greedy(greedy_lm):
-    model, params, state = greedy_lm
-    prompts = tokens(3, 3, seed=5)
+    params = greedy_lm[1]
+    prompts = tokens(N, P, seed=5)
 
     def gen(**kw):
-        return np.asarray(fn.generate(model, params, state, prompts, max_new_tokens=10, **kw))
+        return np.asarray(generate(greedy_lm, prompts, **kw))
 
     # unscaled logits: a flat distribution, so different keys differ
     flat = jax.tree.map(lambda a: a / 3.0, params)
-    a = np.asarray(
-        fn.generate(model, flat, state, prompts, max_new_tokens=10, key=jax.random.key(1))
-    )
-    b = np.asarray(
-        fn.generate(model, flat, state, prompts, max_new_tokens=10, key=jax.random.key(1))
-    )
-    c = np.asarray(
-        fn.generate(model, flat, state, prompts, max_new_tokens=10, key=jax.random.key(2))
-    )
+    a = gen(params=flat, key=jax.random.key(1))
+    b = gen(params=flat, key=jax.random.key(1))
+    c = gen(params=flat, key=jax.random.key(2))
     np.testing.assert_array_equal(a, b)
     assert (a != c).any()
     assert a.min() >= 0 and a.max() < VOCAB
@@ -260,52 +270,36 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 
 
 def test_stop_tokens_stop_rows_independently(greedy_lm):
-    model, params, state = greedy_lm
-    prompts = tokens(3, 3, seed=6)
-    free = np.asarray(fn.generate(model, params, state, prompts, max_new_tokens=8, temperature=0))
+    prompts = tokens(N, P, seed=6)
+    free = np.asarray(generate(greedy_lm, prompts, temperature=0))
     stop = int(free[0, 2])  # row 0 emits it at step 2 (or before); others maybe later, or never
-    out = np.asarray(
-        fn.generate(
-            model,
-            params,
-            state,
-            prompts,
-            max_new_tokens=8,
-            temperature=0,
-            stop_tokens=(stop,),
-            pad_id=-1,
-        )
-    )
+    out = np.asarray(generate(greedy_lm, prompts, temperature=0, stop_tokens=(stop,), pad_id=-1))
     ends = []
-    for r in range(3):
+    for r in range(N):
         hits = np.nonzero(free[r] == stop)[0]
-        ends.append(hits[0] + 1 if len(hits) else 8)
+        ends.append(hits[0] + 1 if len(hits) else NEW)
         np.testing.assert_array_equal(out[r, : ends[-1]], free[r, : ends[-1]])
         assert (out[r, ends[-1] :] == -1).all()
     assert len(set(ends)) > 1, ends  # the rows did stop at different steps
     # every row stopped at its first step: the loop ends at once, all pads after
     firsts = tuple(int(t) for t in free[:, 0])
-    out = fn.generate(
-        model, params, state, prompts, max_new_tokens=8, temperature=0, stop_tokens=firsts
-    )
+    out = generate(greedy_lm, prompts, temperature=0, stop_tokens=firsts)
     np.testing.assert_array_equal(out[:, 0], free[:, 0])
     assert (np.asarray(out)[:, 1:] == 0).all()
 
 
 def test_generate_runs_under_jit_and_with_a_bfloat16_cache(greedy_lm):
-    model, params, state = greedy_lm
-    prompts = tokens(2, 3, seed=7)
-    eager = fn.generate(model, params, state, prompts, max_new_tokens=5, temperature=0)
+    model, params, state, _ = greedy_lm
+    prompts = tokens(N, P, seed=7)
+    eager = generate(greedy_lm, prompts, temperature=0)
     jitted = jax.jit(
         lambda p, x, n: fn.generate(
-            model, p, state, x, max_new_tokens=5, temperature=0, prompt_lengths=n
+            model, p, state, x, max_new_tokens=NEW, temperature=0, prompt_lengths=n
         )
-    )(params, prompts, jnp.array([3, 3]))
+    )(params, prompts, jnp.array([P] * N))
     np.testing.assert_array_equal(eager, jitted)
-    half = fn.generate(
-        model, params, state, prompts, max_new_tokens=5, temperature=0, cache_dtype=jnp.bfloat16
-    )
-    assert half.shape == (2, 5)
+    half = generate(greedy_lm, prompts, temperature=0, cache_dtype=jnp.bfloat16)
+    assert half.shape == (N, NEW)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +307,7 @@ def test_generate_runs_under_jit_and_with_a_bfloat16_cache(greedy_lm):
 
 
 def test_generate_argument_errors(greedy_lm):
-    model, params, state = greedy_lm
+    model, params, state, _ = greedy_lm
     prompts = tokens(2, 3)
 
     def gen(**kw):
