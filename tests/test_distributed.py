@@ -10,7 +10,6 @@ hide a wrong gradient scale).
 
 import functools
 import os
-import subprocess
 import sys
 
 import jax
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _mesh4 import run_mesh4_tests
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -268,16 +268,7 @@ def test_fit_on_a_one_device_mesh_equals_no_mesh(axis_types):
 
 def test_four_virtual_devices():
     """Run the ``test_mesh4_*`` tests of this file with 4 virtual CPU devices."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "mesh4"]
-    cmd += ["-o", "addopts=", os.path.join(HERE, "test_distributed.py")]
-    try:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    except subprocess.TimeoutExpired as err:  # the child was killed by subprocess.run
-        pytest.fail(f"the 4-device tests did not finish in {err.timeout} s:\n{err.stdout}")
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-3000:]
+    run_mesh4_tests("test_distributed.py", timeout=400)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,13 @@ runs them in a subprocess with ``--xla_force_host_platform_device_count=4``.
 """
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _mesh4 import run_mesh4_tests
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -406,16 +405,7 @@ def test_memory_of_a_compiled_stacked_step():
 
 def test_four_virtual_devices():
     """Run the ``test_mesh4_*`` tests of this file with 4 virtual CPU devices."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "mesh4"]
-    cmd += ["-o", "addopts=", os.path.join(HERE, "test_stacked.py")]
-    try:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"the 4-device tests did not finish in {err.timeout} s:\n{err.stdout}")
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-3000:]
+    run_mesh4_tests("test_stacked.py")
 
 
 @needs4
