@@ -1,0 +1,156 @@
+"""Tests for the TensorBoard callback: write during a tiny fit, read the event files back."""
+
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import funcnet as fn
+from funcnet.training.callbacks import TensorBoard
+
+pytest.importorskip("tensorboardX")
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5], np.float32))[:, None]
+    return x, y
+
+
+def _fit(callback, epochs=3):
+    x, y = _data()
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=1e-2)
+    return fn.fit(
+        fn.Dense(1),
+        opt,
+        "mse",
+        (x, y),
+        epochs=epochs,
+        batch_size=16,
+        metrics=["mae"],
+        validation_split=0.25,
+        callbacks=[callback],
+        verbose=0,
+    )
+
+
+def _read(log_dir):
+    acc = event_accumulator.EventAccumulator(
+        str(log_dir), size_guidance={event_accumulator.HISTOGRAMS: 0, event_accumulator.SCALARS: 0}
+    )
+    return acc.Reload()
+
+
+def test_scalars_equal_history_at_one_based_epochs(tmp_path):
+    _, history = _fit(TensorBoard(tmp_path))
+    acc = _read(tmp_path)
+    tags = set(acc.Tags()["scalars"])
+    assert tags == {"loss", "mae", "val_loss", "val_mae", "learning_rate"}
+    for tag in tags:
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2, 3]
+        np.testing.assert_allclose([e.value for e in events], history[tag], rtol=1e-6)
+    assert acc.Tags()["histograms"] == []
+
+
+def test_x_axis_step(tmp_path):
+    _fit(TensorBoard(tmp_path, x_axis="step"))
+    events = _read(tmp_path).Scalars("loss")
+    assert [e.step for e in events] == [3, 6, 9]  # 48 training rows / 16 per batch
+
+
+@pytest.mark.parametrize(("every", "steps"), [(True, [1, 2, 3]), (2, [2])])
+def test_histograms_when_asked(tmp_path, every, steps):
+    ts, _ = _fit(TensorBoard(tmp_path, histograms=every))
+    acc = _read(tmp_path)
+    assert sorted(acc.Tags()["histograms"]) == ["params/b", "params/w"]
+    events = acc.Histograms("params/w")
+    assert [e.step for e in events] == steps
+    last = events[-1].histogram_value
+    assert last.num == 3
+    if steps[-1] == 3:  # written at the last epoch: the final parameters
+        np.testing.assert_allclose(last.sum, float(jnp.sum(ts.params["w"])), rtol=1e-5)
+
+
+def _text(acc, tag="model/summary/text_summary"):  # tensorboardX adds the suffix
+    (event,) = acc.Tensors(tag)
+    return event.tensor_proto.string_val[0].decode()
+
+
+def test_summary_text_params_table_by_default(tmp_path):
+    _fit(TensorBoard(tmp_path))
+    text = _text(_read(tmp_path))
+    assert "w" in text and "(3, 1)" in text and "params: 4" in text
+
+
+def test_summary_text_from_model(tmp_path):
+    x, _ = _data()
+    _fit(TensorBoard(tmp_path, model=fn.Dense(1), inputs=x[:8]))
+    text = _text(_read(tmp_path))
+    assert "Dense(1)" in text and "(8, 1)" in text and "params: 4" in text
+
+
+def test_no_summary(tmp_path):
+    _fit(TensorBoard(tmp_path, summary=False))
+    assert _read(tmp_path).Tags()["tensors"] == []
+
+
+def test_hparams_plugin_data(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _fit(TensorBoard(tmp_path, hparams={"lr": 1e-2, "optimizer": "adam", "batch_size": 16}))
+    acc = _read(tmp_path)
+    content = acc.PluginTagToContent("hparams")
+    assert set(content) == {
+        "_hparams_/experiment",
+        "_hparams_/session_start_info",
+        "_hparams_/session_end_info",
+    }
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert start.hparams["lr"].number_value == pytest.approx(1e-2)
+    assert start.hparams["optimizer"].string_value == "adam"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert metrics == {"loss", "mae", "val_loss", "val_mae", "learning_rate"}
+    assert metrics <= set(acc.Tags()["scalars"])  # the plugin shows each one's last value
+
+
+def test_update_every_writes_step_learning_rate(tmp_path):
+    _fit(TensorBoard(tmp_path, update_every=2))
+    events = _read(tmp_path).Scalars("step/learning_rate")
+    assert [e.step for e in events] == [2, 4, 6, 8]
+    np.testing.assert_allclose([e.value for e in events], 1e-2, rtol=1e-6)
+
+
+def test_missing_tensorboardx_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    with pytest.raises(ImportError, match=r"pip install 'funcnet\[tensorboard\]'"):
+        TensorBoard(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"histograms": -1}, ValueError, "`histograms`"),
+        ({"histograms": 1.5}, ValueError, "`histograms`"),
+        ({"update_every": 0}, ValueError, "`update_every`"),
+        ({"x_axis": "time"}, ValueError, "`x_axis`"),
+        ({"model": fn.Dense(1)}, ValueError, "needs `inputs`"),
+        ({"hparams": {"layers": [1, 2]}}, TypeError, "'layers' is a list"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TensorBoard(tmp_path, **kwargs)
+
+
+def test_exported_from_callbacks():
+    assert fn.callbacks.TensorBoard is TensorBoard
