@@ -22,6 +22,8 @@ import csv
 import json
 import math
 import os
+import queue
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "CSVLogger",
     "EarlyStopping",
     "JSONLogger",
+    "JSONLLogger",
     "LambdaCallback",
     "LearningRateScheduler",
     "TensorBoard",
@@ -253,6 +256,76 @@ class JSONLogger(Callback):
     def on_epoch_end(self, epoch, logs, train_state):
         with open(self.path, "a") as f:
             f.write(json.dumps({"epoch": epoch, **_plain(logs)}) + "\n")
+
+
+class JSONLLogger(Callback):
+    """Like :class:`JSONLogger` (one JSON object per epoch), but written on a background thread.
+
+    ``on_epoch_end`` only turns the logs into a line and puts it on a queue; a
+    thread appends the lines to ``path`` and flushes each one, so a slow disk
+    (a network file system) does not hold up training. ``on_train_end`` waits
+    until every line is written; an error of the writing thread is raised
+    there (or at the next epoch end).
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "log.jsonl")
+        >>> log = JSONLLogger(path)
+        >>> log.on_train_begin(None)
+        >>> log.on_epoch_end(0, {"loss": 0.5}, None)
+        >>> log.on_train_end(None)
+        >>> open(path).read()
+        '{"epoch": 0, "loss": 0.5}\\n'
+    """
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = False):
+        self.path, self.append = os.fspath(path), append
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def on_train_begin(self, train_state):
+        self._finish()  # a previous run's thread, if it was left running
+        if not self.append:
+            open(self.path, "w").close()
+        self._queue, self._error = queue.Queue(), None
+        self._thread = threading.Thread(target=self._drain, name="JSONLLogger", daemon=True)
+        self._thread.start()
+
+    def _write(self, f, line: str) -> None:
+        f.write(line)
+        f.flush()
+
+    def _drain(self) -> None:
+        try:
+            with open(self.path, "a") as f:
+                while (line := self._queue.get()) is not None:
+                    self._write(f, line)
+        except BaseException as err:  # kept for the training thread to raise
+            self._error = err
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise OSError(f"JSONLLogger: writing {self.path!r} failed: {err}") from err
+
+    def on_epoch_end(self, epoch, logs, train_state):
+        self._raise_error()
+        if self._queue is None:
+            raise RuntimeError(
+                "JSONLLogger: `on_train_begin` must be called before `on_epoch_end`."
+            )
+        self._queue.put(json.dumps({"epoch": epoch, **_plain(logs)}) + "\n")
+
+    def _finish(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def on_train_end(self, train_state):
+        self._finish()
+        self._raise_error()
 
 
 class LambdaCallback(Callback):
