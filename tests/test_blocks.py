@@ -225,3 +225,35 @@ def test_decoder_block_window_equals_a_band_mask(key):
     full, _ = plain(params, state, inputs)
     assert not np.allclose(out["x"][:, 2:], full["x"][:, 2:], atol=1e-4)
     close(out["x"][:, :2], full["x"][:, :2])  # the first two positions see no farther anyway
+
+
+def test_parallel_block_against_numpy(key):
+    """``parallel=True``: x + attention(norm(x)) + MLP(norm(x)) with one shared RMSNorm."""
+    block = fn.TransformerEncoderBlock(2, norm="rms", causal=True, parallel=True, epsilon=1e-6)
+    assert block.name == "TransformerEncoderBlock(2, norm='rms', causal=True, parallel=True)"
+    x = normal(2, 6, 8)
+    params, state = block.init(key, x)
+    y, _ = jax.jit(block.apply)(params, state, x)
+    norm, ((mha, _), (_, dense1, _, dense2, _)), _ = params["parallel"]
+    h = np_rms(x, norm["scale"], 1e-6)
+    mlp = np_gelu(h @ np.asarray(dense1["w"]) + np.asarray(dense1["b"])) @ np.asarray(dense2["w"])
+    close(y, x + np_attention(h, mha) + mlp + np.asarray(dense2["b"]), 1e-4)
+
+
+def test_parallel_lm_decodes_with_the_cache(key):
+    model = fn.serial(
+        fn.Embedding(VOCAB, 16),
+        fn.transformer_encoder(2, 4, causal=True, rope=True, norm="rms", parallel=True),
+        fn.Dense(VOCAB),
+    )
+    params, state = model.init(key, SEQ)
+    step = jax.jit(model.apply)
+    full, _ = step(params, state, SEQ)
+    cache = fn.init_cache(model, state, SEQ, max_len=12)
+    logits, cache = step(params, cache, SEQ[:, :10])
+    close(logits, full[:, :10])
+    for t in (10, 11):
+        logits, cache = step(params, cache, SEQ[:, t : t + 1])
+        close(logits[:, 0], full[:, t])
+    with pytest.raises(ValueError, match=r"`parallel=True` shares one norm.*norm='post'"):
+        fn.TransformerEncoderBlock(2, norm="post", parallel=True)

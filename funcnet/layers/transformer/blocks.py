@@ -10,6 +10,7 @@ import numpy as np
 
 from funcnet._checks import check_number, check_positive_int, check_rate, fmt_shape
 from funcnet.combinators import (
+    fanout,
     on_x,
     replace_x,
     residual,
@@ -99,7 +100,9 @@ def _check_options(
     )
 
 
-def _block_name(owner: str, opts: _BlockOptions, *, causal: bool, rope: bool, window=None) -> str:
+def _block_name(
+    owner: str, opts: _BlockOptions, *, causal: bool, rope: bool, window=None, parallel=False
+) -> str:
     args = [str(opts.heads)]
     if opts.kv_heads is not None:
         args.append(f"num_kv_heads={opts.kv_heads}")
@@ -113,6 +116,8 @@ def _block_name(owner: str, opts: _BlockOptions, *, causal: bool, rope: bool, wi
         args.append("rope=True")
     if window is not None:
         args.append(f"window={window}")
+    if parallel:
+        args.append("parallel=True")
     if opts.drop_rate:
         args.append(f"drop_rate={opts.drop_rate}")
     if opts.attention_drop_rate:
@@ -137,12 +142,23 @@ def norm_layer(norm: str, epsilon: float) -> Layer:
     return RMSNorm(epsilon=epsilon) if norm == "rms" else LayerNorm(epsilon=epsilon)
 
 
-def _body(attentions: dict[str, list], width: int, opts: _BlockOptions) -> Layer:
+def _x_of(inputs):
+    return split_inputs(inputs)[0]["x"]
+
+
+def _add_pair(pair):
+    return pair[0] + pair[1]
+
+
+def _body(
+    attentions: dict[str, list], width: int, opts: _BlockOptions, parallel: bool = False
+) -> Layer:
     """The sub-blocks of a block: one ``residual_x`` per attention branch, then the MLP.
 
     With ``norm="pre"`` (``"rms"``) each sub-block starts with a LayerNorm
     (RMSNorm) of ``x``; with ``"post"`` a LayerNorm (``"<name>_norm"``)
-    follows each residual add.
+    follows each residual add. ``parallel``: one residual around the
+    attention and the MLP side by side on one shared norm (GPT-J, PaLM).
     """
 
     def layer_norm():
@@ -150,6 +166,10 @@ def _body(attentions: dict[str, list], width: int, opts: _BlockOptions) -> Layer
 
     hidden = max(1, round(opts.mlp_ratio * width))
     mlp = block_mlp(opts.mlp, width, hidden, opts.activation, opts.drop_rate)
+    if parallel:
+        (branch,) = attentions.values()
+        both = fanout(serial(*branch), serial(_x_of, *mlp))
+        return serial(parallel=residual_x(on_x(layer_norm()), both, _add_pair))
     parts = {}
     pre = opts.norm != "post"
     for name, branch in attentions.items():
@@ -172,6 +192,7 @@ def _block(
     attentions: Callable[[], dict[str, list]],
     allowed: tuple[str, ...],
     require: tuple[str, ...],
+    parallel: bool = False,
 ) -> Layer:
     """A block whose body is built at init/apply from the width of ``x``.
 
@@ -179,7 +200,7 @@ def _block(
     """
 
     def build(width: int) -> Layer:
-        return _body(attentions(), width, opts)
+        return _body(attentions(), width, opts, parallel)
 
     build(opts.heads)  # surface errors of the parts' constructors now
 
@@ -211,6 +232,7 @@ def TransformerEncoderBlock(
     causal: bool = False,
     rope: bool = False,
     window: int | None = None,
+    parallel: bool = False,
     remat: bool | str | Callable = False,
 ) -> Layer:
     """A Transformer encoder block: self-attention and an MLP, each with a residual.
@@ -264,11 +286,17 @@ def TransformerEncoderBlock(
         rope: rotary position embeddings in the attention.
         window: with ``causal=True``, a sliding window of ``window`` keys
             (see :func:`~funcnet.layers.attention.MultiHeadAttention`).
+        parallel: the attention and the MLP side by side on one shared norm,
+            ``x = x + Dropout(MHA(LN(x))) + MLP(LN(x))`` (GPT-J, PaLM): one
+            residual, built as ``serial(parallel=residual_x(on_x(LN),
+            fanout(serial(MHA, Dropout), serial(x_of, *MLP)), add))``;
+            pre-norm (``"pre"`` or ``"rms"``) only.
         remat: ``True``, a policy name or function: recompute the block in
             the backward pass (:func:`funcnet.remat`); default off.
 
     Raises:
-        ValueError: in the constructor, for bad hyperparameters.
+        ValueError: in the constructor, for bad hyperparameters (also
+            ``parallel=True`` with ``norm="post"``).
         LayerError: for inputs that are not ``(N, T, D)``, ``num_heads`` not
             dividing ``D``, bad masks or unknown dict keys.
 
@@ -314,8 +342,13 @@ def TransformerEncoderBlock(
         )
         return {"attention": [mha, Dropout(drop_rate)]}
 
-    name = _block_name(owner, opts, causal=causal, rope=rope, window=window)
-    block = _block(name, opts, attentions, allowed=("x", "mask"), require=("x",))
+    if parallel and opts.norm == "post":
+        raise ValueError(
+            f"{owner}: `parallel=True` shares one norm before the attention and the MLP, so it "
+            "needs `norm='pre'` or `norm='rms'`, got norm='post'."
+        )
+    name = _block_name(owner, opts, causal=causal, rope=rope, window=window, parallel=parallel)
+    block = _block(name, opts, attentions, ("x", "mask"), ("x",), bool(parallel))
     return _with_remat(block, remat)
 
 
