@@ -270,8 +270,22 @@ def _learning_rate(opt_state) -> float | None:
     return None
 
 
+def _live_bar(bar_cls) -> bool:
+    """Whether to draw a live bar: stderr is a terminal, or tqdm draws a notebook widget.
+
+    Elsewhere (a log file, CI, a pipe) every update of a bar would be written
+    out, so ``fit`` prints only its line per epoch.
+    """
+    import sys
+
+    if any(c.__module__ == "tqdm.notebook" for c in bar_cls.__mro__):
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
 class _Progress:
-    """The epoch's progress bar (verbose=1) and line (verbose>=1)."""
+    """The epoch's progress bar (verbose=1, on a terminal or notebook) and line (verbose>=1)."""
 
     def __init__(self, verbose: int, steps: int | None, epoch: int, epochs: int, done: int):
         self.verbose, self.epoch, self.epochs = verbose, epoch, epochs
@@ -279,6 +293,8 @@ class _Progress:
         if verbose == 1:
             from tqdm.auto import tqdm
 
+            if not _live_bar(tqdm):
+                return
             desc = f"epoch {epoch + 1}/{epochs}"
             self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False, initial=done)
 
