@@ -24,6 +24,7 @@ from funcnet import (
     metrics,
     training,
 )
+from funcnet.beam_search import beam_search
 from funcnet.checkpoint import CheckpointManager
 from funcnet.combinators import (
     Policy,
@@ -99,6 +100,7 @@ __all__ = [
     "__version__",
     "as_layer",
     "augment",
+    "beam_search",
     "callbacks",
     "compose_optimizer",
     "compress",
