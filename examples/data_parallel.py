@@ -87,7 +87,10 @@ def main(epochs: int = 20, batch_size: int = 64, fsdp: int = 1, compare: bool = 
 
 
 def cli(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--devices", type=int, help="virtual CPU devices (per process)")
     parser.add_argument("--processes", type=int, default=1, help="local processes to start")
     parser.add_argument("--fsdp", type=int, default=1, help="devices to split the params over")

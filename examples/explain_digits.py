@@ -235,7 +235,10 @@ def main(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--images", type=int, default=359, help="test images explained")
     parser.add_argument("--steps", type=int, default=64, help="integrated-gradients steps")
