@@ -7,7 +7,13 @@
   :func:`sparsity_report`.
 - Quantization (:mod:`funcnet.compress.quantize`): per-channel symmetric int8
   kernels with :func:`quantize` / :func:`dequantize`, :func:`size_bytes`, and
-  :func:`int8_dense` (an integer matmul on activations quantized on the fly).
+  :func:`int8_dense` (an integer matmul on activations quantized on the fly);
+  ``bits=4`` (or 2 .. 8) for fewer levels, stored in int8, sized packed by
+  ``size_bytes(..., bits=4)``.
+- Quantization-aware training (:mod:`funcnet.compress.qat`): :func:`fake_quantize`
+  (the round trip with a straight-through gradient) and :func:`qat` (a model
+  whose kernels are fake-quantized on every forward pass; ``quantize`` its
+  trained params for integer weights computing exactly the same outputs).
 - Distillation (:mod:`funcnet.compress.distill`): :func:`distillation_loss`
   (Hinton et al. 2015), a loss for ``fn.fit`` on ``{"labels", "teacher_logits"}`` targets.
 
@@ -32,6 +38,7 @@ from funcnet.compress.prune import (
     polynomial_sparsity,
     sparsity_report,
 )
+from funcnet.compress.qat import fake_quantize, fake_quantize_params, qat
 from funcnet.compress.quantize import (
     dequantize,
     int8_dense,
@@ -47,12 +54,15 @@ __all__ = [
     "apply_masks",
     "dequantize",
     "distillation_loss",
+    "fake_quantize",
+    "fake_quantize_params",
     "gradual_pruning",
     "int8_dense",
     "is_quantized",
     "keep_masked",
     "magnitude_masks",
     "polynomial_sparsity",
+    "qat",
     "quantize",
     "quantize_array",
     "size_bytes",

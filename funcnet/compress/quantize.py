@@ -11,6 +11,11 @@ within ``scale / 2`` of the original (rounding to the nearest step; the
 clipping never bites since ``|w| / scale <= 127``). :func:`int8_dense` is a
 ``Dense`` computed in integers (``int8 x int8 -> int32``) on activations
 quantized on the fly.
+
+``bits=4`` (any of 2 .. 8) uses the levels ``-(2**(bits-1)-1) .. 2**(bits-1)-1``
+instead of ``-127 .. 127``, still stored in int8 arrays; :func:`size_bytes`
+with ``bits=`` counts them packed. See :mod:`funcnet.compress.qat` for training
+a model for its quantized weights.
 """
 
 from __future__ import annotations
@@ -29,41 +34,72 @@ __all__ = ["dequantize", "int8_dense", "is_quantized", "quantize", "quantize_arr
 _QMAX = 127
 
 
-def quantize_array(w: jax.typing.ArrayLike, *, axis: int = -1) -> dict[str, jax.Array]:
-    """``{"q": int8, "scale": float32}``: symmetric int8 with one scale per index of ``axis``.
+def check_bits(where: str, bits) -> int:
+    """``bits`` checked: an int in ``[2, 8]`` (values stored in int8 either way)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(
+            f"{where}: `bits` must be an int in [2, 8] (symmetric levels -(2**(bits-1)-1) .. "
+            f"2**(bits-1)-1, stored in int8), got {bits!r}; e.g. `bits=4` for int4."
+        )
+    return bits
 
-    ``scale`` has shape ``(w.shape[axis],)``; a channel of zeros gets scale 0
-    (and ``q`` 0).
+
+def channel_scale(w32: jax.Array, axis: int, qmax: int) -> jax.Array:
+    """``max|w| / qmax`` over every axis but ``axis``: shape ``(w.shape[axis],)``."""
+    reduce = tuple(a for a in range(w32.ndim) if a != axis)
+    return jnp.max(jnp.abs(w32), axis=reduce) / qmax
+
+
+def round_to_grid(w32: jax.Array, scale: jax.Array, axis: int, qmax: int) -> jax.Array:
+    """``clip(round(w / scale), -qmax, qmax)`` in float32 (0 where ``scale`` is 0)."""
+    shape = [1] * w32.ndim
+    shape[axis] = w32.shape[axis]
+    safe = jnp.where(scale > 0, scale, 1.0).reshape(shape)
+    return jnp.clip(jnp.round(w32 / safe), -qmax, qmax)
+
+
+def _check_weight(where: str, w: jax.Array) -> None:
+    if not jnp.issubdtype(w.dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: `w` must be floating point, got dtype {w.dtype}; only float "
+            "weights are quantized."
+        )
+    if w.ndim == 0:
+        raise ValueError(
+            f"{where}: `w` must have at least one axis (a channel axis), got a scalar."
+        )
+
+
+def quantize_array(
+    w: jax.typing.ArrayLike, *, axis: int = -1, bits: int = 8
+) -> dict[str, jax.Array]:
+    """``{"q": int8, "scale": float32}``: symmetric integers with one scale per index of ``axis``.
+
+    With ``qmax = 2**(bits - 1) - 1`` (127 for int8, 7 for int4):
+    ``scale = max|w| / qmax`` over the other axes and ``q = clip(round(w /
+    scale), -qmax, qmax)``, stored in int8 whatever ``bits`` (see
+    :func:`size_bytes` for the packed size). ``scale`` has shape
+    ``(w.shape[axis],)``; a channel of zeros gets scale 0 (and ``q`` 0).
 
     Raises:
         TypeError: for a non-floating ``w``.
-        ValueError: for a scalar ``w``.
+        ValueError: for a scalar ``w`` or ``bits`` outside ``[2, 8]``.
 
     Examples:
         >>> import jax.numpy as jnp
         >>> qw = quantize_array(jnp.array([[1.0, -0.5], [-2.54, 0.25]]))
         >>> qw["q"].tolist(), qw["scale"].tolist()
         ([[50, -127], [-127, 64]], [0.02, 0.003937...])
+        >>> quantize_array(jnp.array([[1.0, -0.5], [-2.54, 0.25]]), bits=4)["q"].tolist()
+        [[3, -7], [-7, 3]]
     """
+    qmax = 2 ** (check_bits("quantize_array", bits) - 1) - 1
     w = jnp.asarray(w)
-    if not jnp.issubdtype(w.dtype, jnp.floating):
-        raise TypeError(
-            f"quantize_array: `w` must be floating point, got dtype {w.dtype}; only float "
-            "weights are quantized."
-        )
-    if w.ndim == 0:
-        raise ValueError(
-            "quantize_array: `w` must have at least one axis (a channel axis), got a scalar."
-        )
+    _check_weight("quantize_array", w)
     axis = axis % w.ndim
     w32 = w.astype(jnp.float32)
-    reduce = tuple(a for a in range(w.ndim) if a != axis)
-    scale = jnp.max(jnp.abs(w32), axis=reduce) / _QMAX
-    shape = [1] * w.ndim
-    shape[axis] = w.shape[axis]
-    safe = jnp.where(scale > 0, scale, 1.0).reshape(shape)
-    q = jnp.clip(jnp.round(w32 / safe), -_QMAX, _QMAX).astype(jnp.int8)
-    return {"q": q, "scale": scale}
+    scale = channel_scale(w32, axis, qmax)
+    return {"q": round_to_grid(w32, scale, axis, qmax).astype(jnp.int8), "scale": scale}
 
 
 def is_quantized(node: Any) -> bool:
@@ -82,7 +118,7 @@ def is_quantized(node: Any) -> bool:
     )
 
 
-def quantize(params: Params, *, pattern: str = KERNELS) -> Any:
+def quantize(params: Params, *, pattern: str = KERNELS, bits: int = 8) -> Any:
     """``params`` with every leaf matching ``pattern`` replaced by :func:`quantize_array` of it.
 
     Scales are per output channel (the last axis: ``features`` of a ``Dense``
@@ -94,12 +130,14 @@ def quantize(params: Params, *, pattern: str = KERNELS) -> Any:
         params: a pytree of params.
         pattern: regex (``re.search``) over param paths
             (:func:`funcnet.core.path_str`); default: the kernels ``w``.
+        bits: 8 (int8) or fewer (e.g. 4: levels -7 .. 7, still stored in int8).
 
     Returns:
         The quantized params (a pytree whose quantized leaves are dicts).
 
     Raises:
-        ValueError: when ``pattern`` matches no parameter, or a scalar.
+        ValueError: when ``pattern`` matches no parameter, or a scalar; for
+            ``bits`` outside ``[2, 8]``.
         TypeError: when it matches a non-floating parameter.
 
     Examples:
@@ -114,6 +152,7 @@ def quantize(params: Params, *, pattern: str = KERNELS) -> Any:
         >>> size_bytes(params), size_bytes(qparams)  # float32 biases stay
         (19240, 5328)
     """
+    check_bits("quantize", bits)
     compiled = re.compile(pattern)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [path_str(p) for p, _ in flat]
@@ -128,7 +167,7 @@ def quantize(params: Params, *, pattern: str = KERNELS) -> Any:
             leaves.append(leaf)
             continue
         try:
-            leaves.append(quantize_array(leaf))
+            leaves.append(quantize_array(leaf, bits=bits))
         except (TypeError, ValueError) as err:
             raise type(err)(
                 f"quantize: cannot quantize {path!r}: {err} Narrow `pattern` to float kernels."
@@ -157,8 +196,12 @@ def dequantize(qparams: Any, *, dtype=jnp.float32) -> Params:
     return jax.tree.map(restore, qparams, is_leaf=is_quantized)
 
 
-def size_bytes(tree: Any) -> int:
+def size_bytes(tree: Any, *, bits: int | None = None) -> int:
     """The bytes of every array leaf of ``tree`` (``size * itemsize``): the model's storage size.
+
+    With ``bits``, the ``q`` of each quantized weight counts as packed,
+    ``ceil(size * bits / 8)`` bytes (two int4 values a byte), the size a
+    ``bits``-bit format would store; the arrays themselves stay int8.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -166,8 +209,18 @@ def size_bytes(tree: Any) -> int:
         2600
         >>> size_bytes({"w": quantize_array(jnp.ones((64, 10))), "b": jnp.ones(10)})
         720
+        >>> size_bytes({"w": quantize_array(jnp.ones((64, 10)), bits=4)}, bits=4)
+        360
     """
-    return sum(int(jnp.size(x)) * jnp.asarray(x).dtype.itemsize for x in jax.tree.leaves(tree))
+    if bits is not None:
+        check_bits("size_bytes", bits)
+
+    def count(node) -> int:
+        if bits is not None and is_quantized(node):
+            return -(-int(jnp.size(node["q"])) * bits // 8) + count(node["scale"])
+        return sum(int(jnp.size(x)) * jnp.asarray(x).dtype.itemsize for x in jax.tree.leaves(node))
+
+    return sum(count(node) for node in jax.tree.leaves(tree, is_leaf=is_quantized))
 
 
 def int8_dense(
