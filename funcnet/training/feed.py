@@ -14,6 +14,7 @@ rows get weight 0, so every example counts exactly once.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 
 import jax
@@ -42,6 +43,7 @@ __all__ = [
     "iterate",
     "split_validation",
     "stack_batches",
+    "warn_uint8_inputs",
 ]
 
 
@@ -378,6 +380,25 @@ def _batch_chunks(data, placement: Placement, where: str, check):
 # ----------------------------------------------------------------------------- fit's epochs
 
 
+def warn_uint8_inputs(example, where: str) -> None:
+    """Warn (once per call) when training inputs are uint8: raw pixels seen as 0..255.
+
+    Integer token ids (int32/int64, for an embedding) are not warned about;
+    byte ids given as uint8 are, and the message says how to silence it.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(example)[0]
+    names = [f"`x{jax.tree_util.keystr(p)}`" for p, a in leaves if np.dtype(a.dtype) == np.uint8]
+    if names:
+        warnings.warn(
+            f"{where}: the training inputs {', '.join(names)} are uint8 (raw pixels?), so the "
+            "model sees values 0..255; scale them to floats first, e.g. "
+            "`x = x.astype(np.float32) / 255`. (For integer ids, e.g. of an embedding, cast "
+            "them to `np.int32` to silence this.)",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 class ArrayEpochs:
     """fit's epochs over arrays on the device: a permutation per epoch, K steps per call."""
 
@@ -394,6 +415,7 @@ class ArrayEpochs:
         self.example = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x
         )
+        warn_uint8_inputs(self.example, where)
         self.data = placement.put_rows((x, y, w))
 
     def compile(self, step, metrics, ts_shardings, *, unroll, steps_per_execution):
@@ -426,6 +448,7 @@ class BatchEpochs:
             raise ValueError("fit: `train_data` yielded no batches.")
         self.data, self.placement, self.steps, self.check = data, placement, None, check
         self.example = spec_of(first[0])
+        warn_uint8_inputs(self.example, "fit")
 
     def compile(self, step, metrics, ts_shardings, **_):
         def step_and_add(ts, acc, batch):  # the logs are accumulated inside the compiled call
