@@ -66,6 +66,7 @@ from funcnet.data.clean import CleanReport, clean, decode_labels, encode_labels,
 from funcnet.data.describe import Description, describe
 from funcnet.data.normalize import MinMaxScaler, Standardizer
 from funcnet.data.outliers import ConstantColumns, OutlierClipper, drop_duplicates
+from funcnet.data.shards import ShardedArrays, write_shards
 from funcnet.data.split import Split, k_fold, take, train_val_test_split
 
 __all__ = [
@@ -87,4 +88,6 @@ __all__ = [
     "k_fold",
     "batches",
     "prefetch_to_device",
+    "write_shards",
+    "ShardedArrays",
 ]

@@ -300,9 +300,16 @@ def _check_label_range(y: np.ndarray, classes: int | None, where: str) -> None:
         )
 
 
-def iterate(data, where: str):
-    """Batches of an iterable (a callable is called each time for a fresh iterator)."""
-    it = data() if callable(data) else data
+def iterate(data, where: str, epoch: int = 0):
+    """Batches of an iterable (a callable is called each time for a fresh iterator; an
+    object with ``for_epoch(epoch)``, e.g. :class:`funcnet.data.ShardedArrays`, gives that
+    epoch's batches, so a resumed run sees the same order)."""
+    if hasattr(data, "for_epoch"):
+        it = data.for_epoch(epoch)
+    elif callable(data):
+        it = data()
+    else:
+        it = data
     if not isinstance(it, Iterable):
         raise TypeError(
             f"{where}: expected arrays `(x, y)` / `(x, y, weights)` or an iterable of such "
@@ -465,7 +472,7 @@ class BatchEpochs:
     def epoch(self, ts, acc, key, epoch: int, first: int, shuffle: bool):
         del key, shuffle  # an iterable brings its own order
         count, every = 0, self.placement.block_every
-        for i, batch in enumerate(iterate(self.data, "fit")):
+        for i, batch in enumerate(iterate(self.data, "fit", epoch)):
             count += 1
             if i < first:
                 continue

@@ -1,0 +1,142 @@
+"""Memory-mapped .npy shards: write, open, batch order, fit equality, errors."""
+
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import funcnet as fn
+from funcnet.data import ShardedArrays, write_shards
+
+STRICT_DTYPES = False  # optax's Adam is not strict-promotion clean
+
+
+def _data(n=50):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=n).astype(np.int32)
+    return x, y
+
+
+@pytest.fixture
+def shard_dir(tmp_path):
+    x, y = _data()
+    write_shards(tmp_path, (x, y), rows_per_shard=16)
+    return tmp_path
+
+
+def test_write_shards_files_and_index(shard_dir):
+    index = json.loads((shard_dir / "index.json").read_text())
+    assert [s["rows"] for s in index["shards"]] == [16, 16, 16, 2]
+    assert index["dtypes"] == {"x": "<f4", "y": "<i4"} and index["shapes"]["x"] == [6]
+    assert (shard_dir / "y_00003.npy").is_file()
+
+
+def test_batches_in_file_order_are_the_arrays(shard_dir):
+    x, y = _data()
+    data = ShardedArrays(shard_dir, batch_size=7)
+    got = list(data)
+    assert len(got) == len(data) == 8
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), x)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), y)
+    assert len(list(ShardedArrays(shard_dir, batch_size=7, drop_remainder=True))) == 7
+
+
+def test_reads_through_memmaps_never_a_whole_shard(shard_dir, monkeypatch):
+    data = ShardedArrays(shard_dir, batch_size=5, seed=0)
+    assert all(isinstance(a, np.memmap) for s in data.shards for a in s.values())
+    largest = []
+    real_read = data._read
+
+    def read(rows):
+        largest.append(len(rows))
+        return real_read(rows)
+
+    monkeypatch.setattr(data, "_read", read)
+    batches = list(data.for_epoch(0))
+    assert max(largest) == 5 < 16
+    assert not any(isinstance(a, np.memmap) for b in batches for a in b)  # copies of rows only
+
+
+def test_shuffle_per_epoch_within_shards(shard_dir):
+    _, y = _data()
+    data = ShardedArrays(shard_dir, batch_size=8, seed=3)
+    o0, o1 = data.order(0), data.order(1)
+    assert sorted(o0.tolist()) == list(range(50)) and not np.array_equal(o0, o1)
+    np.testing.assert_array_equal(data.order(1), o1)  # a function of (seed, epoch)
+    shard_of = o0 // 16
+    assert (np.diff(shard_of) != 0).sum() == 3  # each shard visited in one run
+    got = np.concatenate([b[1] for b in data.for_epoch(1)])
+    np.testing.assert_array_equal(got, y[o1])
+
+
+def test_fit_on_shards_equals_fit_on_in_memory_batches(shard_dir):
+    x, y = _data()
+    data = ShardedArrays(shard_dir, batch_size=8, seed=1, drop_remainder=True)
+    model = fn.serial(fn.Dense(8), fn.Relu(), fn.Dense(3))
+    loss = fn.losses.sparse_categorical_cross_entropy
+    key = jax.random.key(0)
+
+    class InMemory:  # the same batches, built from the arrays in memory
+        def for_epoch(self, epoch):
+            return [(x[r], y[r]) for r in data.batch_list(epoch)]
+
+    kw = dict(epochs=3, key=key, verbose=0)
+    ts_shards, _ = fn.fit(model, optax.adam(1e-2), loss, data, **kw)
+    ts_mem, _ = fn.fit(model, optax.adam(1e-2), loss, InMemory(), **kw)
+    assert int(ts_shards.step) == 3 * 6
+    for a, b in zip(jax.tree.leaves(ts_shards.params), jax.tree.leaves(ts_mem.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    logs = fn.evaluate(model, ts_shards.params, ts_shards.state, data, loss=loss)
+    assert np.isfinite(logs["loss"])
+
+
+def test_missing_index_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ShardedArrays: no index file .*index\.json"):
+        ShardedArrays(tmp_path, batch_size=4)
+
+
+def test_corrupt_index_names_the_file(shard_dir):
+    (shard_dir / "index.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"index file .*index\.json' is not valid JSON"):
+        ShardedArrays(shard_dir, batch_size=4)
+    (shard_dir / "index.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"is not a funcnet shard index"):
+        ShardedArrays(shard_dir, batch_size=4)
+
+
+def test_missing_or_corrupt_shard_names_the_file(shard_dir):
+    (shard_dir / "x_00001.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"shard file .*x_00001\.npy' .* is missing"):
+        ShardedArrays(shard_dir, batch_size=4)
+    (shard_dir / "x_00001.npy").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"x_00001\.npy' is not a readable \.npy"):
+        ShardedArrays(shard_dir, batch_size=4)
+    np.save(shard_dir / "x_00001.npy", np.zeros((16, 5), np.float32))
+    with pytest.raises(ValueError, match=r"x_00001\.npy' holds float32 \(16, 5\), but"):
+        ShardedArrays(shard_dir, batch_size=4)
+
+
+def test_constructor_errors(shard_dir):
+    with pytest.raises(ValueError, match="ShardedArrays: `batch_size`"):
+        ShardedArrays(shard_dir, batch_size=0)
+    with pytest.raises(TypeError, match="`seed` must be an integer or None, got str"):
+        ShardedArrays(shard_dir, batch_size=4, seed="0")
+    with pytest.raises(ValueError, match="leaves no batch of the 50 examples"):
+        ShardedArrays(shard_dir, batch_size=64, drop_remainder=True)
+
+
+def test_write_shards_errors(tmp_path):
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"must be a tuple `\(x, y\)`.*got list of length 2"):
+        write_shards(tmp_path, [x, y], 10)
+    with pytest.raises(TypeError, match="`y` must be an array with a leading row axis"):
+        write_shards(tmp_path, (x, 3), 10)
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        write_shards(tmp_path, (x, y[:10]), 10)
+    with pytest.raises(ValueError, match="0 rows"):
+        write_shards(tmp_path, (x[:0], y[:0]), 10)
+    with pytest.raises(ValueError, match="write_shards: `rows_per_shard`"):
+        write_shards(tmp_path, (x, y), 0)
