@@ -1,4 +1,4 @@
-"""funcnet.compress: pruning masks and transforms, int8 quantization, distillation."""
+"""funcnet.compress: pruning masks and transforms, int8 quantization, QAT, distillation."""
 
 import jax
 import jax.numpy as jnp
@@ -394,3 +394,145 @@ def test_distillation_errors():
         loss(s, {"labels": y.astype(jnp.float32), "teacher_logits": t})
     with pytest.raises(ValueError, match="`labels` must be integer class ids of shape"):
         loss(s, {"labels": y[:4], "teacher_logits": t})
+
+
+# ----------------------------------------------------------------------------- QAT
+
+
+def _np_round_trip(w, bits, scale=None):
+    qmax = 2 ** (bits - 1) - 1
+    w = np.asarray(w, np.float32)
+    if scale is None:
+        scale = np.abs(w.reshape(-1, w.shape[-1])).max(0) / np.float32(qmax)
+    safe = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    return (np.clip(np.round(w / safe), -qmax, qmax) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("shape", [(5, 4), (3, 3, 2, 6), (7,)])
+def test_fake_quantize_equals_quantize_dequantize(bits, shape):
+    w = jax.random.normal(jax.random.key(4), shape) * jnp.linspace(0.01, 3.0, shape[-1])
+    got = jax.jit(compress.fake_quantize, static_argnames="bits")(w, bits=bits)
+    want = compress.dequantize({"w": compress.quantize_array(w, bits=bits)})["w"]
+    np.testing.assert_array_equal(got, want)  # bit for bit
+    np.testing.assert_allclose(got, _np_round_trip(w, bits), rtol=1e-6, atol=1e-7)
+    assert len(np.unique(np.asarray(got)[..., -1])) <= 2**bits - 1
+
+
+def test_fake_quantize_straight_through_gradient_by_hand():
+    w = jnp.array([[0.3, -1.0, 0.05], [1.0, 0.26, -0.6]])
+    c = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    # the max-based scale clips nothing: the gradient of sum(c * fq(w)) is c itself
+    for bits in (2, 4, 8):
+        grad = jax.jit(jax.grad(lambda v, b=bits: jnp.sum(c * compress.fake_quantize(v, bits=b))))(
+            w
+        )
+        np.testing.assert_array_equal(grad, c)
+    # a fixed scale: the grid spans +-qmax * scale = +-0.7 (bits 4, scale 0.1) in every column
+    scale = jnp.array([0.1, 0.1, 0.1])
+    fq = compress.fake_quantize(w, bits=4, scale=scale)
+    np.testing.assert_allclose(fq, [[0.3, -0.7, 0.0], [0.7, 0.3, -0.6]], atol=1e-6)
+    grad = jax.grad(lambda v: jnp.sum(c * compress.fake_quantize(v, bits=4, scale=scale)))(w)
+    np.testing.assert_array_equal(grad, [[1.0, 0.0, 3.0], [0.0, 5.0, 6.0]])  # 0 where clipped
+    # no gradient into the scale
+    g_scale = jax.grad(lambda s: jnp.sum(compress.fake_quantize(w, bits=4, scale=s)))(scale)
+    np.testing.assert_array_equal(g_scale, jnp.zeros(3))
+
+
+def test_qat_gradient_is_the_models_gradient_at_the_rounded_weights():
+    model, params, state, x, y = _tiny_problem()
+    qmodel = compress.qat(model, bits=4)
+    loss = lambda m, p: fn.losses.sparse_categorical_cross_entropy(m.apply(p, state, x)[0], y)
+    got = jax.jit(jax.grad(lambda p: loss(qmodel, p)))(params)
+    rounded = compress.fake_quantize_params(params, bits=4)
+    want = jax.grad(lambda p: loss(model, p))(rounded)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert compress.fake_quantize_params(params, bits=4)[0]["b"] is params[0]["b"]  # biases stay
+    assert repr(qmodel).startswith("qat4(serial(")
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_qat_forward_equals_dequantized_model_exactly(digits, bits):
+    model, ts, _, (xte, _) = digits
+    qmodel = compress.qat(model, bits=bits)
+    forward = jax.jit(lambda m, p, x: m.apply(p, ts.state, x)[0])
+    got = forward(qmodel, ts.params, xte)
+    qparams = compress.quantize(ts.params, bits=bits)
+    np.testing.assert_array_equal(got, forward(model, compress.dequantize(qparams), xte))
+    assert not np.array_equal(got, forward(model, ts.params, xte))  # it is quantized
+
+
+def _fine_tune(model, params, data, *, epochs=3, lr=1e-3):
+    opt = optax.adam(lr)
+    start = fn.TrainState.create(model, opt, jax.random.key(1), data[0][:1])
+    start = start._replace(params=params, opt_state=opt.init(params))
+    ts, _ = fn.fit(
+        model,
+        opt,
+        "sparse_categorical_crossentropy",
+        data,
+        epochs=epochs,
+        batch_size=64,
+        verbose=0,
+        key=jax.random.key(1),
+        initial_state=start,
+    )
+    return ts.params
+
+
+def test_qat_recovers_accuracy_that_ptq_loses(digits):
+    model, ts, train, (xte, yte) = digits
+    ptq = lambda p, bits: compress.dequantize(compress.quantize(p, bits=bits))
+    floating = _accuracy(model, ts.params, ts.state, xte, yte)
+    # On digits int4 post-training quantization loses (almost) nothing; 2 bits (ternary
+    # weights, levels -1, 0, 1 times a per-channel scale) loses a lot.
+    assert _accuracy(model, ptq(ts.params, 4), ts.state, xte, yte) >= floating - 0.01
+    ptq2 = _accuracy(model, ptq(ts.params, 2), ts.state, xte, yte)
+    assert ptq2 < floating - 0.05
+    # QAT: 3 epochs of fine-tuning through 2-bit fake quantization, then real 2-bit weights.
+    tuned = _fine_tune(compress.qat(model, bits=2), ts.params, train)
+    qat2 = _accuracy(model, ptq(tuned, 2), ts.state, xte, yte)
+    # The control: the same 3 epochs in float, then 2-bit PTQ.
+    control = _accuracy(model, ptq(_fine_tune(model, ts.params, train), 2), ts.state, xte, yte)
+    print(f"float {floating:.3f}, 2-bit PTQ {ptq2:.3f}, control {control:.3f}, QAT {qat2:.3f}")
+    assert qat2 > ptq2 + 0.05 and qat2 > control + 0.03
+    assert qat2 > floating - 0.06
+
+
+def test_size_bytes_packed_bits():
+    params = {"w": jnp.ones((64, 10)), "b": jnp.ones(10)}
+    q4 = compress.quantize(params, bits=4)
+    assert compress.size_bytes(q4) == 64 * 10 + 40 + 40  # int8 storage, scales, bias
+    assert compress.size_bytes(q4, bits=4) == 320 + 40 + 40
+    assert compress.size_bytes(params, bits=4) == compress.size_bytes(params)  # nothing quantized
+    assert (
+        compress.size_bytes({"q": compress.quantize_array(jnp.ones(3), bits=4)}, bits=4) == 2 + 12
+    )
+
+
+def test_qat_errors():
+    w = jnp.ones((2, 3))
+    for call, name in [
+        (lambda b: compress.quantize_array(w, bits=b), "quantize_array"),
+        (lambda b: compress.quantize({"w": w}, bits=b), "quantize"),
+        (lambda b: compress.fake_quantize(w, bits=b), "fake_quantize"),
+        (lambda b: compress.fake_quantize_params({"w": w}, bits=b), "fake_quantize_params"),
+        (lambda b: compress.qat(fn.Dense(2), bits=b), "qat"),
+        (lambda b: compress.size_bytes({"w": w}, bits=b), "size_bytes"),
+    ]:
+        for bad in (1, 9, 4.0, True):
+            with pytest.raises(ValueError, match=rf"{name}: `bits` must be an int in \[2, 8\]"):
+                call(bad)
+    with pytest.raises(ValueError, match=r"fake_quantize: `scale` must have shape \(3,\)"):
+        compress.fake_quantize(w, scale=jnp.ones(2))
+    with pytest.raises(TypeError, match="fake_quantize: `w` must be floating point"):
+        compress.fake_quantize(jnp.ones(3, jnp.int32))
+    with pytest.raises(ValueError, match="fake_quantize: `w` must have at least one axis"):
+        compress.fake_quantize(jnp.ones(()))
+    with pytest.raises(ValueError, match="qat: `pattern` must be a regex"):
+        compress.qat(fn.Dense(2), pattern="(")
+    qmodel = compress.qat(fn.Dense(2), pattern="kernel")
+    params, state = qmodel.init(jax.random.key(0), jnp.zeros((1, 3)))
+    with pytest.raises(ValueError, match="fake_quantize_params: `pattern='kernel'` matches no"):
+        qmodel.apply(params, state, jnp.zeros((1, 3)))
