@@ -98,36 +98,40 @@ def test_equals_an_exhaustive_search_at_depth_3():
     # beam_size = VOCAB**2 is exact at depth 3: the first two steps keep every prefix (7, then
     # all 49), so the last step ranks all 343 sequences, i.e. the true top 49.
     exact = VOCAB**2
-    for beam_size in (3, exact):
-        beams, scores = search(prompts, beam_size=beam_size, max_new_tokens=3, length_penalty=0)
-        beams, scores = np.asarray(beams), np.asarray(scores)
-        for r in range(N):
-            # any beam size: each score is the recomputed log-probability of its sequence
-            np.testing.assert_allclose(scores[r], logprobs(prompts[r], beams[r]), atol=1e-5)
-            assert len({tuple(b) for b in beams[r]}) == beam_size  # distinct
-            assert (np.diff(scores[r]) <= 0).all()  # best first
-            if beam_size == exact:
-                truth = logprobs(prompts[r], every)
-                order = np.argsort(-truth, kind="stable")[:exact]
-                np.testing.assert_allclose(scores[r], truth[order], atol=1e-5)
-                np.testing.assert_array_equal(beams[r], every[order])
+    beams, scores = search(prompts, beam_size=exact, max_new_tokens=3, length_penalty=0)
+    beams, scores = np.asarray(beams), np.asarray(scores)
+    for r in range(N):
+        truth = logprobs(prompts[r], every)
+        order = np.argsort(-truth, kind="stable")[:exact]
+        np.testing.assert_allclose(scores[r], truth[order], atol=1e-5)
+        np.testing.assert_array_equal(beams[r], every[order])
 
 
-@pytest.mark.parametrize("alpha", [1.0, 0.0])
-def test_cached_equals_a_plain_uncached_beam_search_with_a_stop_token(alpha):
+@pytest.mark.parametrize(
+    "alpha,stop", [(1.0, None), (0.0, "all")], ids=["alpha1-one", "alpha0-all"]
+)
+def test_cached_equals_a_plain_uncached_beam_search_with_stop_tokens(alpha, stop):
     prompts = tokens(N, P, seed=4)
-    free, _ = search(prompts, beam_size=3, max_new_tokens=5)
-    stop = int(np.asarray(free)[0, 1, 1])  # a token some beam emits early
+    free, free_scores = search(prompts, beam_size=3, max_new_tokens=5)
+    free, free_scores = np.asarray(free), np.asarray(free_scores)
+    for r in range(N):  # a smaller beam: the scores are still the sequences' log-probabilities
+        np.testing.assert_allclose(5 * free_scores[r], logprobs(prompts[r], free[r]), atol=1e-5)
+        assert (np.diff(free_scores[r]) <= 0).all()  # best first
+    # one stop token that some beam emits early; or every token (all beams finish at once, so
+    # the loop ends after one step and every later token is the pad)
+    stops = {int(free[0, 1, 1])} if stop is None else set(range(VOCAB))
     beams, scores = search(
-        prompts, beam_size=3, max_new_tokens=5, length_penalty=alpha, stop_tokens=stop, pad_id=0
+        prompts, beam_size=3, max_new_tokens=5, length_penalty=alpha, stop_tokens=tuple(stops)
     )
     finished = 0
     for r in range(N):
-        want, want_scores = reference_beam_search(prompts[r], 3, 5, alpha, {stop})
+        want, want_scores = reference_beam_search(prompts[r], 3, 5, alpha, stops)
         np.testing.assert_array_equal(beams[r], want)
         np.testing.assert_allclose(scores[r], want_scores, atol=1e-5)
-        finished += int((want == stop).any())
+        finished += int(np.isin(want, list(stops)).any())
     assert finished, "the stop token never ended a beam: the test checks nothing about it"
+    if stop == "all":
+        assert (np.asarray(beams)[:, :, 1:] == 0).all()
 
 
 def test_ragged_prompts_search_as_each_prompt_alone():
@@ -144,16 +148,6 @@ def test_ragged_prompts_search_as_each_prompt_alone():
         prompts[r : r + 1], beam_size=3, max_new_tokens=5, prompt_lengths=lengths[r : r + 1]
     )
     np.testing.assert_array_equal(beams[r], alone[0])
-
-
-def test_all_beams_finished_stops_early_with_pads():
-    prompts = tokens(N, P, seed=6)
-    stop = tuple(range(VOCAB))  # every token stops: each beam is one token long
-    beams, scores = search(prompts, beam_size=3, max_new_tokens=4, stop_tokens=stop, pad_id=-1)
-    beams = np.asarray(beams)
-    assert (beams[:, :, 1:] == -1).all() and (beams[:, :, 0] >= 0).all()
-    for r in range(N):
-        np.testing.assert_allclose(scores[r], logprobs(prompts[r], beams[r, :, :1]), atol=1e-5)
 
 
 def test_beam_search_errors():
