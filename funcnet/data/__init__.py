@@ -64,6 +64,7 @@ Examples:
 from funcnet.data.batching import batches, prefetch_to_device
 from funcnet.data.clean import CleanReport, clean, decode_labels, encode_labels, one_hot
 from funcnet.data.describe import Description, describe
+from funcnet.data.grain import GrainBatches, from_grain
 from funcnet.data.normalize import MinMaxScaler, Standardizer
 from funcnet.data.outliers import ConstantColumns, OutlierClipper, drop_duplicates
 from funcnet.data.shards import ShardedArrays, write_shards
@@ -90,4 +91,6 @@ __all__ = [
     "prefetch_to_device",
     "write_shards",
     "ShardedArrays",
+    "from_grain",
+    "GrainBatches",
 ]
