@@ -180,3 +180,40 @@ def test_beam_search_errors():
     params, state = flat.init(jax.random.key(0), prompts)
     with pytest.raises(ValueError, match=r"^beam_search: expected the model to map tokens"):
         fn.beam_search(flat, params, state, prompts, beam_size=2, max_new_tokens=2)
+
+
+def test_matches_transformers_beam_search_on_a_random_gpt2(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from funcnet.interop import hf
+
+    config = transformers.GPT2Config(
+        vocab_size=61, n_positions=16, n_embd=16, n_layer=2, n_head=2, eos_token_id=None
+    )
+    torch.manual_seed(0)
+    theirs = transformers.AutoModelForCausalLM.from_config(config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # weights far from HF's tiny initial ones
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    theirs.eval().save_pretrained(tmp_path)
+    model, params, state, _ = hf.from_pretrained(tmp_path)
+    prompts = np.random.default_rng(0).integers(1, 61, (2, 4)).astype(np.int32)
+    with torch.no_grad():
+        out = theirs.generate(
+            torch.from_numpy(prompts).long(),
+            attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+            max_new_tokens=6,
+            num_beams=3,
+            num_return_sequences=3,
+            do_sample=False,
+            early_stopping=False,
+            length_penalty=1.0,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+    with jax.default_matmul_precision("highest"):  # true float32 on GPUs too
+        beams, scores = fn.beam_search(model, params, state, prompts, beam_size=3, max_new_tokens=6)
+    np.testing.assert_array_equal(beams, out.sequences[:, 4:].numpy().reshape(2, 3, 6))
+    # their score: the sum of log-probabilities over the number of new tokens, as ours
+    np.testing.assert_allclose(scores, out.sequences_scores.numpy().reshape(2, 3), atol=1e-4)
