@@ -140,3 +140,33 @@ def test_write_shards_errors(tmp_path):
         write_shards(tmp_path, (x[:0], y[:0]), 10)
     with pytest.raises(ValueError, match="write_shards: `rows_per_shard`"):
         write_shards(tmp_path, (x, y), 0)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt:
+    def __init__(self, step):
+        self.step = step
+
+    def on_steps_end(self, step, ts):
+        del ts
+        if step == self.step:
+            raise _Crash
+
+
+def test_fit_killed_mid_epoch_resumes_at_the_same_example(shard_dir, tmp_path):
+    """2 epochs uninterrupted == a run stopped in epoch 2 and resumed from its checkpoint."""
+    data = ShardedArrays(shard_dir, batch_size=8, seed=1, drop_remainder=True)
+    model = fn.serial(fn.Dense(8), fn.Relu(), fn.Dense(3))
+    loss = fn.losses.sparse_categorical_cross_entropy
+    kw = dict(epochs=2, key=jax.random.key(0), verbose=0, checkpoint_every=2)
+    reference, _ = fn.fit(model, optax.adam(1e-2), loss, data, checkpoint=str(tmp_path / "a"), **kw)
+    run = str(tmp_path / "b")
+    with pytest.raises(_Crash):  # 6 steps per epoch: stopped 3 steps into epoch 2
+        fn.fit(model, optax.adam(1e-2), loss, data, checkpoint=run, callbacks=[_CrashAt(9)], **kw)
+    resumed, _ = fn.fit(model, optax.adam(1e-2), loss, data, checkpoint=run, **kw)
+    assert int(resumed.step) == int(reference.step) == 12
+    for a, b in zip(jax.tree.leaves(reference.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
