@@ -64,7 +64,7 @@ def _reorder(state: State, rows: jax.Array) -> State:
             return positions(node)
         if isinstance(node, KVCache):
             k, v = (jnp.take(a, rows, axis=a.ndim - 4) for a in (node.k, node.v))
-            return KVCache(k, v, positions(node.positions))
+            return node._replace(k=k, v=v, positions=positions(node.positions))
         return node
 
     is_node = lambda x: isinstance(x, (KVCache, Positions))

@@ -48,14 +48,14 @@ def logprobs(prompt, seqs):
     return logp[np.arange(s)[:, None], at, seqs].sum(axis=1)
 
 
-def reference_beam_search(prompt, beam_size, steps, alpha, stop, pad=0):
+def reference_beam_search(prompt, beam_size, steps, alpha, stop, pad=0, lm=None):
     """Beam search written plainly: a python loop over steps, the whole model rerun each step.
 
     A beam is ``(tokens, logprob, done)``; a finished beam is its own only continuation.
     Candidates are ranked by ``logprob / len(tokens) ** alpha`` (stable: ties keep the order of
     beam, then token, as ``lax.top_k`` does).
     """
-    _, params, state, forward = setup()
+    _, params, state, forward = lm or setup()
     width = P + steps  # prompts of up to P tokens; one shape, one compile
     beams = [((), 0.0, False)]
     for _ in range(steps):
@@ -148,6 +148,24 @@ def test_ragged_prompts_search_as_each_prompt_alone():
         prompts[r : r + 1], beam_size=3, max_new_tokens=5, prompt_lengths=lengths[r : r + 1]
     )
     np.testing.assert_array_equal(beams[r], alone[0])
+
+
+def test_caches_stacked_by_repeat_are_reordered_along_their_batch_axis():
+    # a generic `repeat` keeps one stacked cache (blocks, N, ...), not per-block states
+    block = fn.serial(fn.MultiHeadAttention(2, causal=True), fn.Dense(8))
+    model = fn.serial(fn.Embedding(VOCAB, 8), fn.repeat(block, 2), fn.Dense(VOCAB))
+    prompts = tokens(2, P, seed=7)
+    params, state = model.init(jax.random.key(1), prompts)
+    params = jax.tree.map(lambda a: 2.0 * a, params)
+    assert fn.init_cache(model, state, prompts, 8)[1][0].k.shape == (2, 2, 8, 2, 4)
+    beams, scores = fn.beam_search(
+        model, params, state, prompts, beam_size=3, max_new_tokens=5, stop_tokens=3
+    )
+    lm = (model, params, state, jax.jit(model.apply))
+    for r in range(2):
+        want, want_scores = reference_beam_search(prompts[r], 3, 5, 1.0, {3}, lm=lm)
+        np.testing.assert_array_equal(beams[r], want)
+        np.testing.assert_allclose(scores[r], want_scores, atol=1e-5)
 
 
 def test_beam_search_errors():
