@@ -249,3 +249,15 @@ def test_errors():
         next(iter(from_grain(grain.MapDataset.range(10).batch(4))))
     with pytest.raises(TypeError, match="`keys` must name 2 or 3 entries"):
         from_grain(ds, keys="xy")
+    with pytest.raises(ValueError, match="from_grain: `prefetch` must be an int >= 0, got -1"):
+        from_grain(ds, keys=("x", "y"), prefetch=-1)
+
+
+def test_prefetch_gives_the_same_batches_on_the_device():
+    ds = grain.MapDataset.source(ArraySource()).batch(BATCH)
+    plain = list(from_grain(ds, keys=("x", "y")))
+    ahead = list(from_grain(ds, keys=("x", "y"), prefetch=2))
+    assert isinstance(ahead[0][0], jax.Array) and len(ahead) == len(plain)
+    for (xa, ya), (xb, yb) in zip(plain, ahead):
+        np.testing.assert_array_equal(xa, np.asarray(xb))
+        np.testing.assert_array_equal(ya, np.asarray(yb))

@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from funcnet._checks import check_positive_int
+from funcnet.data.batching import prefetch_to_device
+
 __all__ = ["GrainBatches", "from_grain"]
 
 
@@ -27,8 +30,8 @@ class GrainBatches:
     :meth:`for_epoch` with the epoch number.
     """
 
-    def __init__(self, dataset: Any, keys: Sequence[str] | None):
-        self.dataset, self.keys = dataset, keys
+    def __init__(self, dataset: Any, keys: Sequence[str] | None, prefetch: int = 0):
+        self.dataset, self.keys, self.prefetch = dataset, keys, prefetch
 
     def pipeline(self, epoch: int) -> Any:
         """The Grain dataset / loader of epoch ``epoch``."""
@@ -36,9 +39,10 @@ class GrainBatches:
 
     def for_epoch(self, epoch: int) -> Iterator[tuple]:
         """The batches of epoch ``epoch``, as tuples."""
-        pipeline = self.pipeline(epoch)
-        for i, batch in enumerate(pipeline):
-            yield _as_tuple(batch, self.keys, i)
+        batches = (_as_tuple(b, self.keys, i) for i, b in enumerate(self.pipeline(epoch)))
+        if self.prefetch:
+            batches = prefetch_to_device(batches, self.prefetch)
+        yield from batches
 
     def __iter__(self) -> Iterator[tuple]:
         return self.for_epoch(0)
@@ -78,6 +82,7 @@ def from_grain(
     dataset: Any | Callable[[int], Any],
     *,
     keys: Sequence[str] | None = None,
+    prefetch: int = 0,
 ) -> GrainBatches:
     """A Grain pipeline as data for ``fit`` / ``evaluate``.
 
@@ -94,6 +99,9 @@ def from_grain(
         keys: for batches that are dicts, the entries that are
             ``(x, y)`` or ``(x, y, weights)``, e.g. ``("image", "label")``.
             Tuple batches are used as they are.
+        prefetch: keep this many batches already on the device
+            (:func:`funcnet.data.prefetch_to_device`, a background thread);
+            0 (the default) hands numpy batches to ``fit``.
 
     Returns:
         A :class:`GrainBatches`: ``fit(model, opt, loss, from_grain(...))``,
@@ -102,6 +110,7 @@ def from_grain(
         ``np.concatenate([predict(model, params, state, x) for x, _ in data])``.
 
     Raises:
+        ValueError: for a negative ``prefetch``.
         TypeError: when ``keys`` is not a sequence of 2 or 3 names; while
             iterating, for a batch that is neither a 2/3-tuple nor a dict
             (or a dict without ``keys``).
@@ -125,4 +134,5 @@ def from_grain(
             f"from_grain: `keys` must name 2 or 3 entries (inputs, targets, optional "
             f"weights), got {keys!r}; pass e.g. `keys=('image', 'label')`."
         )
-    return GrainBatches(dataset, None if keys is None else tuple(keys))
+    prefetch = check_positive_int("from_grain", "prefetch", prefetch, allow_zero=True)
+    return GrainBatches(dataset, None if keys is None else tuple(keys), prefetch)
