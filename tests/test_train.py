@@ -593,3 +593,19 @@ def test_accumulated_metrics_see_every_row(key):
     step = train_step(model, "sparse_categorical_cross_entropy", opt, accumulate_steps=4, **kw)
     _, four = step(ts, (x, labels))
     chex.assert_trees_all_close(four["accuracy"], one["accuracy"])
+
+
+def test_a_per_example_loss_is_refused_with_the_fix(key):
+    """optax's per-example losses return (N,): JAX's own error would be 'Gradient only defined
+    for scalar-output functions'; funcnet names the loss, the shape and the fix."""
+    x, y = data()
+    labels = np.argmax(y, -1).astype(np.int32)
+    model = fn.Dense(2)
+    ts = TrainState.create(model, optax.sgd(0.1), key, x)
+    per_example = optax.softmax_cross_entropy_with_integer_labels
+    with pytest.raises(ValueError, match=r"returned shape \(16,\).*one number.*\.mean\(\)"):
+        train_step(model, per_example, optax.sgd(0.1))(ts, (x, labels))
+    with pytest.raises(ValueError, match=r"`softmax_cross_entropy_with_integer_labels`"):
+        fn.fit(model, optax.sgd(0.1), per_example, (x, labels), epochs=1, batch_size=8, verbose=0)
+    mean = lambda o, t, weights=None: per_example(o, t).mean()
+    train_step(model, mean, optax.sgd(0.1))(ts, (x, labels))

@@ -180,7 +180,19 @@ def resolve_loss(loss, where: str = "train_step") -> Callable:
 
 
 def _call_loss(loss_fn, outputs, y, w):
-    return loss_fn(outputs, y, weights=w) if w is not None else loss_fn(outputs, y)
+    """The loss of a batch, checked to be one number (a per-example loss is a common slip)."""
+    value = loss_fn(outputs, y, weights=w) if w is not None else loss_fn(outputs, y)
+    shape = jnp.shape(value)
+    if shape != ():
+        name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+        raise ValueError(
+            f"the loss `{name}` returned shape {shape} for outputs {jnp.shape(outputs)}; it must "
+            "return one number for the batch. optax's losses (e.g. "
+            "`optax.softmax_cross_entropy_with_integer_labels`) are per example: wrap them as "
+            "`lambda o, t, weights=None: optax_loss(o, t).mean()`, or use a funcnet loss name "
+            "such as 'sparse_categorical_cross_entropy'."
+        )
+    return value
 
 
 def _penalty(params, l1: float, l2: float, regularize) -> jax.Array:
