@@ -11,7 +11,8 @@ and reports the test accuracy and the storage size of each variant:
 - quantization-aware training (QAT): a few epochs of fine-tuning of the
   trained model through ``qat(model, bits=2)`` (kernels fake-quantized with a
   straight-through gradient), then real 2-bit weights; the model on them
-  computes exactly what the QAT model computed;
+  computes exactly what the QAT model computed. The control: the same epochs
+  of fine-tuning in float, then 2-bit PTQ;
 - magnitude pruning (``magnitude_masks``, global) to 50, 80 and 90% of the
   kernel weights, before and after a few epochs of fine-tuning with
   ``keep_masked`` (the pruned weights stay 0), with ``sparsity_report``;
@@ -19,19 +20,43 @@ and reports the test accuracy and the storage size of each variant:
   with ``distillation_loss`` on the CNN's logits against the same student
   trained on the labels alone (the mean over 3 seeds each).
 
-With ``mnist1d`` installed (``pip install mnist1d``), it also trains two
-MNIST-1D models built as ``examples/mnist1d.py`` builds them (the CNN, and
-the MLP with hidden width 256; 2000 steps instead of the reference's 8000)
-and reports their float and int8 accuracy and size.
+With ``--mnist1d`` (and ``pip install mnist1d``) it also trains two MNIST-1D
+models built as ``examples/mnist1d.py`` builds them (the CNN, and the MLP
+with hidden width 256; 2000 steps instead of the reference's 8000) and
+reports their float and int8 accuracy and size.
 
-Run (about 50 s on a 2-core CPU, half of it compiling)::
+Run (about 40 s on a 2-core CPU, 50 s with ``--mnist1d``; most of it is
+compiling: each training run is a new program)::
 
     python examples/compress_digits.py
-    python examples/compress_digits.py --no-mnist1d --seed 1
+    python examples/compress_digits.py --mnist1d --seed 1
 
 It ends with the line ``compress: int8 accuracy ... vs float ..., ...``.
-Measured with the defaults (seed 0; digits test set of 359 images; MEASURED).
-``--smoke`` trains for fewer epochs and skips MNIST-1D.
+Measured with the defaults (seed 0; 359 test images, so one error is 0.0028):
+
+=================================  =========  =====  ========
+variant                            size       ratio  accuracy
+=================================  =========  =====  ========
+float32                            207.0 KiB  1.0x   0.9944
+int8 PTQ                           53.4 KiB   3.9x   0.9944
+int4 PTQ (packed)                  27.6 KiB   7.5x   0.9944
+2-bit PTQ (packed)                 14.7 KiB   14.1x  0.9192
+2-bit QAT, 3 epochs                14.7 KiB   14.1x  0.9889
+3 float epochs, then 2-bit PTQ     14.7 KiB   14.1x  0.9304
+=================================  =========  =====  ========
+
+int8 and even int4 weights lose nothing here; at 2 bits PTQ loses 7.5 points
+and QAT wins back all but 0.6 of them (fine-tuning in float first does not).
+Pruning 50/80/90% of the kernel weights: 0.9889/0.9248/0.8802 right after
+pruning, 0.9972/0.9972/0.9889 after 3 epochs of fine-tuning with the masks
+kept (the extra epochs help the 20-epoch model too). Distillation does not
+help on digits: the 9.4 KiB student (22x smaller than the teacher) scores
+0.9879 distilled and 0.9879 on labels alone (means of 3 seeds; Dense(16) and
+Dense(8) students, T=2/alpha=0.5, showed no gain either). MNIST-1D
+(``--mnist1d``): CNN float 0.893, int8 0.893 (20.4 -> 5.7 KiB); MLP float
+0.657, int8 0.660 (308.0 -> 80.6 KiB).
+``--smoke`` trains for fewer epochs, prunes to 80% only, one student seed, no
+MNIST-1D (about 25 s, nearly all compiling).
 """
 
 from __future__ import annotations
@@ -148,10 +173,10 @@ def quantization(model, ts, train_data, test, *, epochs: int) -> dict:
     return out
 
 
-def pruning(model, ts, train_data, test, *, epochs: int) -> dict:
+def pruning(model, ts, train_data, test, *, epochs: int, sparsities) -> dict:
     print(f"\n{'pruned (global, kernels)':<26} {'sparsity':>8} {'no tuning':>10} {'tuned':>8}")
     out = {}
-    for sparsity in (0.5, 0.8, 0.9):
+    for sparsity in sparsities:
         masks = compress.magnitude_masks(ts.params, sparsity)
         pruned = compress.apply_masks(ts.params, masks)
         before = accuracy(model, pruned, ts.state, test)
@@ -244,7 +269,8 @@ def mnist1d(steps: int) -> dict:
 
 
 def main(*, epochs: int = 20, tune_epochs: int = 3, student_epochs: int = 60, seeds: int = 3,
-         mnist1d_steps: int | None = None, seed: int = 0) -> dict:  # fmt: skip
+         mnist1d_steps: int | None = None, seed: int = 0,
+         sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)) -> dict:  # fmt: skip
     """Train the CNN, compress it every way, print the tables; returns the numbers."""
     start = time.perf_counter()
     (x, y), (x_test, y_test) = fn.datasets.load_digits(seed=seed)
@@ -266,7 +292,9 @@ def main(*, epochs: int = 20, tune_epochs: int = 3, student_epochs: int = 60, se
 
     results = {"quantize": quantization(model, ts, train_data, test, epochs=tune_epochs)}
     took()
-    results["prune"] = pruning(model, ts, train_data, test, epochs=tune_epochs)
+    results["prune"] = pruning(
+        model, ts, train_data, test, epochs=tune_epochs, sparsities=sparsities
+    )
     took()
     results["distill"] = distillation(
         model, ts, train_data, test, epochs=student_epochs, seeds=seeds
@@ -308,4 +336,5 @@ if __name__ == "__main__":
         seeds=1 if args.smoke else args.seeds,
         mnist1d_steps=args.mnist1d_steps if args.mnist1d and not args.smoke else None,
         seed=args.seed,
+        sparsities=(0.8,) if args.smoke else (0.5, 0.8, 0.9),
     )
