@@ -307,10 +307,11 @@ def main(*, epochs: int = 20, tune_epochs: int = 3, student_epochs: int = 60, se
         took()
     print(f"\n({time.perf_counter() - start:.1f} s in all)")
     q, p, d = results["quantize"], results["prune"], results["distill"]
+    shown = 0.8 if 0.8 in p else sparsities[0]
     print(
         f"compress: int8 accuracy {q['ptq8']:.4f} vs float {q['float']:.4f}, int4 "
-        f"{q['ptq4']:.4f}, 2-bit PTQ {q['ptq2']:.4f} QAT {q['qat2']:.4f}, 80% sparse "
-        f"{p[0.8]:.4f}, student {d['distilled']:.4f} (labels alone {d['alone']:.4f})"
+        f"{q['ptq4']:.4f}, 2-bit PTQ {q['ptq2']:.4f} QAT {q['qat2']:.4f}, {shown:.0%} sparse "
+        f"{p[shown]:.4f}, student {d['distilled']:.4f} (labels alone {d['alone']:.4f})"
     )
     return results
 
