@@ -428,6 +428,12 @@ def test_fake_quantize_straight_through_gradient_by_hand():
             w
         )
         np.testing.assert_array_equal(grad, c)
+    # every weight, each channel's largest included (qmax * scale may round below max|w|)
+    for i in range(20):
+        v = jax.random.normal(jax.random.key(i), (16, 8))
+        for bits in (2, 4, 8):
+            grad = jax.grad(lambda u, b=bits: jnp.sum(compress.fake_quantize(u, bits=b)))(v)
+            np.testing.assert_array_equal(grad, jnp.ones((16, 8)))
     # a fixed scale: the grid spans +-qmax * scale = +-0.7 (bits 4, scale 0.1) in every column
     scale = jnp.array([0.1, 0.1, 0.1])
     fq = compress.fake_quantize(w, bits=4, scale=scale)

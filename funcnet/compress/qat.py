@@ -41,10 +41,12 @@ def _round_trip_bwd(axis, qmax, residuals, g):
     w32, scale = residuals
     shape = [1] * w32.ndim
     shape[axis] = w32.shape[axis]
-    # The straight-through estimator: d(round trip)/dw = 1 where w is on the grid's
-    # range [-qmax * scale, qmax * scale] (round is treated as the identity), 0 where the
-    # clip bites. The scale gets no gradient.
-    inside = jnp.abs(w32) <= qmax * scale.reshape(shape)
+    # The straight-through estimator: d(round trip)/dw = 1 where the clip does not bite
+    # (round is treated as the identity), 0 where it does. Tested on the rounded value,
+    # not |w| <= qmax * scale: with scale = max|w| / qmax, qmax * scale can round below
+    # max|w|, which would cut the gradient of each channel's largest weight.
+    safe = jnp.where(scale > 0, scale, 1.0).reshape(shape)
+    inside = jnp.abs(jnp.round(w32 / safe)) <= qmax
     return jnp.where(inside, g, jnp.zeros_like(g)), jnp.zeros_like(scale)
 
 
@@ -65,8 +67,9 @@ def fake_quantize(
     ``quantize_array(w, axis=axis, bits=bits)`` gives when ``scale`` is ``None``
     (one scale per index of ``axis``, ``max|w| / qmax``, computed from ``w``
     on every call, so nothing is clipped). The gradient with respect to ``w``
-    is the identity where ``|w| <= qmax * scale`` and 0 where the clip bites (only
-    possible with a given ``scale``); no gradient flows into the scale.
+    is the identity inside the clipping range, where ``|round(w / scale)| <=
+    qmax``, and 0 where the clip bites (only possible with a given ``scale``);
+    no gradient flows into the scale.
 
     Args:
         w: a float array with at least one axis.
