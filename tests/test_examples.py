@@ -132,6 +132,11 @@ SMOKE = {
     # character frequencies alone (a unigram model) give about 4.6 bits per character
     "transformer_lm": ("validation bits per character: ", lambda v: v[0] < 4.3),
     "data_parallel": ("test accuracy: ", lambda v: v[0] > 0.5),
+    # (int8, float, int4, 2-bit PTQ, 2-bit QAT, 80% sparse, student, student on labels)
+    "compress_digits": (
+        "compress: ",
+        lambda v: len(v) == 8 and v[1] > 0.8 and v[0] >= v[1] - 0.02 and v[4] > v[3],
+    ),
     # (deletion AUC: removing the top-attributed pixels first, removing random pixels)
     "explain_digits": ("explain: ", lambda v: v[0] < v[1]),
     # (the best rate's mean test accuracy, its seeds' ensemble accuracy)
