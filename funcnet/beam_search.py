@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from funcnet import generation
 from funcnet._checks import check_number, check_positive_int
 from funcnet.core import Layer, Params, State, as_layer
-from funcnet.generation import init_cache, set_cache_positions
+from funcnet.generation import init_cache, set_cache_positions, split_stacks
 from funcnet.layers.attention import KVCache
 from funcnet.layers.positional import Positions
 
@@ -144,6 +144,7 @@ def _beam_search(model: Layer, opts: _BeamOptions, params, state, prompts, lengt
     vocab = logits.shape[-1]
     _check_beams(opts, vocab)
     cache = _reorder(set_cache_positions(cache, lengths), jnp.repeat(jnp.arange(n), b))
+    params = split_stacks(params, cache)  # once, not at every token
     logits = jnp.repeat(logits[jnp.arange(n), lengths - 1][:, None], b, axis=1)
     # all beams start as the prompt; only the first counts, so the first step keeps distinct tokens
     first = jnp.where(jnp.arange(b) == 0, 0.0, -jnp.inf).astype(jnp.float32)

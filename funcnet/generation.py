@@ -40,9 +40,9 @@ from funcnet._checks import check_number, check_positive_int, is_int
 from funcnet.core import Layer, Params, State, as_layer, spec_of
 from funcnet.layers.attention import KVCache
 from funcnet.layers.positional import CacheRequest, Positions, requesting_cache
-from funcnet.layers.transformer import BlockStates
+from funcnet.layers.transformer import BlockStates, SplitParams
 
-__all__ = ["cache_positions", "generate", "init_cache", "set_cache_positions"]
+__all__ = ["cache_positions", "generate", "init_cache", "set_cache_positions", "split_stacks"]
 
 
 def _is_node(x) -> bool:
@@ -189,6 +189,50 @@ def cache_positions(state: State) -> jax.Array:
 # generate: argument checks
 
 
+def split_stacks(params: Params, state: State) -> Params:
+    """``params`` with the stacked params of every block stack split per block (decoding).
+
+    Where the decoding ``state`` (from :func:`init_cache`) holds a
+    :class:`~funcnet.layers.transformer.BlockStates`, the params at the same
+    place (a stack of :func:`~funcnet.transformer_encoder` or
+    :func:`~funcnet.transformer_decoder`) become a
+    :class:`~funcnet.layers.transformer.SplitParams` of one tree per block:
+    the stack's ``apply`` then uses them as they are instead of slicing the
+    stacked arrays at every call. :func:`generate` does this once before its
+    token loop (inside the compiled program). Params and state are walked
+    together through tuples and dicts; anything else is left as it is.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> import funcnet as fn
+        >>> stack = fn.transformer_encoder(2, 2, causal=True, rope=True)
+        >>> lm = fn.serial(fn.Embedding(11, 8), stack)
+        >>> ids = jnp.zeros((1, 4), jnp.int32)
+        >>> params, state = lm.init(jax.random.key(0), ids)
+        >>> cache = init_cache(lm, state, ids, max_len=8)
+        >>> split = split_stacks(params, cache)
+        >>> type(split[1][0]).__name__, len(split[1][0].blocks)
+        ('SplitParams', 2)
+        >>> a, _ = lm.apply(params, cache, ids)
+        >>> b, _ = lm.apply(split, cache, ids)
+        >>> bool(jnp.allclose(a, b))
+        True
+    """
+    if isinstance(state, BlockStates):
+        n = len(state.blocks)
+        leaves = jax.tree.leaves(params)
+        if isinstance(params, SplitParams) or not all(
+            jnp.ndim(a) >= 1 and jnp.shape(a)[0] == n for a in leaves
+        ):
+            return params
+        return SplitParams(tuple(jax.tree.map(lambda a, i=i: a[i], params) for i in range(n)))
+    if type(state) is dict and type(params) is dict and state.keys() == params.keys():
+        return {k: split_stacks(params[k], state[k]) for k in params}
+    if type(state) in (tuple, list) and type(params) is type(state) and len(params) == len(state):
+        return type(params)(split_stacks(p, s) for p, s in zip(params, state))
+    return params
+
+
 class _Options(NamedTuple):
     """The static options of one compiled generation program."""
 
@@ -331,6 +375,7 @@ def _cached_steps(model: Layer, opts: _Options, params, state, prompts, lengths)
     logits, cache = model.apply(params, cache, prompts)
     _check_logits(logits, n, p)
     cache = set_cache_positions(cache, lengths)
+    params = split_stacks(params, cache)  # once, not at every token
 
     def decode(cache, tokens):
         logits, cache = model.apply(params, cache, tokens[:, None])

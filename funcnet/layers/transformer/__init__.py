@@ -18,6 +18,7 @@ from funcnet.combinators import on_x, residual_x, select_keys
 from funcnet.layers.transformer.blocks import TransformerDecoderBlock, TransformerEncoderBlock
 from funcnet.layers.transformer.mlp import glu_mlp
 from funcnet.layers.transformer.stacks import BlockStates as BlockStates
+from funcnet.layers.transformer.stacks import SplitParams as SplitParams
 from funcnet.layers.transformer.stacks import transformer_decoder, transformer_encoder
 
 __all__ = [
