@@ -62,6 +62,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["funcnet/training", "funcnet/data", "funcnet/augment.py"]
+NO_XDIST = ["-o", "addopts=--doctest-modules", "-p", "no:xdist"]  # pytest in one process
 TESTS = [
     "tests/test_train.py",
     "tests/test_loop.py",
@@ -71,6 +72,15 @@ TESTS = [
     "tests/test_stacked.py",
     "tests/test_distributed.py",
     "tests/test_checkpoint.py",
+    "tests/test_stacked_fit.py",
+    "tests/test_precision.py",
+    "tests/test_clean.py",
+    "tests/test_history.py",
+    "tests/test_progress.py",
+    "tests/test_shards.py",
+    "tests/test_jsonl_logger.py",
+    "tests/test_uint8_warning.py",
+    "tests/test_tensorboard.py",
     "funcnet/training",
     "funcnet/data",
     "funcnet/augment.py",
@@ -276,7 +286,9 @@ def coverage_map(workdir: Path) -> tuple[dict, dict]:
     junit = workdir / "junit.xml"
     cov_file = workdir / ".coverage"
     env = dict(os.environ, COVERAGE_FILE=str(cov_file))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+    # without pytest-xdist (the project's addopts turn it on): with it loaded, even at `-n 0`,
+    # pytest-cov records no test contexts
+    cmd = [sys.executable, "-m", "pytest", "-q", *NO_XDIST, "-p", "no:cacheprovider",
            "-m", "not slow", "--cov=funcnet", "--cov-context=test", "--cov-report=",
            f"--junitxml={junit}", *[t for t in TESTS if (repo / t).exists()]]  # fmt: skip
     print("coverage run:", " ".join(cmd[3:]), flush=True)
@@ -337,7 +349,7 @@ def run_one(m: Mutant, tests: list[str], durations: dict, copy: Path, cache: str
         FUNCNET_TEST_CACHE_MIN_SECS="0",
         PYTHONDONTWRITEBYTECODE="1",
     )
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", *NO_XDIST, "-p", "no:cacheprovider", *tests]
     try:
         proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, timeout=budget)
         # 0: passed, 1: failed, 2/3: the mutant broke an import; 4/5: bad test ids, a bug here
