@@ -9,6 +9,7 @@ metrics, data, distributed and persistence never import training):
   :func:`dynamic_loss_scale`).
 - :mod:`~funcnet.training.collectives`: the explicit-collective helpers of a step
   under ``shard_map`` / ``pmap`` (``axis_name``).
+- :mod:`~funcnet.training.accumulate`: gradient accumulation over micro-batches.
 - :mod:`~funcnet.training.step`: :class:`TrainState`, :func:`train_step`,
   :func:`eval_step`, :func:`predict_step` — pure functions, nothing else.
 - :mod:`~funcnet.training.fused`: K steps in one compiled call
