@@ -3,6 +3,7 @@
 import json
 import time
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -86,3 +87,54 @@ def test_write_error_is_raised_in_training_thread(tmp_path, monkeypatch):
 def test_epoch_end_before_train_begin(tmp_path):
     with pytest.raises(RuntimeError, match="`on_train_begin` must be called"):
         JSONLLogger(tmp_path / "log.jsonl").on_epoch_end(0, {}, None)
+
+
+class _Recorder(fn.callbacks.Callback):
+    def __init__(self):
+        self.errors, self.ended = [], False
+
+    def on_exception(self, error):
+        self.errors.append(error)
+
+    def on_train_end(self, train_state):
+        self.ended = True
+
+
+class _FailingCleanup(fn.callbacks.Callback):
+    def on_exception(self, error):
+        raise OSError("cleanup failed")
+
+
+def test_fit_error_reaches_every_on_exception_and_flushes_the_log(tmp_path, monkeypatch):
+    """A NaN loss in epoch 2: every callback's on_exception gets the error (even after one
+    whose cleanup fails, noted on the error), on_train_end is not called, and the JSONL lines
+    of the epoch that ran are on disk although the writer thread is slow."""
+
+    def slow_write(self, f, line):
+        time.sleep(0.2)
+        f.write(line)
+        f.flush()
+
+    monkeypatch.setattr(JSONLLogger, "_write", slow_write)
+    x = np.ones((16, 3), np.float32)
+    y = np.ones((16, 1), np.float32)
+    recorder, path = _Recorder(), tmp_path / "log.jsonl"
+    poison = fn.callbacks.LambdaCallback(
+        on_epoch_end=lambda e, logs, ts: ts._replace(
+            params=jax.tree.map(lambda p: p * np.nan, ts.params)
+        )
+    )
+    with pytest.raises(FloatingPointError) as info:
+        fn.fit(
+            fn.Dense(1),
+            optax.sgd(1e-2),
+            "mse",
+            (x, y),
+            epochs=3,
+            batch_size=8,
+            verbose=0,
+            callbacks=[JSONLLogger(path), poison, _FailingCleanup(), recorder],
+        )
+    assert recorder.errors == [info.value] and not recorder.ended
+    assert any("_FailingCleanup.on_exception failed" in n for n in info.value.__notes__)
+    assert [r["epoch"] for r in _read(path)] == [0]

@@ -33,7 +33,7 @@ def _fit(callback, epochs=3):
         batch_size=16,
         metrics=["mae"],
         validation_split=0.25,
-        callbacks=[callback],
+        callbacks=callback if isinstance(callback, list) else [callback],
         verbose=0,
     )
 
@@ -128,6 +128,78 @@ def test_update_every_writes_step_learning_rate(tmp_path):
     events = _read(tmp_path).Scalars("step/learning_rate")
     assert [e.step for e in events] == [2, 4, 6, 8]
     np.testing.assert_allclose([e.value for e in events], 1e-2, rtol=1e-6)
+
+
+def _decoded(event) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))
+
+
+def test_images_read_back_as_written(tmp_path):
+    """A grey map from the params, an RGB uint8 batch and a float batch: the PNGs decode to
+    the pixels written (floats scaled by 255 and clipped), at the epochs asked for."""
+    seen = []
+
+    def images(ts):
+        seen.append(int(ts.step))
+        w = np.asarray(ts.params["w"])[:, 0]
+        grey = np.clip(np.abs(np.outer(w, w)) / np.abs(w).max() ** 2, 0, 1)  # (3, 3) in [0, 1]
+        rgb = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
+        return {"grey": grey, "rgb": rgb, "clipped": np.full((2, 2, 1), 7.0)}
+
+    ts, _ = _fit(TensorBoard(tmp_path, images=images, images_every=2), epochs=4)
+    acc = event_accumulator.EventAccumulator(
+        str(tmp_path), size_guidance={event_accumulator.IMAGES: 0}
+    ).Reload()
+    assert seen == [6, 12]  # epochs 2 and 4 (3 steps each)
+    assert sorted(acc.Tags()["images"]) == ["clipped", "grey", "rgb"]
+    grey = acc.Images("grey")
+    assert [e.step for e in grey] == [2, 4]
+    w = np.asarray(ts.params["w"])[:, 0]
+    want = np.round(np.abs(np.outer(w, w)) / np.abs(w).max() ** 2 * 255)
+    np.testing.assert_allclose(_decoded(grey[-1]).reshape(3, 3, -1)[..., 0], want, atol=1)
+    # a batch is tiled into one grid image; its first tile is the first image
+    tiled = _decoded(acc.Images("rgb")[0])
+    np.testing.assert_array_equal(tiled[:4, :5, :3], np.arange(60, dtype=np.uint8).reshape(4, 5, 3))
+    assert _decoded(acc.Images("clipped")[0]).max() == 255
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "match"),
+    [
+        (np.zeros((3, 8, 8)), ValueError, r"'bad' has shape \(3, 8, 8\).*channel axis last"),
+        (np.zeros((8,)), ValueError, "expected \\(H, W\\)"),
+        (np.zeros((4, 4), np.int32), TypeError, "dtype int32"),
+    ],
+)
+def test_bad_images_say_what_to_do(tmp_path, image, error, match):
+    with pytest.raises(error, match=match):
+        _fit(TensorBoard(tmp_path, images=lambda ts: {"bad": image}), epochs=1)
+
+
+def test_images_must_be_a_function_returning_a_dict(tmp_path):
+    with pytest.raises(TypeError, match="`images` must be a function"):
+        TensorBoard(tmp_path, images=np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="must return a dict"):
+        _fit(TensorBoard(tmp_path, images=lambda ts: np.zeros((2, 2))), epochs=1)
+
+
+def test_event_file_closed_and_readable_when_fit_raises(tmp_path):
+    """fit fails in epoch 2 (a callback raises): on_exception closes the writer, so epoch 1's
+    scalars are on disk, and the training error is what propagates."""
+    tb = TensorBoard(tmp_path)
+
+    def boom(epoch, logs, ts):
+        if epoch == 1:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _fit([tb, fn.callbacks.LambdaCallback(on_epoch_end=boom)])
+    assert tb.writer.file_writer is None  # what tensorboardX's close() leaves
+    assert [e.step for e in _read(tmp_path).Scalars("loss")] == [1, 2]
 
 
 def test_missing_tensorboardx_says_how_to_install(monkeypatch, tmp_path):

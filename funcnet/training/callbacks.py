@@ -11,6 +11,11 @@ A callback is any object with some of these methods (all optional):
 - ``on_steps_end(step, train_state)``: after every compiled call of ``fit`` (every
   ``steps_per_execution`` steps); the return value is ignored.
 - ``on_train_end(train_state) -> TrainState | None``
+- ``on_exception(error)``: when ``fit`` raises (a failing step, a diverged
+  loss, ``KeyboardInterrupt``) instead of reaching ``on_train_end``; for
+  closing files and threads (as PyTorch Lightning's ``on_exception``). Its
+  return value is ignored, and the error is raised on after every callback's
+  ``on_exception`` ran.
 
 and may set ``self.stop_training = True`` to end training after this epoch.
 Subclassing :class:`Callback` is optional.
@@ -32,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "Callback",
+    "call_exception_hooks",
     "call_hooks",
     "CSVLogger",
     "EarlyStopping",
@@ -83,6 +89,22 @@ class Callback:
 
     def on_train_end(self, train_state):
         return None
+
+    def on_exception(self, error: BaseException):
+        return None
+
+
+def call_exception_hooks(callbacks, error: BaseException) -> None:
+    """Call every callback's ``on_exception(error)``; an error raised by one of
+    them is attached to ``error`` as a note and the others still run."""
+    for cb in callbacks:
+        hook = getattr(cb, "on_exception", None)
+        if hook is None:
+            continue
+        try:
+            hook(error)
+        except Exception as inner:  # never hide the training error behind a cleanup error
+            error.add_note(f"(also, callback {type(cb).__name__}.on_exception failed: {inner!r})")
 
 
 class EarlyStopping(Callback):
@@ -327,6 +349,9 @@ class JSONLLogger(Callback):
         self._finish()
         self._raise_error()
 
+    def on_exception(self, error):
+        self._finish()  # the lines of the epochs that ran are written; a write error is dropped
+
 
 class LambdaCallback(Callback):
     """A callback made of plain functions: ``LambdaCallback(on_epoch_end=lambda e, logs, ts: ...)``.
@@ -398,6 +423,12 @@ class TensorBoard(Callback):
     - **Text** ``model/summary``: the :func:`funcnet.summary` table when
       ``model`` and ``inputs`` are given, else a table of the parameter
       leaves (path, shape, dtype, size), written at the start of training.
+    - **Images** (``images=fn``): ``fn(train_state)`` is called at the end of
+      every epoch (or every ``images_every`` epochs) on the host and returns
+      ``{tag: image}``; each image is ``(H, W)`` (grey), ``(H, W, C)`` or a
+      batch ``(N, H, W, C)`` with ``C`` 1, 3 or 4, floats in ``[0, 1]``
+      (clipped) or ``uint8``. E.g. saliency maps of fixed examples
+      from :mod:`funcnet.explain`, or a generative model's samples.
     - **HParams**: with ``hparams={"lr": 1e-3, ...}``, the run's
       hyperparameters for TensorBoard's HParams tab, written at the end of
       training with the names of the final logged values as its metrics.
@@ -416,6 +447,20 @@ class TensorBoard(Callback):
         model: the model, for the :func:`funcnet.summary` table (with ``inputs``).
         inputs: example inputs or their ``jax.ShapeDtypeStruct`` for that table.
         x_axis: ``"epoch"`` (1-based) or ``"step"``.
+        images: ``train_state -> {tag: image}`` (see above), or ``None``.
+        images_every: epochs between image writes.
+
+    If ``fit`` raises, the event file is flushed and closed (``on_exception``).
+
+    Examples:
+        Saliency maps of four fixed digits, logged every epoch (needs tensorboardX)::
+
+            def saliency(ts):
+                maps = fn.explain.gradients(model, ts.params, ts.state, x[:4], y[:4])
+                m = jnp.abs(maps)[..., None]  # (4, 8, 8, 1)
+                return {"saliency": m / m.max()}
+
+            fn.fit(..., callbacks=[TensorBoard("runs/1", images=saliency)])
 
     Raises:
         ImportError: when ``tensorboardX`` is not installed.
@@ -435,8 +480,20 @@ class TensorBoard(Callback):
         model: Any = None,
         inputs: Any = None,
         x_axis: str = "epoch",
+        images: Callable[[Any], Mapping[str, Any]] | None = None,
+        images_every: int = 1,
     ):
         self._tbx = _tensorboardx()
+        if images is not None and not callable(images):
+            raise TypeError(
+                f"TensorBoard: `images` must be a function train_state -> {{tag: image}}, got "
+                f"{type(images).__name__}."
+            )
+        if not isinstance(images_every, int) or images_every < 1:
+            raise ValueError(
+                f"TensorBoard: `images_every` must be a number of epochs >= 1, got "
+                f"{images_every!r}."
+            )
         every = int(histograms) if isinstance(histograms, bool) else histograms
         if not isinstance(every, int) or every < 0:
             raise ValueError(
@@ -465,6 +522,7 @@ class TensorBoard(Callback):
         self.hparams = dict(hparams or {})
         self.summary, self.update_every, self.x_axis = summary, update_every, x_axis
         self.model, self.inputs = model, inputs
+        self.images, self.images_every = images, images_every
         self.writer = None
         self._logs: dict = {}
         self._last_write = 0
@@ -499,7 +557,19 @@ class TensorBoard(Callback):
             params = jax.device_get(train_state.params)
             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
                 self.writer.add_histogram(f"params/{path_str(path)}", np.asarray(leaf), x)
+        if self.images is not None and (epoch + 1) % self.images_every == 0:
+            self._write_images(train_state, x)
         self.writer.flush()
+
+    def _write_images(self, train_state, x: int) -> None:
+        out = self.images(train_state)
+        if not isinstance(out, Mapping):
+            raise TypeError(
+                f"TensorBoard: `images` must return a dict {{tag: image}}, got {type(out).__name__}."
+            )
+        for tag, image in out.items():
+            batch = _image_batch(tag, image)
+            self.writer.add_images(tag, batch, x, dataformats="NHWC")
 
     def on_steps_end(self, step, train_state):
         if self.update_every is None or step - self._last_write < self.update_every:
@@ -520,3 +590,30 @@ class TensorBoard(Callback):
             for summary in (experiment, start, end):
                 self.writer.file_writer.add_summary(summary)
         self.writer.close()
+
+    def on_exception(self, error):
+        if self.writer is not None:
+            self.writer.close()  # flushes what was written before the error
+
+
+def _image_batch(tag: str, image) -> np.ndarray:
+    """``image`` as an ``(N, H, W, C)`` batch TensorBoard can show: uint8, or floats clipped
+    to [0, 1]; a clear error for other shapes."""
+    a = np.asarray(jax.device_get(image))
+    if a.ndim == 2:
+        a = a[None, :, :, None]
+    elif a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"TensorBoard: image {tag!r} has shape {np.shape(image)}; expected (H, W), "
+            "(H, W, C) or (N, H, W, C) with C 1 (grey), 3 (RGB) or 4 (RGBA); move the channel "
+            "axis last (e.g. `jnp.moveaxis(x, 1, -1)`)."
+        )
+    if a.dtype == np.uint8:
+        return a
+    if not np.issubdtype(a.dtype, np.floating):
+        raise TypeError(
+            f"TensorBoard: image {tag!r} has dtype {a.dtype}; use floats in [0, 1] or uint8."
+        )
+    return np.clip(np.nan_to_num(a.astype(np.float32)), 0.0, 1.0)

@@ -37,7 +37,7 @@ import optax
 
 from funcnet._checks import check_positive_int
 from funcnet.core import Layer, as_layer
-from funcnet.training.callbacks import call_hooks
+from funcnet.training.callbacks import call_exception_hooks, call_hooks
 from funcnet.training.feed import (
     ArrayEpochs,
     BatchEpochs,
@@ -497,6 +497,13 @@ class _Run:
         self.skipping = skipping  # nan_guard="skip", loss scaling: non-finite steps are skipped
 
     def epochs(self, ts, key, shuffle, metrics, placement, validate):
+        try:
+            return self._epochs(ts, key, shuffle, metrics, placement, validate)
+        except BaseException as err:  # KeyboardInterrupt too: callbacks close their files
+            call_exception_hooks(self.callbacks, err)
+            raise
+
+    def _epochs(self, ts, key, shuffle, metrics, placement, validate):
         history = History()
         ts = call_hooks(self.callbacks, "on_train_begin", ts)
         if int(ts.step) > 0 and self.feed.steps is None:  # resuming: where does it restart?
