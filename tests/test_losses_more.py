@@ -283,6 +283,88 @@ def test_matches_pytorch():
     )
 
 
+# ----------------------------------------------------------------------------- reduction
+
+
+def _reduction_cases(F, t):
+    """(funcnet loss with its arguments, PyTorch's loss of the same inputs taking `reduction`)."""
+    long = t(LABELS).long()
+    return [
+        (
+            functools.partial(losses.binary_cross_entropy, X, BIN),
+            lambda r: F.binary_cross_entropy_with_logits(t(X), t(BIN), reduction=r),
+        ),
+        (
+            functools.partial(losses.sparse_categorical_cross_entropy, X, LABELS),
+            lambda r: F.cross_entropy(t(X), long, reduction=r),
+        ),
+        (
+            functools.partial(
+                losses.categorical_cross_entropy, X, SOFT_BIN / SOFT_BIN.sum(1)[:, None]
+            ),
+            lambda r: F.cross_entropy(t(X), t(SOFT_BIN / SOFT_BIN.sum(1)[:, None]), reduction=r),
+        ),
+        (
+            functools.partial(losses.mean_squared_error, X, RATES),
+            lambda r: F.mse_loss(t(X), t(RATES), reduction=r),
+        ),
+        (
+            functools.partial(losses.mean_absolute_error, X, RATES),
+            lambda r: F.l1_loss(t(X), t(RATES), reduction=r),
+        ),
+        (
+            functools.partial(losses.huber, X, RATES, delta=0.5),
+            # torch's huber_loss is optax's huber (not divided by delta) for any delta
+            lambda r: F.huber_loss(t(X), t(RATES), delta=0.5, reduction=r),
+        ),
+        (
+            functools.partial(losses.poisson, X, COUNTS, log_input=True),
+            lambda r: F.poisson_nll_loss(t(X), t(COUNTS), log_input=True, reduction=r),
+        ),
+        (
+            functools.partial(losses.hinge, X, SIGNS),
+            lambda r: F.hinge_embedding_loss(t(SIGNS * X), t(-np.ones_like(X)), reduction=r),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_reduction_matches_pytorch(reduction):
+    """`reduction="sum"`/`"none"` of every loss torch has, equal to torch's; with weights,
+    "sum" is sum(w * l) and "none" is w * l (torch's per-element losses times the weights)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    w = RNG.uniform(0.1, 2.0, size=B).astype(np.float32)
+    w[1] = 0.0
+    for ours, theirs in _reduction_cases(F, torch.from_numpy):
+        want = theirs(reduction).numpy()
+        got = ours(reduction=reduction)
+        assert np.shape(got) == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        per = theirs("none").numpy()
+        wb = w.reshape((B,) + (1,) * (per.ndim - 1))
+        want_w = (wb * per).sum() if reduction == "sum" else wb * per
+        np.testing.assert_allclose(
+            ours(weights=w, reduction=reduction), want_w, rtol=1e-5, atol=1e-6
+        )
+    ctc = losses.ctc(CTC_LOGITS, CTC_TARGETS, output_paddings=CTC_OUT_PAD, reduction=reduction)
+    per = _torch_ctc()
+    np.testing.assert_allclose(ctc, per.sum() if reduction == "sum" else per, rtol=1e-5)
+
+
+def test_reduction_none_zeroes_masked_nan_and_get_binds_it():
+    values = losses.get("mse", reduction="none")(
+        jnp.array([[1.0], [jnp.nan]]), jnp.zeros((2, 1)), weights=jnp.array([1.0, 0.0])
+    )
+    np.testing.assert_array_equal(values, [[1.0], [0.0]])
+
+
+@pytest.mark.parametrize("bad", ["sum_over_batch_size", "avg", None])
+def test_unknown_reduction_is_refused(bad):
+    with pytest.raises(ValueError, match=r"sparse_categorical_cross_entropy: `reduction` must be "):
+        losses.sparse_categorical_cross_entropy(X, LABELS, reduction=bad)
+
+
 # ----------------------------------------------------------------------------- names, errors
 
 

@@ -44,8 +44,11 @@ The margin losses :func:`hinge` and :func:`squared_hinge` take raw scores
 (no sigmoid) and labels in ``{-1, 1}`` or ``{0, 1}``; :func:`poisson` takes
 rates, or log-rates with ``log_input=True``.
 
-There is no ``reduction`` argument: every loss returns the weighted mean, and
-the per-example values are a ``jax.vmap`` of the loss over the batch away.
+Every loss also takes ``reduction="mean"`` (the default, the weighted mean
+above), ``"sum"`` or ``"none"`` (the weighted per-example or per-element
+losses, shaped as before the reduction; weight-0 entries are 0), as PyTorch's
+``reduction`` and Keras'. ``fit`` and ``train_step`` need the scalar of
+``"mean"`` or ``"sum"``.
 
 Losses are computed in float32 (float64 when the outputs are float64), also
 for bfloat16/float16 outputs.

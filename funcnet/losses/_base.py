@@ -93,8 +93,15 @@ def _check_range(name: str, arg: str, value, low: float, high: float, *, open_lo
         raise ValueError(f"{name}: `{arg}` must be in {interval}, got {value!r}.")
 
 
+_REDUCTIONS = ("mean", "sum", "none")
+
+
 def weighted_mean(
-    values: jax.typing.ArrayLike, weights: jax.typing.ArrayLike | None = None, *, name: str = "loss"
+    values: jax.typing.ArrayLike,
+    weights: jax.typing.ArrayLike | None = None,
+    *,
+    name: str = "loss",
+    reduction: str = "mean",
 ) -> jax.Array:
     """``sum(w * values) / sum(w)``, with ``weights`` over the leading axes of ``values``.
 
@@ -105,13 +112,18 @@ def weighted_mean(
         weights: ``None`` (plain mean) or an array of shape ``values.shape[:k]``
             (bool, int or float), broadcast over the trailing axes.
         name: the loss's name, for error messages.
+        reduction: ``"mean"`` (the weighted mean above), ``"sum"`` (``sum(w *
+            values)``, as PyTorch's and Keras' ``"sum"``) or ``"none"`` (``w *
+            values`` with the shape of ``values``, as PyTorch's ``"none"``).
 
     Returns:
-        A scalar. Entries with weight 0 are left out even when NaN or infinite;
-        when every weight is 0 the result is ``0.0`` with zero gradients.
+        A scalar (an array shaped like ``values`` for ``"none"``). Entries with
+        weight 0 are left out (are 0 for ``"none"``) even when NaN or infinite;
+        when every weight is 0 the mean is ``0.0`` with zero gradients.
 
     Raises:
-        ValueError: if ``weights`` is not shaped like the leading axes of ``values``.
+        ValueError: if ``weights`` is not shaped like the leading axes of
+            ``values``, or for an unknown ``reduction``.
         TypeError: if ``weights`` is not real-valued.
 
     Examples:
@@ -119,10 +131,17 @@ def weighted_mean(
         Array(1.5, dtype=float32)
         >>> weighted_mean(jnp.array([1.0, 2.0]), jnp.zeros(2))
         Array(0., dtype=float32)
+        >>> weighted_mean(jnp.array([1.0, 2.0, jnp.nan]), jnp.array([2, 1, 0]), reduction="none")
+        Array([2., 2., 0.], dtype=float32)
     """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"{name}: `reduction` must be 'mean', 'sum' or 'none', got {reduction!r} (Keras' "
+            "'sum_over_batch_size' is 'mean')."
+        )
     values = jnp.asarray(values)
     if weights is None:
-        return jnp.mean(values)
+        return {"mean": jnp.mean, "sum": jnp.sum, "none": lambda v: v}[reduction](values)
     weights = jnp.asarray(weights)
     if not (
         jnp.issubdtype(weights.dtype, jnp.floating)
@@ -140,8 +159,13 @@ def weighted_mean(
     w = weights.astype(values.dtype).reshape(weights.shape + (1,) * (values.ndim - weights.ndim))
     w = jnp.broadcast_to(w, values.shape)
     keep = w != 0
+    weighted = jnp.where(keep, w * jnp.where(keep, values, 0), 0)
+    if reduction == "none":
+        return weighted
+    num = jnp.sum(weighted)
+    if reduction == "sum":
+        return num
     total = jnp.sum(w)
-    num = jnp.sum(jnp.where(keep, w * jnp.where(keep, values, 0), 0))
     nonzero = total != 0
     return jnp.where(nonzero, num / jnp.where(nonzero, total, 1), 0).astype(values.dtype)
 

@@ -54,6 +54,7 @@ def binary_cross_entropy(
     from_logits: bool = True,
     epsilon: float = _EPSILON,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Binary cross-entropy per element (``optax.losses.sigmoid_binary_cross_entropy``).
 
@@ -73,6 +74,8 @@ def binary_cross_entropy(
             probabilities (``False``).
         epsilon: the clipping of probabilities (unused for logits).
         weights: optional per-example weights or mask (see :func:`weighted_mean`).
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Raises:
         ValueError: if the shapes differ (e.g. ``(32, 1)`` outputs and ``(32,)`` targets).
@@ -96,7 +99,7 @@ def binary_cross_entropy(
         p = jnp.clip(outputs, epsilon, 1.0 - epsilon)
         logits = jnp.log(p) - jnp.log1p(-p)
     per_element = optax.losses.sigmoid_binary_cross_entropy(logits, targets)
-    return weighted_mean(per_element, weights, name=name)
+    return weighted_mean(per_element, weights, name=name, reduction=reduction)
 
 
 def binary_cross_entropy_with_logits(
@@ -104,6 +107,7 @@ def binary_cross_entropy_with_logits(
     targets: jax.typing.ArrayLike,
     *,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """:func:`binary_cross_entropy` on logits (its default), under PyTorch's and optax's name.
 
@@ -111,7 +115,9 @@ def binary_cross_entropy_with_logits(
         >>> binary_cross_entropy_with_logits(jnp.array([1e4, -1e4]), jnp.array([1.0, 0.0]))
         Array(0., dtype=float32)
     """
-    return binary_cross_entropy(outputs, targets, from_logits=True, weights=weights)
+    return binary_cross_entropy(
+        outputs, targets, from_logits=True, weights=weights, reduction=reduction
+    )
 
 
 log_loss = binary_cross_entropy
@@ -132,6 +138,7 @@ def focal(
     from_logits: bool = True,
     epsilon: float = _EPSILON,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Sigmoid focal loss (Lin et al. 2017), per element (``optax.losses.sigmoid_focal_loss``).
 
@@ -155,6 +162,8 @@ def focal(
             probabilities (``False``, clipped to ``[epsilon, 1 - epsilon]``).
         epsilon: the clipping of probabilities (unused for logits).
         weights: optional per-example weights or mask (see :func:`weighted_mean`).
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Raises:
         ValueError: for ``alpha`` outside ``[0, 1]``, a negative ``gamma``, or
@@ -182,7 +191,7 @@ def focal(
         p = jnp.clip(outputs, epsilon, 1.0 - epsilon)
         logits = jnp.log(p) - jnp.log1p(-p)
     per_element = optax.losses.sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
-    return weighted_mean(per_element, weights, name=name)
+    return weighted_mean(per_element, weights, name=name, reduction=reduction)
 
 
 # ----------------------------------------------------------------------------- categorical
@@ -196,6 +205,7 @@ def categorical_cross_entropy(
     label_smoothing: float = 0.0,
     epsilon: float = _EPSILON,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Cross-entropy against one-hot or probability targets.
 
@@ -214,6 +224,8 @@ def categorical_cross_entropy(
             ``(1 - alpha) * targets + alpha / num_classes`` (``optax.losses.smooth_labels``).
         epsilon: the clipping of probabilities (unused for logits).
         weights: optional weights over the leading axes of ``outputs.shape[:-1]``.
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Returns:
         The weighted mean over examples of ``-sum(targets * log_softmax(outputs))``.
@@ -259,7 +271,7 @@ def categorical_cross_entropy(
         targets = optax.losses.smooth_labels(targets, label_smoothing)
     logits = outputs if from_logits else _log_probs(outputs, False, epsilon)
     per_example = optax.losses.softmax_cross_entropy(logits, targets)
-    return weighted_mean(per_example, weights, name=name)
+    return weighted_mean(per_example, weights, name=name, reduction=reduction)
 
 
 def sparse_categorical_cross_entropy(
@@ -270,6 +282,7 @@ def sparse_categorical_cross_entropy(
     label_smoothing: float = 0.0,
     epsilon: float = _EPSILON,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Cross-entropy against integer class labels
     (``optax.losses.softmax_cross_entropy_with_integer_labels``).
@@ -289,6 +302,8 @@ def sparse_categorical_cross_entropy(
             ``cross_entropy(..., label_smoothing=alpha)``.
         epsilon: the clipping of probabilities (unused for logits).
         weights: optional weights or mask of shape ``targets.shape[:k]``.
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Raises:
         TypeError: for float labels, or a ``from_logits`` that is not a bool.
@@ -341,7 +356,7 @@ def sparse_categorical_cross_entropy(
         # (1 - a) * nll + a * mean over classes of -log p: the smoothed one-hot target.
         uniform = -jnp.mean(jax.nn.log_softmax(logits, axis=-1), axis=-1)
         per_example = (1 - label_smoothing) * per_example + label_smoothing * uniform
-    return weighted_mean(per_example, weights, name=name)
+    return weighted_mean(per_example, weights, name=name, reduction=reduction)
 
 
 def kl_divergence(
@@ -351,6 +366,7 @@ def kl_divergence(
     from_logits: bool = True,
     epsilon: float = _EPSILON,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """KL divergence ``KL(targets || predicted)`` over the last axis.
 
@@ -366,6 +382,8 @@ def kl_divergence(
         from_logits: whether ``outputs`` are logits (the default) or probabilities.
         epsilon: the clipping of probabilities (unused for logits).
         weights: optional weights over the leading axes of ``outputs.shape[:-1]``.
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Examples:
         >>> kl_divergence(jnp.log(jnp.array([[0.5, 0.5]])), jnp.array([[0.5, 0.5]]))
@@ -380,4 +398,4 @@ def kl_divergence(
     _same_shape(name, outputs, targets)
     log_p = _log_probs(outputs, from_logits, epsilon)
     per_example = optax.losses.kl_divergence(log_p, targets)
-    return weighted_mean(per_example, weights, name=name)
+    return weighted_mean(per_example, weights, name=name, reduction=reduction)

@@ -53,6 +53,7 @@ def hinge(
     targets: jax.typing.ArrayLike,
     *,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Hinge loss per element: ``max(1 - t * outputs, 0)`` (Keras' ``hinge``).
 
@@ -66,6 +67,8 @@ def hinge(
         outputs: scores, any shape, floating point.
         targets: the same shape; labels in ``{-1, 1}`` or ``{0, 1}``.
         weights: optional per-example weights or mask (see :func:`weighted_mean`).
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Raises:
         ValueError: for mismatched shapes, or (concrete) targets that are
@@ -78,7 +81,9 @@ def hinge(
         Array(0.6, dtype=float32)
     """
     name = "hinge"
-    return weighted_mean(_margins(name, outputs, targets, weights), weights, name=name)
+    return weighted_mean(
+        _margins(name, outputs, targets, weights), weights, name=name, reduction=reduction
+    )
 
 
 def squared_hinge(
@@ -86,6 +91,7 @@ def squared_hinge(
     targets: jax.typing.ArrayLike,
     *,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Squared hinge loss per element: ``max(1 - t * outputs, 0) ** 2`` (Keras' ``squared_hinge``).
 
@@ -96,4 +102,9 @@ def squared_hinge(
         Array(0.6466..., dtype=float32)
     """
     name = "squared_hinge"
-    return weighted_mean(jnp.square(_margins(name, outputs, targets, weights)), weights, name=name)
+    return weighted_mean(
+        jnp.square(_margins(name, outputs, targets, weights)),
+        weights,
+        name=name,
+        reduction=reduction,
+    )

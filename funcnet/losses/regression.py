@@ -30,6 +30,7 @@ def mean_squared_error(
     targets: jax.typing.ArrayLike,
     *,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Mean of ``(outputs - targets) ** 2`` over every element (``optax.losses.squared_error``).
 
@@ -38,6 +39,8 @@ def mean_squared_error(
         targets: the same shape as ``outputs``.
         weights: optional per-example weights or mask over the leading axes
             (see :func:`weighted_mean`).
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Returns:
         A scalar.
@@ -54,7 +57,9 @@ def mean_squared_error(
     outputs = _outputs(name, outputs)
     targets = _numeric_targets(name, targets, outputs.dtype)
     _same_shape(name, outputs, targets)
-    return weighted_mean(optax.losses.squared_error(outputs, targets), weights, name=name)
+    return weighted_mean(
+        optax.losses.squared_error(outputs, targets), weights, name=name, reduction=reduction
+    )
 
 
 def mean_absolute_error(
@@ -62,6 +67,7 @@ def mean_absolute_error(
     targets: jax.typing.ArrayLike,
     *,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Mean of ``|outputs - targets|`` over every element.
 
@@ -75,7 +81,7 @@ def mean_absolute_error(
     outputs = _outputs(name, outputs)
     targets = _numeric_targets(name, targets, outputs.dtype)
     _same_shape(name, outputs, targets)
-    return weighted_mean(jnp.abs(outputs - targets), weights, name=name)
+    return weighted_mean(jnp.abs(outputs - targets), weights, name=name, reduction=reduction)
 
 
 def huber(
@@ -84,6 +90,7 @@ def huber(
     *,
     delta: float = 1.0,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Huber loss (``optax.losses.huber_loss``): quadratic below ``delta``, linear above.
 
@@ -106,7 +113,12 @@ def huber(
     outputs = _outputs(name, outputs)
     targets = _numeric_targets(name, targets, outputs.dtype)
     _same_shape(name, outputs, targets)
-    return weighted_mean(optax.losses.huber_loss(outputs, targets, delta=delta), weights, name=name)
+    return weighted_mean(
+        optax.losses.huber_loss(outputs, targets, delta=delta),
+        weights,
+        name=name,
+        reduction=reduction,
+    )
 
 
 def poisson(
@@ -116,6 +128,7 @@ def poisson(
     log_input: bool = False,
     epsilon: float = 1e-7,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """Poisson negative log-likelihood per element, for count targets.
 
@@ -137,6 +150,8 @@ def poisson(
         log_input: whether ``outputs`` are log-rates.
         epsilon: added to rates inside the log (unused for log-rates), ``>= 0``.
         weights: optional per-example weights or mask (see :func:`weighted_mean`).
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Raises:
         ValueError: for mismatched shapes or a negative ``epsilon``.
@@ -161,7 +176,7 @@ def poisson(
     else:
         _check_range(name, "epsilon", epsilon, 0.0, float("inf"))
         per_element = outputs - targets * jnp.log(outputs + epsilon)
-    return weighted_mean(per_element, weights, name=name)
+    return weighted_mean(per_element, weights, name=name, reduction=reduction)
 
 
 def cosine_similarity(
@@ -170,6 +185,7 @@ def cosine_similarity(
     *,
     epsilon: float = 1e-12,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """The negative cosine similarity over the last axis (Keras' ``cosine_similarity`` loss).
 
@@ -183,6 +199,8 @@ def cosine_similarity(
         targets: the same shape.
         epsilon: the lower clip of the squared norms.
         weights: optional weights over the leading axes of ``outputs.shape[:-1]``.
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Examples:
         >>> round(float(cosine_similarity(jnp.array([[1.0, 1.0]]), jnp.array([[2.0, 2.0]]))), 6)
@@ -193,7 +211,7 @@ def cosine_similarity(
     targets = _numeric_targets(name, targets, outputs.dtype)
     _same_shape(name, outputs, targets)
     cos = optax.losses.cosine_similarity(outputs, targets, epsilon=epsilon)
-    return weighted_mean(-cos, weights, name=name)
+    return weighted_mean(-cos, weights, name=name, reduction=reduction)
 
 
 def cosine_distance(
@@ -202,6 +220,7 @@ def cosine_distance(
     *,
     epsilon: float = 1e-12,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """``1 - cos(outputs, targets)`` over the last axis (``optax.losses.cosine_distance``).
 
@@ -216,4 +235,4 @@ def cosine_distance(
     targets = _numeric_targets(name, targets, outputs.dtype)
     _same_shape(name, outputs, targets)
     per_example = optax.losses.cosine_distance(outputs, targets, epsilon=epsilon)
-    return weighted_mean(per_example, weights, name=name)
+    return weighted_mean(per_example, weights, name=name, reduction=reduction)

@@ -30,6 +30,7 @@ def ctc(
     target_paddings: jax.typing.ArrayLike | None = None,
     blank_id: int = 0,
     weights: jax.typing.ArrayLike | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """CTC loss (Graves et al. 2006) for unaligned label sequences (``optax.ctc_loss``).
 
@@ -62,6 +63,8 @@ def ctc(
         target_paddings: optional ``(batch, max_label_len)`` padding of the targets.
         blank_id: the index of the blank label (PyTorch's ``blank``). Default 0.
         weights: optional per-sequence weights or mask, shape ``(batch,)``.
+        reduction: ``"mean"`` (weighted mean, the default), ``"sum"`` or ``"none"``
+            (the weighted per-example losses), see :func:`weighted_mean`.
 
     Returns:
         The weighted mean over sequences of the CTC negative log-likelihood.
@@ -127,4 +130,4 @@ def ctc(
     per_sequence = optax.ctc_loss(
         outputs, output_paddings, labels, target_paddings, blank_id=blank_id
     )
-    return weighted_mean(per_sequence, weights, name=name)
+    return weighted_mean(per_sequence, weights, name=name, reduction=reduction)
