@@ -91,6 +91,12 @@ def test_fit_on_grain_equals_fit_on_the_same_batches():
     assert not np.array_equal(epoch0, epoch1)  # reshuffled per epoch
     logs = fn.evaluate(model, ts_grain.params, ts_grain.state, data, loss=loss)
     assert np.isfinite(logs["loss"])
+    x0 = np.concatenate([b[0] for b in data.for_epoch(0)])
+    np.testing.assert_allclose(
+        fn.predict(model, ts_grain.params, ts_grain.state, data),
+        fn.predict(model, ts_grain.params, ts_grain.state, x0),
+        rtol=1e-6,
+    )
 
 
 def test_iter_dataset_and_dict_batches():

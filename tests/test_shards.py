@@ -93,6 +93,42 @@ def test_fit_on_shards_equals_fit_on_in_memory_batches(shard_dir):
     assert np.isfinite(logs["loss"])
 
 
+def test_predict_on_batches_equals_predict_on_arrays(shard_dir):
+    """predict over ShardedArrays (uneven last batch), a generator of bare inputs and dict
+    inputs: the same outputs, in order, as predict on the arrays; computed independently
+    with numpy from the params."""
+    x, _ = _data()
+    model = fn.serial(fn.Dense(4), fn.Relu(), fn.Dense(3))
+    params, state = model.init(jax.random.key(0), x[:1])
+    want = np.maximum(x @ params[0]["w"] + params[0]["b"], 0) @ params[2]["w"] + params[2]["b"]
+    np.testing.assert_allclose(fn.predict(model, params, state, x), want, rtol=1e-5, atol=1e-5)
+    got = fn.predict(model, params, state, ShardedArrays(shard_dir, batch_size=7))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert isinstance(got, np.ndarray) and got.shape == (50, 3)
+    gen = (x[i : i + 20] for i in range(0, 50, 20))  # 20, 20, 10 rows
+    np.testing.assert_allclose(fn.predict(model, params, state, gen), want, rtol=1e-5, atol=1e-5)
+    pick = fn.serial(lambda d: d["a"], model)
+    params2, state2 = pick.init(jax.random.key(0), {"a": x[:1]})
+    dicts = iter([({"a": x[:30]}, None), ({"a": x[30:]}, None)])
+    np.testing.assert_allclose(
+        fn.predict(pick, params2, state2, dicts),
+        fn.predict(pick, params2, state2, {"a": x}),
+        rtol=1e-6,
+    )
+
+
+def test_predict_on_batches_errors(shard_dir):
+    x, _ = _data()
+    model = fn.Dense(2)
+    params, state = model.init(jax.random.key(0), x[:1])
+    with pytest.raises(ValueError, match=r"predict: `mesh` needs the inputs as arrays"):
+        fn.predict(model, params, state, iter([x]), mesh=fn.distributed.make_mesh(1))
+    with pytest.raises(ValueError, match="gave no batch"):
+        fn.predict(model, params, state, iter([]))
+    with pytest.raises(TypeError, match=r"batch 1 of the iterable is a float64 without a batch"):
+        fn.predict(model, params, state, iter([x, np.float64(1.0)]))
+
+
 def test_missing_index_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ShardedArrays: no index file .*index\.json"):
         ShardedArrays(tmp_path, batch_size=4)

@@ -105,9 +105,9 @@ def from_grain(
 
     Returns:
         A :class:`GrainBatches`: ``fit(model, opt, loss, from_grain(...))``,
-        ``evaluate(model, params, state, from_grain(...), loss=loss)``. For
-        ``predict`` (arrays only) concatenate per batch:
-        ``np.concatenate([predict(model, params, state, x) for x, _ in data])``.
+        ``evaluate(model, params, state, from_grain(...), loss=loss)``,
+        ``predict(model, params, state, from_grain(...))`` (the outputs of
+        epoch 0's batches, concatenated).
 
     Raises:
         ValueError: for a negative ``prefetch``.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,7 @@ __all__ = [
     "check_dtypes",
     "eval_chunks",
     "is_arrays",
+    "is_batches",
     "iterate",
     "split_validation",
     "stack_batches",
@@ -178,6 +179,17 @@ def _check_not_misplaced(data, where: str) -> None:
             f"batches, so pass the arrays as a tuple {names} instead of a list: "
             f"{_call(where)}, or `tuple(data)`."
         )
+
+
+def is_batches(x) -> bool:
+    """True when ``x`` (``predict``'s inputs) is an iterable of batches rather than a pytree
+    of arrays: an object with ``for_epoch``, an iterator or generator, or another iterable
+    that is neither an array nor a dict, tuple or list (pytrees of inputs)."""
+    if hasattr(x, "for_epoch") or isinstance(x, Iterator):
+        return True
+    return isinstance(x, Iterable) and not (
+        _is_array(x) or isinstance(x, (dict, tuple, list, str, bytes))
+    )
 
 
 def is_arrays(data, where: str = "fit") -> bool:

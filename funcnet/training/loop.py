@@ -46,6 +46,8 @@ from funcnet.training.feed import (
     check_arrays,
     eval_chunks,
     is_arrays,
+    is_batches,
+    iterate,
     split_validation,
     stack_batches,
 )
@@ -157,6 +159,14 @@ def predict(
     the outputs are returned replicated (with several processes, every process
     passes the same ``x`` and gets all outputs).
 
+    ``x`` may also be an iterable of batches (data larger than memory:
+    :class:`funcnet.data.ShardedArrays`, :func:`funcnet.data.from_grain`, a
+    generator): each batch is the inputs or an ``(x, y)`` / ``(x, y,
+    weights)`` tuple whose ``x`` is used; one compiled call per batch (a
+    smaller last batch is padded to the first one's size, so one compile),
+    and the outputs are concatenated as numpy arrays in batch order
+    (``batch_size`` is unused; one device).
+
     Examples:
         >>> import jax, jax.numpy as jnp, numpy as np
         >>> from funcnet import Dense
@@ -166,6 +176,14 @@ def predict(
     """
     model = as_layer(model)
     check_positive_int("predict", "batch_size", batch_size)
+    if is_batches(x):
+        if mesh is not None:
+            raise ValueError(
+                "predict: `mesh` needs the inputs as arrays; for an iterable of batches call "
+                "predict per batch (`predict(model, params, state, xb, mesh=mesh)`) or pass "
+                "`mesh=None`."
+            )
+        return _predict_batches(model, params, state, x)
     placement = Placement(mesh, "predict")
     n = jax.tree.leaves(x)[0].shape[0]
     xb, _ = stack_batches(x, n, placement.batch_size(batch_size, n), placement.xp)
@@ -179,6 +197,36 @@ def predict(
 
     out = jax.jit(run_all, out_shardings=placement.replicated)(params, state, xb)
     return placement.to_user(out)
+
+
+def _batch_inputs(batch, i: int):
+    x = batch[0] if isinstance(batch, tuple) and len(batch) in (2, 3) else batch
+    leaves = jax.tree.leaves(x)
+    if not leaves or any(np.ndim(a) == 0 for a in leaves):
+        raise TypeError(
+            f"predict: batch {i} of the iterable is a {type(batch).__name__} without a batch "
+            "axis; each batch must be the inputs (arrays with one row per example) or an "
+            "`(x, y)` / `(x, y, weights)` tuple."
+        )
+    return x, int(np.shape(leaves[0])[0])
+
+
+def _predict_batches(model, params, state, batches):
+    """``predict`` over an iterable of batches: one jitted call per batch, padded to the
+    first batch's rows, outputs concatenated on the host."""
+    apply = jax.jit(predict_step(model))
+    outs, size = [], None
+    for i, batch in enumerate(iterate(batches, "predict")):
+        x, n = _batch_inputs(batch, i)
+        size = n if size is None else size
+        if n < size:  # pad the (last) smaller batch: no second compile
+            pad = size - n
+            x = jax.tree.map(lambda a, pad=pad: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), x)
+        out = jax.device_get(apply(params, state, x))
+        outs.append(jax.tree.map(lambda a, n=n: a[:n], out))
+    if not outs:
+        raise ValueError("predict: the iterable of batches gave no batch.")
+    return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
 # ----------------------------------------------------------------------------- fit's pieces
