@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -101,7 +102,11 @@ def _name_the_file(err: OSError, path: str, tmp: str) -> None:
 
 
 def _remove_stale_temp_files(directory: str) -> list[str]:
-    """Remove temp files left by dead processes on this host (never another live save's)."""
+    """Remove temp files and directories left by dead processes on this host.
+
+    Never another live save's: a name holds the host and process id of its writer (for a
+    sharded checkpoint, of process 0), and only those of processes gone from this host go.
+    """
     if os.name != "posix":  # pragma: no cover
         return []
     host = _host()
@@ -117,7 +122,11 @@ def _remove_stale_temp_files(directory: str) -> list[str]:
             pass
         except (PermissionError, OverflowError):
             continue
+        path = os.path.join(directory, name)
         with contextlib.suppress(OSError):
-            os.remove(os.path.join(directory, name))
+            if os.path.isdir(path) and not os.path.islink(path):  # a sharded checkpoint's
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
             removed.append(name)
     return removed

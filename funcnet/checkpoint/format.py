@@ -66,10 +66,30 @@ def _bytes_of(a: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- writing
 
 
-def _save(path, tree, metadata=None, extra: Mapping | None = None) -> str:
+def _description(structure, metadata, extra) -> dict:
+    """funcnet's JSON description of a checkpoint (versions, user metadata, step, tree)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "funcnet_version": __version__,
+        "jax_version": jax.__version__,
+        "metadata": _jsonable(metadata if metadata is not None else {}, "metadata"),
+        **_jsonable(dict(extra or {}), "metadata"),
+        "tree": structure,
+    }
+
+
+def _prepare(path, tree, metadata=None, extra: Mapping | None = None, *, copy: bool = False):
+    """The arrays of ``tree`` on the host; returns ``write()``, which writes the file atomically.
+
+    With ``copy`` every array is copied into host memory now, so ``write`` may run later
+    (in a background thread) while the caller donates or changes its arrays. ``write``
+    uses no JAX collective when only this process writes (one process, or ``copy``).
+    """
     path = os.fspath(path)
     structure, leaves = _encode(tree)
     arrays = _host_arrays(leaves)
+    if copy:
+        arrays = [np.array(a) for a in arrays]
     table: dict[str, dict] = {}
     offset = 0
     for (name, _), a in zip(leaves, arrays):
@@ -80,38 +100,37 @@ def _save(path, tree, metadata=None, extra: Mapping | None = None) -> str:
             "data_offsets": [offset, offset + size],
         }
         offset += size
-    info = {
-        "format_version": FORMAT_VERSION,
-        "funcnet_version": __version__,
-        "jax_version": jax.__version__,
-        "metadata": _jsonable(metadata if metadata is not None else {}, "metadata"),
-        **_jsonable(dict(extra or {}), "metadata"),
-        "tree": structure,
-    }
-    info_json = json.dumps(info, separators=(",", ":"))
-    digest = _digest(table, info_json, (_bytes_of(a) for a in arrays))
-    header = dict(table)
-    header["__metadata__"] = {"format": FORMAT, "funcnet": info_json, "sha256": digest}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    info_json = json.dumps(_description(structure, metadata, extra), separators=(",", ":"))
 
-    def write(f):
+    def write_file(f):
+        digest = _digest(table, info_json, (_bytes_of(a) for a in arrays))
+        header = dict(table)
+        header["__metadata__"] = {"format": FORMAT, "funcnet": info_json, "sha256": digest}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for a in arrays:
             f.write(memoryview(_bytes_of(a)))
 
-    if jax.process_count() == 1:
-        atomic_write(path, write)
+    def write() -> str:
+        if jax.process_count() == 1:
+            atomic_write(path, write_file)
+            return path
+        # Several processes hold the same (replicated) arrays: process 0 writes the file once,
+        # and every process waits for it, so a file another process reads next is complete.
+        try:
+            if jax.process_index() == 0:
+                atomic_write(path, write_file)
+        finally:
+            _sync(f"funcnet.checkpoint.save {path}")
         return path
-    # Several processes hold the same (replicated) arrays: process 0 writes the file once, and
-    # every process waits for it, so a file another process reads next is complete.
-    try:
-        if jax.process_index() == 0:
-            atomic_write(path, write)
-    finally:
-        _sync(f"funcnet.checkpoint.save {path}")
-    return path
+
+    return write
+
+
+def _save(path, tree, metadata=None, extra: Mapping | None = None) -> str:
+    return _prepare(path, tree, metadata, extra)()
 
 
 def _sync(name: str) -> None:
@@ -120,13 +139,20 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping | None = None) -> str:
-    """Write ``tree`` to a safetensors file at ``path``, atomically.
+def save(
+    path: str | os.PathLike,
+    tree: Any,
+    *,
+    metadata: Mapping | None = None,
+    sharded: bool | None = None,
+) -> str:
+    """Write ``tree`` to a safetensors file at ``path`` (or a sharded directory), atomically.
 
     Args:
         path: the file to write (conventionally ``*.safetensors``); missing
             directories are created. An existing file is replaced only once
-            the new one is complete and on disk.
+            the new one is complete and on disk. For a sharded checkpoint,
+            the directory to create.
         tree: any pytree of JAX arrays (possibly sharded, see the module
             docstring), typed PRNG keys, numpy arrays and Python scalars, e.g.
             a whole :class:`~funcnet.TrainState`. Containers: dicts (str or
@@ -134,6 +160,12 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping | None = None)
             registered pytree nodes.
         metadata: JSON data stored with the arrays (read it back with
             :func:`read_metadata`).
+        sharded: ``True`` writes a sharded checkpoint: a directory in which
+            each process writes only its own shards (see
+            :mod:`funcnet.checkpoint.sharded`); ``False`` one file, written by
+            process 0; ``None`` (the default) picks sharded when some array is
+            spread over several processes without being replicated (one
+            process cannot write it whole). :func:`load` reads either.
 
     Returns:
         ``path`` (as a string).
@@ -141,8 +173,8 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping | None = None)
     Raises:
         TypeError: for a leaf that is not an array or scalar, an unsupported
             dtype, or metadata that is not JSON data.
-        ValueError: when two leaves have the same path, or for arrays spread
-            over several processes.
+        ValueError: when two leaves have the same path, or, with
+            ``sharded=False``, for arrays spread over several processes.
 
     Examples:
         >>> import os, tempfile, jax.numpy as jnp
@@ -152,6 +184,13 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping | None = None)
         >>> sorted(read_metadata(path)["tensors"])
         ['0/b', '0/w']
     """
+    from funcnet.checkpoint.sharded import needs_sharded, save_sharded
+
+    if sharded is None:
+        sharded = needs_sharded(tree)
+    if sharded:
+        save_sharded(path, tree, metadata=metadata)
+        return os.fspath(path)
     return _save(path, tree, metadata)
 
 
@@ -336,6 +375,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: if the file is missing, truncated or not safetensors.
     """
+    if os.path.isdir(path):
+        from funcnet.checkpoint.sharded_read import read_metadata_sharded
+
+        return read_metadata_sharded(path)
     contents = _read(path, data=False)
     tensors = {
         name: {"dtype": e["dtype"], "shape": list(e["shape"])} for name, e in contents.table.items()

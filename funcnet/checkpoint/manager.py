@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -13,15 +14,18 @@ from typing import Any, NamedTuple
 import jax
 
 from funcnet._checks import is_int
-from funcnet.checkpoint.atomic import _remove_stale_temp_files
+from funcnet.checkpoint.async_save import BackgroundWriter
+from funcnet.checkpoint.atomic import _remove_stale_temp_files, _temp_name
 from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning
-from funcnet.checkpoint.format import _save, read_metadata
+from funcnet.checkpoint.format import _prepare, read_metadata
 from funcnet.checkpoint.restore import load
+from funcnet.checkpoint.sharded import DEFAULT_TIMEOUT, needs_sharded, prepare_sharded
 
 __all__ = ["CheckpointManager", "Restored"]
 
 
 _STEP_RE = re.compile(r"^step_(\d+)\.safetensors$")
+_STEP_DIR_RE = re.compile(r"^step_(\d+)$")
 _ASIDE = ".corrupt"  # suffix of a corrupt checkpoint moved aside by restore_latest
 
 
@@ -44,11 +48,20 @@ class Restored(NamedTuple):
 class CheckpointManager:
     """A directory of numbered checkpoints: keep the last few and the best, find the latest.
 
-    Files are named ``step_<step>.safetensors`` (zero-padded to 8 digits) and
+    Files are named ``step_<step>.safetensors`` (zero-padded to 8 digits), or
+    ``step_<step>/`` for a sharded checkpoint (a directory in which each
+    process writes its own shards, see :mod:`funcnet.checkpoint.sharded`), and
     are the only record: the step and metrics of each live in its header, so
     a crash at any moment (during a save, or between a save and the removal
     of old files) leaves a consistent directory. Steps are expected to grow;
     the "last" checkpoints are those with the highest steps.
+
+    With ``async_save=True`` a save copies the arrays to host memory and
+    returns; the files are written in a background thread while training
+    goes on (the arrays may be donated at once). The next save, :meth:`restore`,
+    :meth:`restore_latest`, :meth:`wait_until_finished` and :meth:`close` (and
+    leaving a ``with CheckpointManager(...)`` block) wait for it and raise its
+    error if it failed; the interpreter also waits for it before exiting.
 
     Args:
         directory: where the checkpoints live (created if needed). Temporary
@@ -64,6 +77,15 @@ class CheckpointManager:
             ``"fallback"`` (the default: a long job resumes from the newest
             intact checkpoint, with a :class:`CheckpointWarning` naming each
             skipped file and why) or ``"raise"`` (stop with its error).
+        sharded: ``True`` saves sharded checkpoints (each process writes its
+            own shards; needed for arrays sharded over several processes),
+            ``False`` one file written by process 0; ``None`` (the default)
+            picks sharded when one process cannot write some array whole, or
+            for a background save in several processes.
+        async_save: write in a background thread (see above).
+        timeout: seconds a sharded save waits for every process's shards
+            before it gives up (a process died); the step is then not
+            committed.
 
     Examples:
         >>> import tempfile, jax.numpy as jnp
@@ -84,6 +106,9 @@ class CheckpointManager:
         best_metric: str | None = None,
         best_mode: str = "min",
         on_corrupt: str = "fallback",
+        sharded: bool | None = None,
+        async_save: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
     ):
         if max_to_keep is not None and (not is_int(max_to_keep) or max_to_keep < 1):
             raise ValueError(
@@ -104,7 +129,22 @@ class CheckpointManager:
                 f"CheckpointManager: `best_metric` must be a metric name (str), got "
                 f"{type(best_metric).__name__}."
             )
+        if sharded is not None and not isinstance(sharded, bool):
+            raise TypeError(
+                f"CheckpointManager: `sharded` must be True, False or None (pick by itself), got "
+                f"{sharded!r}."
+            )
+        if not isinstance(async_save, bool):
+            raise TypeError(
+                f"CheckpointManager: `async_save` must be True or False, got {async_save!r}."
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(
+                f"CheckpointManager: `timeout` must be a number of seconds > 0, got {timeout!r}."
+            )
         self.directory = os.path.abspath(os.fspath(directory))
+        self.sharded, self.async_save, self.timeout = sharded, async_save, timeout
+        self._writer = BackgroundWriter(f"CheckpointManager({self.directory!r})")
         self.max_to_keep = max_to_keep
         self.best_metric = best_metric
         self.best_mode = best_mode
@@ -116,20 +156,39 @@ class CheckpointManager:
         return (
             f"CheckpointManager({self.directory!r}, max_to_keep={self.max_to_keep}, "
             f"best_metric={self.best_metric!r}, best_mode={self.best_mode!r}, "
-            f"on_corrupt={self.on_corrupt!r})"
+            f"on_corrupt={self.on_corrupt!r}, sharded={self.sharded!r}, "
+            f"async_save={self.async_save!r})"
         )
 
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_until_finished(self) -> None:
+        """Wait for a background save to be written (raising its error if it failed)."""
+        self._writer.wait()
+
+    def close(self) -> None:
+        """Wait for a background save (as :meth:`wait_until_finished`); the manager stays usable."""
+        self._writer.wait()
+
     def path(self, step: int) -> str:
-        """The file of ``step``."""
-        return os.path.join(self.directory, f"step_{int(step):08d}.safetensors")
+        """The checkpoint of ``step``: its directory when it is sharded, else its file."""
+        folder = os.path.join(self.directory, f"step_{int(step):08d}")
+        return folder if os.path.isdir(folder) else folder + ".safetensors"
 
     def all_steps(self) -> list[int]:
-        """The steps that have a checkpoint, ascending."""
-        steps = []
+        """The steps that have a (committed) checkpoint, ascending."""
+        steps = set()
         for name in os.listdir(self.directory):
             m = _STEP_RE.match(name)
-            if m:
-                steps.append(int(m[1]))
+            if m is None:
+                m = _STEP_DIR_RE.match(name)
+                if m is None or not os.path.isdir(os.path.join(self.directory, name)):
+                    continue
+            steps.add(int(m[1]))
         return sorted(steps)
 
     def latest_step(self) -> int | None:
@@ -178,10 +237,12 @@ class CheckpointManager:
             metadata: JSON data stored with it.
 
         Returns:
-            The file written.
+            The checkpoint written (with ``async_save``: being written).
 
         Raises:
             ValueError: for a negative step, or metrics without ``best_metric``.
+            CheckpointError, OSError: with ``async_save``, the error of the
+                previous save, if it failed.
         """
         if not is_int(step) or step < 0:
             raise ValueError(
@@ -195,9 +256,29 @@ class CheckpointManager:
                 "'val_loss') or choose one of these."
             )
         extra = {"step": int(step), "metrics": dict(metrics) if metrics is not None else None}
-        path = _save(self.path(step), tree, metadata, extra)
-        if jax.process_index() == 0:  # one process removes old files (others may read them)
-            self._prune()
+        self._writer.wait()  # the previous save is complete (or raises) before the next starts
+        sharded = self.sharded
+        if sharded is None:
+            sharded = needs_sharded(tree) or (self.async_save and jax.process_count() > 1)
+        base = os.path.join(self.directory, f"step_{int(step):08d}")
+        path, other = (base, base + ".safetensors") if sharded else (base + ".safetensors", base)
+        if sharded:
+            write = prepare_sharded(
+                path, tree, metadata, extra, copy=self.async_save, timeout=self.timeout
+            ).run
+        else:
+            write = _prepare(path, tree, metadata, extra, copy=self.async_save)
+
+        def save_and_prune():
+            write()
+            if jax.process_index() == 0:  # one process removes old files (others may read them)
+                _remove(other)  # the same step in the other format, saved before
+                self._prune()
+
+        if self.async_save:
+            self._writer.submit(save_and_prune)
+        else:
+            save_and_prune()
         return path
 
     def _prune(self) -> None:
@@ -210,8 +291,7 @@ class CheckpointManager:
             keep.add(best)
         for step in steps:
             if step not in keep:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path(step))
+                _remove(self.path(step))
 
     def restore(self, step: int | None = None, like: Any = None, *, strict: bool = True) -> Any:
         """Load checkpoint ``step`` (default: the latest); see :func:`load` for ``like``/``strict``.
@@ -220,6 +300,7 @@ class CheckpointManager:
             CheckpointError: when there is no checkpoint, no checkpoint of that
                 step, or the file is bad.
         """
+        self._writer.wait()
         steps = self.all_steps()
         if step is None:
             if not steps:
@@ -278,6 +359,7 @@ class CheckpointManager:
             >>> restored.skipped[0][1].split(": ")[1]
             'the checksum does not match'
         """
+        self._writer.wait()
         skipped: list[tuple[str, str]] = []
         for step in reversed(self.all_steps()):
             try:
@@ -318,6 +400,20 @@ class CheckpointManager:
             ),
             stacklevel=3,
         )
+
+
+def _remove(path: str) -> None:
+    """Remove a checkpoint file or sharded directory (nothing when it is not there)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        aside = _temp_name(path)  # renamed first, so no reader ever sees a half-removed one
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _reasons(skipped: list[tuple[str, str]]) -> str:

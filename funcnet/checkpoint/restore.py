@@ -151,57 +151,85 @@ def load(path: str | os.PathLike, like: Any = None, *, strict: bool = True) -> A
         >>> tree["w"].tolist(), tree["b"].shape
         ([[1.0, 1.0], [1.0, 1.0]], (3,))
     """
+    if os.path.isdir(path):
+        from funcnet.checkpoint.sharded_read import load_sharded
+
+        return load_sharded(path, like, strict=strict)
     contents = _read(path)
     arrays, kinds = _arrays(contents), contents.kinds
     if like is None:
         if contents.info is None:
             return {name: jax.device_put(a) for name, a in arrays.items()}
         return _decode(contents.info["tree"], arrays)
+    treedef, out = fill_template(
+        path,
+        like,
+        strict,
+        arrays,
+        kinds,
+        lambda name, t, want: _restore_leaf(t, want, arrays[name]),
+    )
+    return jax.tree_util.tree_unflatten(treedef, out)
 
+
+def fill_template(path, like, strict: bool, entries: dict, kinds: dict, take) -> tuple[Any, list]:
+    """The template's treedef and its leaves filled from a checkpoint's entries.
+
+    ``entries`` maps each stored path to something with the stored ``shape`` and
+    ``dtype``; ``take(name, template_leaf, want)`` gives the leaf for a matching entry.
+    Missing, unexpected and mismatched paths raise together (``strict``) or keep the
+    template's values with a :class:`CheckpointWarning`.
+    """
     flat, treedef = jax.tree_util.tree_flatten_with_path(like)
     names = [path_str(p) for p, _ in flat]
     missing, mismatched, out = [], [], []
     for name, (_, t) in zip(names, flat):
         want = _template_leaf(t, name)
-        if name not in arrays:
+        if name not in entries:
             missing.append(name)
             out.append(t)
             continue
-        data = arrays[name]
-        problem = _mismatch(want, *kinds[name], data)
+        problem = _mismatch(want, *kinds[name], entries[name])
         if problem:
             mismatched.append(f"{name}: {problem}")
             out.append(t)
         else:
-            out.append(_restore_leaf(t, want, data))
-    unexpected = sorted(set(arrays) - set(names))
+            out.append(take(name, t, want))
+    unexpected = sorted(set(entries) - set(names))
     report = LoadReport(missing, unexpected, mismatched)
     if report:
-        summary = (
-            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched"
+        _report(
+            path,
+            strict,
+            report,
+            [n for n, v in zip(names, out) if isinstance(v, jax.ShapeDtypeStruct)],
         )
-        if strict:
-            raise CheckpointError(
-                f"checkpoint `{os.fspath(path)}`: does not fit `like`: {summary} "
-                f"path(s):\n{report.describe()}\nPass the template the checkpoint was saved "
-                "from, or `strict=False` to load only the entries that match (e.g. for "
-                "fine-tuning).",
-                report,
-            )
-        abstract = [n for n, v in zip(names, out) if isinstance(v, jax.ShapeDtypeStruct)]
-        if abstract:
-            raise CheckpointError(
-                f"checkpoint `{os.fspath(path)}`: no value for {abstract}: the file does not "
-                "have them (or they do not match) and the template gives only their shapes; "
-                "pass a template with real arrays there to keep its values.",
-                report,
-            )
-        warnings.warn(
-            CheckpointWarning(
-                f"load(`{os.fspath(path)}`, strict=False) kept the template's values for "
-                f"{summary} path(s):\n{report.describe()}",
-                report,
-            ),
-            stacklevel=2,
+    return treedef, out
+
+
+def _report(path, strict: bool, report: LoadReport, abstract: list[str]) -> None:
+    missing, unexpected, mismatched = report
+    summary = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched"
+    if strict:
+        raise CheckpointError(
+            f"checkpoint `{os.fspath(path)}`: does not fit `like`: {summary} "
+            f"path(s):\n{report.describe()}\nPass the template the checkpoint was saved "
+            "from, or `strict=False` to load only the entries that match (e.g. for "
+            "fine-tuning).",
+            report,
         )
-    return jax.tree_util.tree_unflatten(treedef, out)
+    if abstract:
+        raise CheckpointError(
+            f"checkpoint `{os.fspath(path)}`: no value for {abstract}: the file does not "
+            "have them (or they do not match) and the template gives only their shapes; "
+            "pass a template with real arrays there to keep its values.",
+            report,
+        )
+    warnings.warn(
+        CheckpointWarning(
+            f"load(`{os.fspath(path)}`, strict=False) kept the template's values for "
+            f"{summary} path(s):\n{report.describe()}",
+            report,
+        ),
+        stacklevel=4,
+    )

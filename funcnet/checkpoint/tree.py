@@ -282,9 +282,9 @@ def _host_arrays(leaves: list[tuple[str, Any]]) -> list[np.ndarray]:
                 if not x.is_fully_replicated:
                     raise ValueError(
                         f"checkpoint: `{name}` is sharded over several processes (multi-host); "
-                        "this process cannot read all of it. Gather it first "
-                        "(`jax.experimental.multihost_utils.process_allgather`) or save each "
-                        "process's shards with orbax-checkpoint."
+                        "one file cannot hold it, as this process cannot read all of it. Save "
+                        "a sharded checkpoint instead (`save(..., sharded=True)`, or leave "
+                        "`sharded=None`): each process then writes its own shards."
                     )
                 x = x.addressable_data(0)  # replicated over processes: any local copy is all
             values.append(jax.random.key_data(x) if _is_key(x) else x)
