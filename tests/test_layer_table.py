@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import funcnet as fn
 
@@ -214,3 +215,33 @@ def test_eval_shape_init_matches_init(case):
     layer, spec, _, params, state = case
     abstract = jax.eval_shape(layer.init, jax.random.key(0), spec)
     assert abstract == fn.spec_of((params, state))
+
+
+def _declared_leaves(layer, spec):
+    with fn.core.declaring_axes():
+        params, _ = jax.eval_shape(layer.init, jax.random.key(0), spec)
+    is_declared = lambda d: isinstance(d, fn.core.Declared)
+    return jax.tree.leaves(params, is_leaf=is_declared)
+
+
+@pytest.mark.parametrize("name,make,spec", TABLE, ids=IDS)
+def test_every_param_declares_its_axis_names(name, make, spec):
+    """Every param of every layer in the table names each of its axes (one name per axis;
+    params stacked by ``repeat`` carry one axis more than their names)."""
+    layer = fn.as_layer(make())
+    stacked = name in ("repeat", "transformer_encoder")  # (some) params stacked by `repeat`
+    extras = []
+    for leaf in _declared_leaves(layer, spec):
+        assert isinstance(leaf, fn.core.Declared), f"undeclared param {leaf}"
+        extras.append(leaf.value.ndim - len(leaf.names))
+        assert extras[-1] in ((0, 1) if stacked else (0,)), (leaf.names, leaf.value.shape)
+        assert all(isinstance(n, str) for n in leaf.names), leaf.names
+        assert set(leaf.names) <= set(fn.distributed.LOGICAL_AXES), leaf.names
+    assert (1 in extras) == stacked
+    names = jax.tree.leaves(
+        fn.distributed.logical_axes(layer, spec), is_leaf=lambda x: isinstance(x, P)
+    )
+    assert [int(n[0] == "layers") for n in names] == extras
+    assert all(None not in n for n in names)
+    plain, _ = jax.eval_shape(layer.init, jax.random.key(0), spec)  # switch off: plain arrays
+    assert not any(isinstance(x, fn.core.Declared) for x in jax.tree.leaves(plain))

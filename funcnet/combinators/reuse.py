@@ -12,7 +12,15 @@ from funcnet._checks import check_positive_int, fmt_spec
 from funcnet.combinators.basic import _fold, _require_same_spec, _same_spec
 from funcnet.combinators.remat import remat as remat_layer
 from funcnet.combinators.remat import resolve_policy
-from funcnet.core import Layer, LayerError, as_layer, call_with_path, output_spec, spec_of
+from funcnet.core import (
+    Layer,
+    LayerError,
+    as_layer,
+    call_with_path,
+    output_spec,
+    spec_of,
+    undeclare,
+)
 
 __all__ = ["repeat", "shared"]
 
@@ -82,8 +90,8 @@ def shared(layer: Layer | Callable, build: Callable[[Layer], Layer | Callable]) 
         return (), ()
 
     def ref_apply(params, state, inputs, *, key=None, train=False):
-        slot = current()
-        y, new_state = layer.apply(slot.params, slot.state, inputs, key=key, train=train)
+        slot = current()  # undeclare: at `distributed.logical_axes`, init's params are wrapped
+        y, new_state = layer.apply(undeclare(slot.params), slot.state, inputs, key=key, train=train)
         if not slot.initializing:
             slot.state = new_state
         return y, state

@@ -26,6 +26,12 @@ Pieces:
   a laptop) that fail loudly instead of hanging when one of them dies.
 - :func:`per_example_grads` / :func:`per_example_grad_norms`: per-example
   gradients with ``jax.vmap`` (differential privacy, data valuation).
+- :mod:`~funcnet.distributed.rules`: logical axis names on every param
+  (:func:`logical_axes`), :class:`Rules` mapping them to mesh axes (presets
+  :func:`data_parallel`, :func:`fsdp_rules`, :func:`tensor_parallel`), and the
+  resulting shardings (:func:`param_shardings`, :func:`train_state_shardings`);
+  ``fit(..., mesh=, param_sharding=rules)`` trains on a ``("data", "model")``
+  mesh with them.
 
 For explicit collectives, :func:`funcnet.training.train_step` takes an
 ``axis_name`` and then runs under ``jax.shard_map`` or ``jax.pmap``.
@@ -61,17 +67,34 @@ from funcnet.distributed.processes import (
     is_main_process,
     launch,
 )
+from funcnet.distributed.rules import (
+    LOGICAL_AXES,
+    Rules,
+    data_parallel,
+    fsdp_rules,
+    logical_axes,
+    opt_state_specs,
+    param_shardings,
+    param_specs,
+    resolve_rules,
+    tensor_parallel,
+    train_state_shardings,
+)
 
 __all__ = [
     "DATA_AXIS",
     "FSDP_AXIS",
+    "LOGICAL_AXES",
     "ProcessResult",
+    "Rules",
     "auto_mesh",
     "batch_devices",
     "batch_sharding",
     "batch_spec",
     "check_divisible",
     "check_mesh",
+    "data_parallel",
+    "fsdp_rules",
     "fsdp_spec",
     "free_port",
     "global_batch",
@@ -79,11 +102,18 @@ __all__ = [
     "is_main_process",
     "launch",
     "local_batches",
+    "logical_axes",
     "make_mesh",
     "on_mesh",
+    "opt_state_specs",
+    "param_shardings",
+    "param_specs",
     "per_device_bytes",
     "per_example_grad_norms",
     "per_example_grads",
     "place",
+    "resolve_rules",
     "state_shardings",
+    "tensor_parallel",
+    "train_state_shardings",
 ]

@@ -23,7 +23,7 @@ from funcnet._checks import (
     fmt_shape,
     is_int,
 )
-from funcnet.core import Layer, LayerError
+from funcnet.core import Layer, LayerError, declare
 
 __all__ = ["Conv", "ConvTranspose"]
 
@@ -260,7 +260,8 @@ class _ConvArgs:
         params = {"w": w_init(k_w, w_shape, param_dtype)}
         if use_bias:
             params["b"] = b_init(k_b, (self.features,), param_dtype)
-        return params
+        names = {"w": ("window",) * nd + ("conv_in", "conv_out"), "b": ("conv_out",)}
+        return declare(params, names)
 
 
 def _empty_error(spatial, axis, kernel, dilated, what) -> LayerError:
@@ -292,7 +293,8 @@ def Conv(
 
     Inputs ``(N, *spatial, C)``, channels last; outputs ``(N, *out_spatial,
     features)``. Params ``{"w": (*kernel_size, C // groups, features), "b":
-    (features,)}`` (no ``"b"`` when ``use_bias=False``); no state; no key.
+    (features,)}`` (no ``"b"`` when ``use_bias=False``; axes named ``("window",
+    ..., "conv_in", "conv_out")`` and ``("conv_out",)``); no state; no key.
 
     With strides ``s``, dilation ``d`` and the input zero-padded by ``lo``
     in front, for each spatial axis (``g(f)`` is the group of output feature

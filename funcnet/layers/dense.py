@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from funcnet import initializers
 from funcnet._checks import array_of, check_positive_int, compute_dtype, fmt_shape
-from funcnet.core import Layer, LayerError
+from funcnet.core import Layer, LayerError, declare
 
 __all__ = ["Dense", "Embedding"]
 
@@ -20,12 +20,20 @@ def Dense(
     b_init: str | initializers.Initializer = "zeros",
     dtype=None,
     param_dtype=jnp.float32,
+    axes: tuple[str | None, str | None] = ("embed", "mlp"),
 ) -> Layer:
     """A fully connected layer: ``y = x @ w + b`` over the last axis.
 
     Inputs ``(..., in)``, outputs ``(..., features)``. Params ``{"w": (in,
     features), "b": (features,)}`` (no ``"b"`` when ``use_bias=False``); no
     state; no key. Defaults: ``w`` Glorot-uniform (as Keras), ``b`` zeros.
+
+    ``axes`` names what the input and output axes of ``w`` mean, for sharding
+    rules (:mod:`funcnet.distributed.rules`); ``b`` gets the output's name.
+    The default ``("embed", "mlp")`` reads a Dense as widening the model's
+    stream (column-parallel under tensor-parallel rules); a layer that goes
+    back to the stream (row-parallel) is ``axes=("mlp", "embed")``, an output
+    head ``axes=("embed", "vocab")``, and ``(None, None)`` keeps it replicated.
 
     Args:
         features: output size.
@@ -34,6 +42,7 @@ def Dense(
         dtype: computation dtype; default: the promotion of the inputs' and the
             params' dtypes (params are cast, e.g. to bfloat16, when given).
         param_dtype: dtype of the params.
+        axes: the logical names of ``w``'s two axes (strings or ``None``).
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -46,6 +55,7 @@ def Dense(
     """
     features = check_positive_int("Dense", "features", features)
     w_init, b_init = initializers.get(w_init), initializers.get(b_init)
+    axes = _check_axes("Dense", axes, 2)
 
     def init(key, inputs):
         shape, _ = array_of(inputs)
@@ -55,7 +65,7 @@ def Dense(
         params = {"w": w_init(k_w, (shape[-1], features), param_dtype)}
         if use_bias:
             params["b"] = b_init(k_b, (features,), param_dtype)
-        return params, ()
+        return declare(params, {"w": axes, "b": axes[1:]}), ()
 
     def apply(params, state, inputs, *, key=None, train=False):
         del key, train
@@ -74,6 +84,17 @@ def Dense(
     return Layer(init, apply, f"Dense({features})")
 
 
+def _check_axes(owner: str, axes, n: int) -> tuple:
+    """``axes`` as a tuple of ``n`` logical names (strings or None), else a clear error."""
+    ok = isinstance(axes, (tuple, list)) and len(axes) == n
+    if not ok or not all(a is None or isinstance(a, str) for a in axes):
+        raise ValueError(
+            f"{owner}: `axes` must be {n} logical axis names (strings or None), got {axes!r}; "
+            f"e.g. `axes=('embed', 'mlp')`."
+        )
+    return tuple(axes)
+
+
 def Embedding(
     num_embeddings: int,
     features: int,
@@ -87,7 +108,8 @@ def Embedding(
     for id ``i``. Floating inputs ``(..., features)`` give logits ``(...,
     num_embeddings)`` = ``x @ table.T`` — the table reused as the output
     projection of a language model (weight tying; combine with
-    :func:`funcnet.shared`). Params ``{"table": (num_embeddings, features)}``;
+    :func:`funcnet.shared`). Params ``{"table": (num_embeddings, features)}``
+    (axes named ``("vocab", "embed")``);
     default init normal with stddev ``1 / sqrt(features)``. Ids outside
     ``[0, num_embeddings)`` give rows of NaN (JAX's ``fill`` gather mode), which
     the training step's NaN guard reports; they cannot be checked under ``jit``.
@@ -125,7 +147,8 @@ def Embedding(
 
     def init(key, inputs):
         check(inputs)
-        return {"table": table_init(key, (num, features), param_dtype)}, ()
+        table = table_init(key, (num, features), param_dtype)
+        return {"table": declare(table, ("vocab", "embed"))}, ()
 
     def apply(params, state, inputs, *, key=None, train=False):
         del key, train

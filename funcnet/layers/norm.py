@@ -33,7 +33,7 @@ from funcnet._checks import (
     fmt_shape,
     is_int,
 )
-from funcnet.core import Layer, LayerError
+from funcnet.core import Layer, LayerError, declare
 
 __all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "RMSNorm"]
 
@@ -149,7 +149,8 @@ def _affine_params(key, shape, use_scale, use_bias, scale_init, bias_init, param
         params["scale"] = scale_init(k_scale, shape, param_dtype)
     if use_bias:
         params["bias"] = bias_init(k_bias, shape, param_dtype)
-    return params
+    names = ("norm",) * len(shape)
+    return declare(params, {"scale": names, "bias": names})
 
 
 def _param_shape(params, use_scale, use_bias):

@@ -34,7 +34,7 @@ from funcnet._checks import (
     fmt_shape,
 )
 from funcnet.combinators import replace_x, split_inputs
-from funcnet.core import Layer, LayerError, stateless
+from funcnet.core import Layer, LayerError, declare, stateless
 from funcnet.layers._sequence import at_least_float32, sequence_of
 
 __all__ = [
@@ -423,7 +423,8 @@ def PositionalEmbedding(
 
     Inputs ``(N, T, D)`` with ``T <= max_len`` (or the dict form: ``"x"``
     changed, other entries passed through); outputs the same shape and dtype
-    (the table is cast to ``x``'s dtype). Params ``{"table": (max_len, D)}``,
+    (the table is cast to ``x``'s dtype). Params ``{"table": (max_len, D)}``
+    (axes named ``("position", "embed")``),
     default init normal with stddev 0.02 (as BERT and GPT-2); no key; no
     state, except while decoding (the :class:`Positions` made by
     :func:`funcnet.init_cache`, whose ``max_len`` must not exceed this one's:
@@ -445,8 +446,8 @@ def PositionalEmbedding(
 
     def init(key, inputs):
         _, _, shape, _ = _positional_input(inputs, max_len)
-        params = {"table": table_init(key, (max_len, shape[2]), param_dtype)}
-        return params, _decoding_state(shape[0], max_len)
+        table = table_init(key, (max_len, shape[2]), param_dtype)
+        return {"table": declare(table, ("position", "embed"))}, _decoding_state(shape[0], max_len)
 
     def apply(params, state, inputs, *, key=None, train=False):
         del key, train

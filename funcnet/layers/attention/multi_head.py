@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from funcnet import initializers
 from funcnet._checks import check_positive_int, check_rate, compute_dtype, fmt_shape
 from funcnet.combinators import split_inputs
-from funcnet.core import Layer, LayerError
+from funcnet.core import Layer, LayerError, declare
 from funcnet.layers._sequence import sequence_of
 from funcnet.layers.attention.cache import (
     KVCache,
@@ -155,12 +155,12 @@ def _sizes(cfg: _Config, x_shape) -> _Sizes:
 
 
 def _init_params(cfg: _Config, key, x_width: int, m_width: int, s: _Sizes) -> dict:
-    def projection(key, fan_in, h, size):
+    def projection(key, fan_in, h, size, heads):
         k_w, k_b = jax.random.split(key)
         p = {"w": cfg.w_init(k_w, (fan_in, h * size), cfg.param_dtype).reshape(fan_in, h, size)}
         if cfg.use_bias:
             p["b"] = cfg.b_init(k_b, (h * size,), cfg.param_dtype).reshape(h, size)
-        return p
+        return declare(p, {"w": ("embed", heads, "kv"), "b": (heads, "kv")})
 
     k_q, k_k, k_v, k_o = jax.random.split(key, 4)
     k_w, k_b = jax.random.split(k_o)
@@ -169,10 +169,10 @@ def _init_params(cfg: _Config, key, x_width: int, m_width: int, s: _Sizes) -> di
     if cfg.use_bias:
         out["b"] = cfg.b_init(k_b, (s.d_out,), cfg.param_dtype)
     return {
-        "query": projection(k_q, x_width, s.h, s.k),
-        "key": projection(k_k, m_width, s.g, s.k),
-        "value": projection(k_v, m_width, s.g, s.v),
-        "out": out,
+        "query": projection(k_q, x_width, s.h, s.k, "heads"),
+        "key": projection(k_k, m_width, s.g, s.k, "kv_heads"),
+        "value": projection(k_v, m_width, s.g, s.v, "kv_heads"),
+        "out": declare(out, {"w": ("heads", "kv", "embed"), "b": ("embed",)}),
     }
 
 
@@ -345,6 +345,11 @@ def MultiHeadAttention(
          "key":   {"w": (D_m, G, K), "b": (G, K)},
          "value": {"w": (D_m, G, V), "b": (G, V)},
          "out":   {"w": (H, V, D_out), "b": (D_out,)}}
+
+    Their axes are named (for sharding rules) ``("embed", "heads", "kv")`` for
+    the query, ``("embed", "kv_heads", "kv")`` for key and value and
+    ``("heads", "kv", "embed")`` for the output: tensor-parallel rules split
+    the heads, and the output projection sums the heads' partial outputs.
 
     No state, except while decoding. Weights are Glorot-uniform over the
     flattened ``(D, H*K)`` and ``(H*V, D_out)`` matrices by default, biases zero.

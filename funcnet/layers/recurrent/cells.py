@@ -21,7 +21,7 @@ from funcnet._checks import (
     fmt_shape,
     is_int,
 )
-from funcnet.core import LayerError
+from funcnet.core import LayerError, declare
 
 __all__ = ["GRUCell", "LSTMCell", "RecurrentCell", "SimpleRNNCell"]
 
@@ -164,7 +164,9 @@ def _build_cell(
         if forget_bias:  # the LSTM's second block
             b = params[b_key]
             params[b_key] = b.at[features : 2 * features].add(jnp.asarray(forget_bias, b.dtype))
-        return params, ()
+        names = {"wi": ("embed", "gates"), "wh": ("rnn", "gates")}
+        names.update({k: ("gates",) for k in ("b", "bi", "bh")})
+        return declare(params, names), ()
 
     def initial_carry(batch_size, dtype=jnp.float32):
         zeros = jnp.zeros((*_batch_shape(batch_size), features), dtype)

@@ -49,9 +49,12 @@ def glu_mlp(
         serial(
             gate_up=fanout(serial(Dense(hidden), activation), Dense(hidden)),
             multiply=lambda gate_up: gate_up[0] * gate_up[1],
-            down=Dense(features),
+            down=Dense(features, axes=("mlp", "embed")),
             dropout=Dropout(drop_rate),
         )
+
+    The up and gate projections are column-parallel (``w`` axes ``("embed",
+    "mlp")``), the down projection row-parallel (``("mlp", "embed")``).
 
     Raises:
         ValueError: for a bad ``hidden``/``features`` or an unknown activation name.
@@ -82,7 +85,7 @@ def glu_mlp(
             serial(Dense(hidden, use_bias=use_bias), activation), Dense(hidden, use_bias=use_bias)
         ),
         multiply=_multiply,
-        down=Dense(features, use_bias=use_bias),
+        down=Dense(features, use_bias=use_bias, axes=("mlp", "embed")),
         dropout=Dropout(drop_rate),
     )
 
@@ -90,5 +93,5 @@ def glu_mlp(
 def block_mlp(kind: str, width: int, hidden: int, activation, drop_rate: float) -> list:
     """The MLP layers of a block of width ``width``: ``mlp``, ``swiglu`` or ``geglu``."""
     if MLP_KINDS[kind] is None:
-        return [Dense(hidden), activation, Dense(width), Dropout(drop_rate)]
+        return [Dense(hidden), activation, Dense(width, axes=("mlp", "embed")), Dropout(drop_rate)]
     return [glu_mlp(hidden, width, activation=MLP_KINDS[kind], drop_rate=drop_rate)]
