@@ -186,11 +186,21 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--n-train", type=int, default=20000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs (--smoke: 5)")
+    parser.add_argument(
+        "--n-train",
+        type=int,
+        default=20000,
+        help="generated training rows (plus 1000 validation and 1000 test rows)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per training step")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the data, the split, the initial params and the shuffles",
+    )
     parser.add_argument("--smoke", action="store_true", help="a few epochs, runs in seconds")
     args = parser.parse_args()
     main(

@@ -168,13 +168,25 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--max-shift", type=int, default=1, help="pixels, 0 for none")
-    parser.add_argument("--max-degrees", type=float, default=10.0, help="0 for no rotation")
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs (--smoke: 2)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per training step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--max-shift", type=int, default=1, help="largest random shift in pixels, 0 for none"
+    )
+    parser.add_argument(
+        "--max-degrees",
+        type=float,
+        default=10.0,
+        help="largest random rotation in degrees, 0 for none",
+    )
     parser.add_argument("--mnist", metavar="DIR", help="read MNIST IDX files from DIR")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the split, the init, the shuffles and the augmentation",
+    )
     parser.add_argument("--policy", help="precision policy, e.g. mixed_bfloat16")
     parser.add_argument("--smoke", action="store_true", help="two epochs, runs in seconds")
     args = parser.parse_args()

@@ -94,7 +94,7 @@ def cli(argv=None) -> None:
     parser.add_argument("--devices", type=int, help="virtual CPU devices (per process)")
     parser.add_argument("--processes", type=int, default=1, help="local processes to start")
     parser.add_argument("--fsdp", type=int, default=1, help="devices to split the params over")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs (--smoke: 2)")
     parser.add_argument("--smoke", action="store_true", help="two epochs, runs in seconds")
     args = parser.parse_args(argv)
     if args.smoke:

@@ -239,10 +239,17 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument(
+        "--epochs", type=int, default=15, help="training epochs of the CNN (--smoke: 2)"
+    )
     parser.add_argument("--images", type=int, default=359, help="test images explained")
     parser.add_argument("--steps", type=int, default=64, help="integrated-gradients steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the split, the training, SmoothGrad's noise and the random baseline",
+    )
     parser.add_argument("--out", default="explain_digits.png", help="the heat maps' PNG")
     parser.add_argument("--smoke", action="store_true", help="two epochs, 64 images: seconds")
     args = parser.parse_args()

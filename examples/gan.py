@@ -229,12 +229,28 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=8000,
+        help="steps, each updating both models; rounded down to a multiple of 200 (--smoke: 2000)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="real and generated points per step"
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=2e-3,
+        help="peak Adam learning rate of both models (cosine decay)",
+    )
     parser.add_argument("--r1", type=float, default=0.1, help="R1 penalty weight, 0 for none")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="PNG path (default: funcnet_gan.png in the temp folder)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the init, the real points and the noise"
+    )
+    parser.add_argument(
+        "--out", help="write the samples here (PNG; unset: funcnet_gan.png in the temp folder)"
+    )
     parser.add_argument("--smoke", action="store_true", help="a short run, seconds")
     args = parser.parse_args()
     main(

@@ -124,12 +124,28 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--folder", help="a local Hugging Face GPT-2 folder (default: build one)")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--folder", help="a local Hugging Face GPT-2 folder (unset: build a random one)"
+    )
+    parser.add_argument(
+        "--layers", type=int, default=2, help="blocks of the built model (--smoke: 1)"
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=64,
+        help="embedding width of the built model, a multiple of --heads (--smoke: 32)",
+    )
+    parser.add_argument("--heads", type=int, default=4, help="attention heads of the built model")
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        default=24,
+        help="tokens generated greedily after each prompt (--smoke: 8)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the built model's weights and the prompts"
+    )
     parser.add_argument("--smoke", action="store_true", help="a smaller model, 8 new tokens")
     args = parser.parse_args()
     if args.smoke:

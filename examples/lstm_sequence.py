@@ -152,12 +152,21 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--n-train", type=int, default=10000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--units", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs (--smoke: 2)")
+    parser.add_argument(
+        "--n-train", type=int, default=10000, help="training sequences (--smoke: 2000)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences per training step")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--units",
+        type=int,
+        default=50,
+        help="LSTM units (and the hidden width of the last-step baseline)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the sequences, the init and the shuffles"
+    )
     parser.add_argument("--smoke", action="store_true", help="two epochs, runs in seconds")
     args = parser.parse_args()
     main(

@@ -131,12 +131,14 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs (--smoke: 2)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--hidden", type=int, default=512, help="width of both hidden layers")
     parser.add_argument("--mnist", metavar="DIR", help="read MNIST IDX files from DIR")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, the init and the shuffles"
+    )
     parser.add_argument("--smoke", action="store_true", help="two epochs, runs in seconds")
     args = parser.parse_args()
     main(

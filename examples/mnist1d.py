@@ -298,8 +298,13 @@ if __name__ == "__main__":
     )
     parser.add_argument("--seeds", type=int, default=8, help="seeds 0 .. N-1 per model")
     parser.add_argument("--steps", type=int, default=8000, help="a multiple of 40")
-    parser.add_argument("--init", choices=("reference", "funcnet"), default="reference")
-    parser.add_argument("--mlp-hidden", type=int, default=256)
+    parser.add_argument(
+        "--init",
+        choices=("reference", "funcnet"),
+        default="reference",
+        help="initial params: PyTorch's defaults, as the reference code (reference), or funcnet's",
+    )
+    parser.add_argument("--mlp-hidden", type=int, default=256, help="hidden width of the mlp model")
     parser.add_argument("--smoke", action="store_true", help="200 steps, two seeds, seconds")
     args = parser.parse_args()
     main(

@@ -80,9 +80,14 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs (--smoke: 2)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the split, the init, the shuffles and the dropout",
+    )
     parser.add_argument("--smoke", action="store_true", help="two epochs, runs in seconds")
     args = parser.parse_args()
     main(epochs=2 if args.smoke else args.epochs, batch_size=args.batch_size, seed=args.seed)

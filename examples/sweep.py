@@ -163,11 +163,18 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--seeds", type=int, default=4, help="models per learning rate, seeds 0 .. N-1 (--smoke: 2)"
+    )
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs (--smoke: 1)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per training step")
     parser.add_argument("--out", help="save the accuracy-vs-learning-rate plot to this PNG")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the split and fit's key (each model's own key is its seed)",
+    )
     parser.add_argument("--smoke", action="store_true", help="3 rates x 2 seeds, 1 epoch")
     args = parser.parse_args()
     main(

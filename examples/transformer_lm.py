@@ -302,22 +302,47 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--context", type=int, default=64)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=None, help="grouped-query attention")
-    parser.add_argument("--rope", action="store_true", help="rotary instead of learned positions")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--prompt", default="Return the ")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs")
+    parser.add_argument("--context", type=int, default=64, help="characters per training window")
     parser.add_argument(
-        "--length", type=int, default=None, help="characters to sample (default: fill the context)"
+        "--width", type=int, default=128, help="embedding width, a multiple of --heads"
     )
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, default=4, help="Transformer blocks")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads per block")
+    parser.add_argument(
+        "--kv-heads",
+        type=int,
+        default=None,
+        help="key/value heads: fewer than --heads is grouped-query, 1 multi-query (unset: --heads)",
+    )
+    parser.add_argument("--rope", action="store_true", help="rotary instead of learned positions")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per training step")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=3e-3,
+        help="peak AdamW learning rate (warm-up, then cosine decay)",
+    )
+    parser.add_argument(
+        "--dropout", type=float, default=0.1, help="drop rate in the Transformer blocks"
+    )
+    parser.add_argument(
+        "--prompt",
+        default="Return the ",
+        help="text the samples continue (its last context/2 known characters)",
+    )
+    parser.add_argument(
+        "--length", type=int, default=None, help="characters to sample (unset: fill the context)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="sampling temperature, 0 for greedy"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the init, the shuffles and the dropout (sampling: seed + 1)",
+    )
     parser.add_argument("--policy", help="precision policy, e.g. mixed_bfloat16")
     parser.add_argument("--smoke", action="store_true", help="a tiny model, a few steps")
     args = parser.parse_args()

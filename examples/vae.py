@@ -235,12 +235,16 @@ if __name__ == "__main__":
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--latent", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="PNG path (default: funcnet_vae.png in the temp folder)")
+    parser.add_argument("--epochs", type=int, default=300, help="training epochs (--smoke: 10)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    parser.add_argument("--latent", type=int, default=8, help="dimensions of the latent z")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, the init, the noise and the shuffles"
+    )
+    parser.add_argument(
+        "--out", help="write the figure here (PNG; unset: funcnet_vae.png in the temp folder)"
+    )
     parser.add_argument("--smoke", action="store_true", help="a few epochs, seconds")
     args = parser.parse_args()
     main(
