@@ -10,6 +10,11 @@
   :func:`int8_dense` (an integer matmul on activations quantized on the fly);
   ``bits=4`` (or 2 .. 8) for fewer levels, stored in int8, sized packed by
   ``size_bytes(..., bits=4)``.
+- Static int8 (:mod:`funcnet.compress.static`): :func:`quantize_model`
+  calibrates activation scales on a few batches (min/max or a percentile) and
+  returns a ``Layer`` computing ``Dense``/``Conv``/attention projections as
+  ``int8 x int8 -> int32`` that exports with ``fn.export``;
+  :func:`int8_accumulators` shows its integer intermediates.
 - Quantization-aware training (:mod:`funcnet.compress.qat`): :func:`fake_quantize`
   (the round trip with a straight-through gradient) and :func:`qat` (a model
   whose kernels are fake-quantized on every forward pass; ``quantize`` its
@@ -47,9 +52,12 @@ from funcnet.compress.quantize import (
     quantize_array,
     size_bytes,
 )
+from funcnet.compress.static import METHODS, WEIGHTS, int8_accumulators, quantize_model
 
 __all__ = [
     "KERNELS",
+    "METHODS",
+    "WEIGHTS",
     "GradualPruningState",
     "apply_masks",
     "dequantize",
@@ -57,6 +65,7 @@ __all__ = [
     "fake_quantize",
     "fake_quantize_params",
     "gradual_pruning",
+    "int8_accumulators",
     "int8_dense",
     "is_quantized",
     "keep_masked",
@@ -65,6 +74,7 @@ __all__ = [
     "qat",
     "quantize",
     "quantize_array",
+    "quantize_model",
     "size_bytes",
     "sparsity_report",
 ]

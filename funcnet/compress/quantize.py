@@ -105,6 +105,9 @@ def quantize_array(
 def is_quantized(node: Any) -> bool:
     """Whether ``node`` is a quantized weight ``{"q": int8 array, "scale": array}``.
 
+    Also true with an ``"input_scale"`` (the calibrated activation scale of
+    :func:`~funcnet.compress.quantize_model`).
+
     Examples:
         >>> import jax.numpy as jnp
         >>> is_quantized(quantize_array(jnp.ones((2, 3)))), is_quantized({"w": jnp.ones(2)})
@@ -112,7 +115,7 @@ def is_quantized(node: Any) -> bool:
     """
     return (
         isinstance(node, dict)
-        and set(node) == {"q", "scale"}
+        and set(node) in ({"q", "scale"}, {"q", "scale", "input_scale"})
         and hasattr(node["q"], "dtype")
         and node["q"].dtype == jnp.int8
     )
