@@ -565,7 +565,8 @@ class TensorBoard(Callback):
         out = self.images(train_state)
         if not isinstance(out, Mapping):
             raise TypeError(
-                f"TensorBoard: `images` must return a dict {{tag: image}}, got {type(out).__name__}."
+                "TensorBoard: `images` must return a dict {tag: image}, got "
+                f"{type(out).__name__}."
             )
         for tag, image in out.items():
             batch = _image_batch(tag, image)
