@@ -1,8 +1,9 @@
 """Many processes: start JAX's runtime in each, or start N processes on this machine.
 
-:func:`initialize` calls ``jax.distributed.initialize`` from arguments or
-environment variables; :func:`launch` starts N local processes (tests, a
-laptop) that fail loudly instead of hanging when one of them dies.
+:func:`initialize` calls ``jax.distributed.initialize`` from arguments,
+funcnet's environment variables or a cluster's (SLURM, Open MPI, Cloud TPU,
+Kubernetes: :func:`detect_cluster`); :func:`launch` starts N local processes
+(tests, a laptop) that fail loudly instead of hanging when one of them dies.
 """
 
 from __future__ import annotations
@@ -16,6 +17,115 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
+
+__all__ = [
+    "ProcessResult",
+    "detect_cluster",
+    "free_port",
+    "initialize",
+    "is_main_process",
+    "launch",
+]
+
+_SLURM = ("SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+
+
+def _count(environ: Mapping[str, str], name: str) -> int:
+    try:
+        return int(environ.get(name, "1"))
+    except ValueError:
+        raise ValueError(
+            f"detect_cluster: environment variable {name}={environ[name]!r} is not an integer."
+        ) from None
+
+
+def _slurm(environ: Mapping[str, str]) -> str | None:
+    tasks = _count(environ, "SLURM_NTASKS")
+    missing = [name for name in _SLURM if name not in environ]
+    if tasks <= 1:
+        return None  # one task (or a batch script outside a step): one process
+    if missing:
+        raise ValueError(
+            f"detect_cluster: a SLURM job of {tasks} tasks (SLURM_JOB_ID="
+            f"{environ['SLURM_JOB_ID']}), but {', '.join(missing)} not set: this is not a "
+            "job step. Start one process per task with `srun python train.py` (srun sets them)."
+        )
+    return "slurm"
+
+
+def _ompi(environ: Mapping[str, str]) -> str | None:
+    size = _count(environ, "OMPI_COMM_WORLD_SIZE")
+    if size <= 1:
+        return None
+    if "OMPI_MCA_orte_hnp_uri" not in environ:
+        raise ValueError(
+            f"detect_cluster: an Open MPI job of {size} processes, but OMPI_MCA_orte_hnp_uri is "
+            "not set (Open MPI >= 5 launches through PMIx, which jax does not detect). Set "
+            "JAX_COORDINATOR_ADDRESS=<host of rank 0>:<port>, JAX_NUM_PROCESSES="
+            "$OMPI_COMM_WORLD_SIZE and JAX_PROCESS_ID=$OMPI_COMM_WORLD_RANK instead."
+        )
+    return "ompi"
+
+
+def _tpu(environ: Mapping[str, str]) -> str | None:
+    hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES") or ""
+    return "tpu" if len([h for h in hosts.split(",") if h.strip()]) > 1 else None
+
+
+def _k8s(environ: Mapping[str, str]) -> str | None:
+    if "KUBERNETES_SERVICE_HOST" not in environ or "JOB_COMPLETION_INDEX" not in environ:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("kubernetes") is None:
+        raise ValueError(
+            "detect_cluster: an indexed Kubernetes job (KUBERNETES_SERVICE_HOST and "
+            "JOB_COMPLETION_INDEX are set), but the `kubernetes` package that jax needs to find "
+            'the other pods is missing: `pip install "jax[k8s]"`, or set JAX_COORDINATOR_ADDRESS, '
+            "JAX_NUM_PROCESSES and JAX_PROCESS_ID."
+        )
+    return "k8s"
+
+
+def detect_cluster(environ: Mapping[str, str] | None = None) -> str | None:
+    """The multi-process cluster this process was started in, from its environment variables.
+
+    What ``jax.distributed.initialize()`` detects by itself: ``"slurm"`` (a
+    job step of several tasks: ``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST``,
+    ``SLURM_NTASKS``, ``SLURM_PROCID``, ``SLURM_LOCALID``), ``"ompi"`` (Open
+    MPI's ``mpirun``: ``OMPI_COMM_WORLD_SIZE`` > 1 and
+    ``OMPI_MCA_orte_hnp_uri``), ``"tpu"`` (a multi-host TPU slice:
+    ``TPU_WORKER_HOSTNAMES`` or ``TPU_PROCESS_ADDRESSES`` with several hosts)
+    and ``"k8s"`` (an indexed Kubernetes job; needs ``pip install
+    "jax[k8s]"``). A single task or process gives ``None``.
+
+    Args:
+        environ: the variables to read (default: ``os.environ``).
+
+    Returns:
+        The cluster's name, or ``None``.
+
+    Raises:
+        ValueError: when a cluster is there but incomplete (e.g. a SLURM job
+            of several tasks run outside ``srun``), saying what is missing.
+
+    Examples:
+        >>> detect_cluster({})
+        >>> env = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2",
+        ...        "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+        >>> detect_cluster(env)
+        'slurm'
+    """
+    environ = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" in environ:
+        found = _slurm(environ)
+        if found:
+            return found
+    for probe in (_ompi, _tpu, _k8s):
+        found = probe(environ)
+        if found:
+            return found
+    return None
 
 
 def _env_int(name: str, value, where: str) -> int | None:
@@ -41,15 +151,20 @@ def initialize(
     cpu_devices: int | None = None,
     initialization_timeout: int = 300,
     heartbeat_timeout_seconds: int = 100,
+    cluster: str | None = None,
 ) -> tuple[int, int]:
     """Start JAX's multi-process runtime (``jax.distributed.initialize``); ``(process_id, count)``.
 
     Each argument left None is read from the environment:
     ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0),
     ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` and ``JAX_COORDINATOR_BIND_ADDRESS``
-    (JAX itself reads ``JAX_NUM_CPU_DEVICES`` when it is imported). Without a coordinator
-    address and a process count (or with one process) nothing is started and
-    the program runs as one process, so the same script serves both. Call it
+    (JAX itself reads ``JAX_NUM_CPU_DEVICES`` when it is imported). When none
+    of these is given, a cluster's own variables are used, as
+    ``jax.distributed.initialize()`` detects them (:func:`detect_cluster`:
+    SLURM under ``srun``, Open MPI's ``mpirun``, multi-host TPU slices,
+    indexed Kubernetes jobs): there the script needs no argument at all.
+    Without any of them (or with one process) nothing is started and the
+    program runs as one process, so the same script serves both. Call it
     first, before any other JAX operation. CPU processes use the gloo
     collectives.
 
@@ -63,13 +178,22 @@ def initialize(
         initialization_timeout: seconds to wait for every process to join.
         heartbeat_timeout_seconds: seconds after which a silent process is
             declared dead (and the others stop with an error).
+        cluster: which of JAX's cluster detections to use when nothing else
+            is given (``"slurm"``, ``"ompi"``, ``"mpi4py"``, ``"gcetpu"``,
+            ``"gketpu"``, ... as ``jax.distributed.initialize``'s
+            ``cluster_detection_method``), e.g. ``"mpi4py"``, which JAX only
+            uses when asked, or ``"gcetpu"`` (found through the TPU VM's
+            metadata server, not its environment). Default: by the
+            environment variables (:func:`detect_cluster`).
 
     Returns:
         ``(jax.process_index(), jax.process_count())``.
 
     Raises:
-        ValueError: for an incomplete or inconsistent setting, or
-            ``cpu_devices`` asked for after JAX started.
+        ValueError: for an incomplete or inconsistent setting (naming what
+            is missing), or ``cpu_devices`` asked for after JAX started.
+        RuntimeError: when a detected cluster's setup fails in JAX (the
+            cluster is named).
 
     Examples:
         >>> initialize()  # nothing configured: one process
@@ -95,7 +219,13 @@ def initialize(
     if jax.distributed.is_initialized():
         return jax.process_index(), jax.process_count()
     if num_processes is None and coordinator_address is None:
-        return 0, 1
+        found = cluster or detect_cluster()
+        if found is None:
+            return 0, 1
+        return _initialize_cluster(
+            found, cluster, process_id, coordinator_bind_address, initialization_timeout,
+            heartbeat_timeout_seconds,
+        )  # fmt: skip
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"{where}: `num_processes` must be >= 1, got {num_processes}.")
     if num_processes == 1:
@@ -128,6 +258,27 @@ def initialize(
         initialization_timeout=initialization_timeout,
         heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
+    return jax.process_index(), jax.process_count()
+
+
+def _initialize_cluster(
+    found: str, method, process_id, bind_address, initialization_timeout, heartbeat
+) -> tuple[int, int]:
+    """``jax.distributed.initialize`` left to detect the cluster ``found`` (or ``method``)."""
+    try:
+        jax.distributed.initialize(
+            process_id=process_id,
+            cluster_detection_method=method,
+            coordinator_bind_address=bind_address,
+            initialization_timeout=initialization_timeout,
+            heartbeat_timeout_seconds=heartbeat,
+        )
+    except (RuntimeError, ValueError) as err:
+        raise RuntimeError(
+            f"initialize: this looks like a {found!r} cluster, but jax.distributed.initialize "
+            f"could not set it up ({err}). Set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+            "JAX_PROCESS_ID (or pass them) to start it by hand."
+        ) from err
     return jax.process_index(), jax.process_count()
 
 
