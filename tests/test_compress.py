@@ -373,6 +373,52 @@ def test_distillation_with_fit_on_dict_targets():
     assert "val_loss" in history.history
 
 
+def test_fit_metrics_read_the_labels_of_dict_targets():
+    """``fit(metrics=...)`` on distillation targets: metrics see ``targets["labels"]``."""
+    x = jax.random.normal(jax.random.key(0), (96, 6))
+    teacher_logits = x[:, :3] * 4
+    y = teacher_logits.argmax(-1)
+    targets = {"labels": y, "teacher_logits": teacher_logits}
+    student = fn.serial(fn.Dense(3))
+    ts, history = fn.fit(
+        student,
+        optax.adam(5e-2),
+        compress.distillation_loss(),
+        (x, targets),
+        epochs=3,
+        batch_size=32,
+        metrics=["accuracy", fn.metrics.f1(3, average="macro")],
+        verbose=0,
+        key=jax.random.key(0),
+    )
+    pred = np.asarray(student.apply(ts.params, ts.state, x)[0]).argmax(-1)
+    logs = fn.evaluate(student, ts.params, ts.state, (x, targets), metrics=["accuracy"])
+    assert float(logs["accuracy"]) == pytest.approx(np.mean(pred == np.asarray(y)))
+    assert "f1_macro" in history.history and len(history.history["accuracy"]) == 3
+    # regression metrics too, and mean absolute error against numpy
+    mae = fn.metrics.get("mae")
+    out, lab = jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])
+    state = mae.update(mae.init(), out, {"labels": lab, "other": out})
+    assert float(mae.compute(state)) == pytest.approx(1.5)
+
+
+def test_select_targets_and_dict_targets_without_labels():
+    acc = fn.metrics.get("accuracy")
+    scores = jnp.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    with pytest.raises(TypeError, match=r"accuracy: dict `targets` need a 'labels' entry.*'y'"):
+        acc.update(acc.init(), scores, {"y": jnp.array([0, 0, 1])})
+    picked = fn.metrics.select_targets("accuracy", "y")
+    state = picked.update(picked.init(), scores, {"y": jnp.array([0, 0, 1])})
+    assert float(picked.compute(state)) == pytest.approx(1 / 3)
+    by_fn = fn.metrics.select_targets(acc, lambda t: t[1])
+    state = by_fn.update(by_fn.init(), scores, (None, jnp.array([0, 1, 0])))
+    assert float(by_fn.compute(state)) == 1.0
+    with pytest.raises(TypeError, match=r"needs dict targets with a 'y' entry, got \['z'\]"):
+        picked.update(picked.init(), scores, {"z": jnp.array([0, 0, 1])})
+    with pytest.raises(TypeError, match="`key` must be a dict key"):
+        fn.metrics.select_targets("accuracy", 3)
+
+
 def test_distillation_errors():
     s, t, y = _logits()
     with pytest.raises(ValueError, match=r"distillation_loss: `temperature` must be in \(0.0"):

@@ -29,6 +29,11 @@ of binary cross-entropy); a non-integral float label such as ``0.3`` is a
 checking values would need a host sync), an out-of-range label that is counted
 as wrong (accuracies) or not counted (confusion matrix).
 
+Dict targets: the built-in metrics read ``targets["labels"]`` when the
+targets are a dict (distillation's ``{"labels": y, "teacher_logits": t}``);
+:func:`select_targets` picks another entry. ``mean(fn)`` hands ``fn`` the
+targets as they are.
+
 Counts and sums:
 
 - Counting metrics (accuracies, confusion matrix, precision, recall, F1) count
@@ -64,7 +69,7 @@ import difflib
 import inspect
 from collections.abc import Callable, Mapping
 
-from funcnet.metrics._base import Metric, mean
+from funcnet.metrics._base import LABELS, Metric, labels_of, mean
 from funcnet.metrics.calibration import expected_calibration_error
 from funcnet.metrics.classification import (
     accuracy,
@@ -80,6 +85,7 @@ from funcnet.metrics.classification import (
 from funcnet.metrics.regression import mean_absolute_error, r2
 
 __all__ = [
+    "LABELS",
     "Metric",
     "accuracy",
     "binary_accuracy",
@@ -89,11 +95,13 @@ __all__ = [
     "expected_calibration_error",
     "f1",
     "get",
+    "labels_of",
     "mean",
     "mean_absolute_error",
     "precision",
     "r2",
     "recall",
+    "select_targets",
     "sparse_categorical_accuracy",
     "top_k_accuracy",
 ]
@@ -137,6 +145,53 @@ def collection(metrics: Mapping[str, Metric | str]) -> Metric:
         return {k: m.compute(states[k]) for k, m in ms.items()}
 
     return Metric(init, update, merge, compute, "collection")
+
+
+def select_targets(metric: Metric | str, key: str | Callable) -> Metric:
+    """``metric`` computed on ``targets[key]`` (or ``key(targets)``) instead of the whole targets.
+
+    For dict targets whose labels are not under ``"labels"`` (the entry the
+    built-in metrics read by default, see :func:`labels_of`), e.g.
+    ``fit(..., metrics={"acc": select_targets("accuracy", "y")})``.
+
+    Args:
+        metric: a Metric or a metric name (see :func:`get`).
+        key: a dict key, or a function ``targets -> the metric's targets``.
+
+    Raises:
+        TypeError: for a ``key`` that is neither a string nor callable; when
+            updated, for targets without ``key``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> acc = select_targets("accuracy", "y")
+        >>> s = acc.update(acc.init(), jnp.eye(2), {"y": jnp.array([0, 0]), "w": None})
+        >>> float(acc.compute(s)), acc.name
+        (0.5, 'accuracy[y]')
+    """
+    metric = get(metric)
+    if not (isinstance(key, str) or callable(key)):
+        raise TypeError(
+            f"select_targets: `key` must be a dict key (str) or a function of the targets, got "
+            f"{type(key).__name__}."
+        )
+
+    def select(targets):
+        if callable(key):
+            return key(targets)
+        if not isinstance(targets, Mapping) or key not in targets:
+            got = sorted(targets) if isinstance(targets, Mapping) else type(targets).__name__
+            raise TypeError(
+                f"{metric.name}: `select_targets(..., {key!r})` needs dict targets with a "
+                f"{key!r} entry, got {got}."
+            )
+        return targets[key]
+
+    def update(state, outputs, targets, *, weights=None):
+        return metric.update(state, outputs, select(targets), weights=weights)
+
+    shown = key if isinstance(key, str) else getattr(key, "__name__", "fn")
+    return metric._replace(update=update, name=f"{metric.name}[{shown}]")
 
 
 # ----------------------------------------------------------------------------- lookup

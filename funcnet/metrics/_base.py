@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -11,7 +11,7 @@ import numpy as np
 
 from funcnet._checks import fmt_shape as _shape
 
-__all__ = ["Metric", "mean"]
+__all__ = ["LABELS", "Metric", "labels_of", "mean"]
 
 MetricState = Any
 
@@ -46,6 +46,37 @@ class Metric(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+LABELS = "labels"
+
+
+def labels_of(name: str, targets: Any) -> Any:
+    """The targets a metric compares with: ``targets["labels"]`` for dict targets, else ``targets``.
+
+    Dict targets carry more than labels (distillation's ``{"labels": y,
+    "teacher_logits": t}``, for the loss); the built-in metrics read the
+    ``"labels"`` entry. A dict without one is an error naming its keys; wrap
+    the metric with :func:`select_targets` to read another entry.
+
+    Raises:
+        TypeError: for a dict without a ``"labels"`` key.
+
+    Examples:
+        >>> labels_of("accuracy", {"labels": [1, 2], "teacher_logits": None})
+        [1, 2]
+        >>> labels_of("accuracy", [1, 2])
+        [1, 2]
+    """
+    if not isinstance(targets, Mapping):
+        return targets
+    if LABELS in targets:
+        return targets[LABELS]
+    raise TypeError(
+        f"{name}: dict `targets` need a {LABELS!r} entry for this metric, got keys "
+        f"{sorted(map(str, targets))}; metrics read `targets['labels']`. To use another entry, "
+        f"pass `fn.metrics.select_targets(metric, key)` (e.g. `select_targets('{name}', "
+        f"{str(next(iter(targets), 'y'))!r})`)."
+    )
 
 
 def _is_int(dtype) -> bool:

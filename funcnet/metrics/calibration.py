@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnet.metrics._base import Metric, _add, _check_int, _weights
+from funcnet.metrics._base import Metric, _add, _check_int, _weights, labels_of
 from funcnet.metrics.classification import _sparse_labels
 
 __all__ = ["expected_calibration_error"]
@@ -49,7 +49,7 @@ def expected_calibration_error(
 
     def update(state, outputs, targets, *, weights=None):
         outputs = jnp.asarray(outputs)
-        labels = _sparse_labels(name, outputs, jnp.asarray(targets))
+        labels = _sparse_labels(name, outputs, jnp.asarray(labels_of(name, targets)))
         probs = jax.nn.softmax(outputs.astype(jnp.float32), -1) if from_logits else outputs
         confidence = jnp.max(probs, -1).astype(jnp.float32)
         correct = (jnp.argmax(probs, -1) == labels).astype(jnp.float32)

@@ -22,6 +22,7 @@ from funcnet.metrics._base import (
     _same_shape,
     _shape,
     _weights,
+    labels_of,
 )
 
 __all__ = [
@@ -48,7 +49,7 @@ def _ratio_metric(name: str, correct_fn: Callable, dtype) -> Metric:
         return {"correct": jnp.zeros((), dtype), "total": jnp.zeros((), dtype)}
 
     def update(state, outputs, targets, *, weights=None):
-        correct = correct_fn(jnp.asarray(outputs), jnp.asarray(targets))
+        correct = correct_fn(jnp.asarray(outputs), jnp.asarray(labels_of(name, targets)))
         w = _weights(name, weights, correct.shape, dtype)
         return _add(
             state,
@@ -371,7 +372,7 @@ def _confusion_metric(
         return {"matrix": jnp.zeros((num_classes, num_classes), dtype)}
 
     def update(state, outputs, targets, *, weights=None):
-        true, pred = _label_pair(name, outputs, targets, num_classes, thr)
+        true, pred = _label_pair(name, outputs, labels_of(name, targets), num_classes, thr)
         w = _weights(name, weights, true.shape, dtype).reshape(-1)
         true, pred = true.reshape(-1), pred.reshape(-1)
         valid = (true >= 0) & (true < num_classes) & (pred >= 0) & (pred < num_classes)

@@ -13,6 +13,7 @@ from funcnet.metrics._base import (
     _same_shape,
     _shape,
     _weights,
+    labels_of,
 )
 
 __all__ = ["mean_absolute_error", "r2"]
@@ -35,7 +36,7 @@ def mean_absolute_error(*, name: str = "mean_absolute_error") -> Metric:
         if targets is None:
             raise TypeError(f"{name}: `update` needs `targets`.")
         outputs = _floating(name, "outputs", outputs)
-        targets = _floating(name, "targets", targets)
+        targets = _floating(name, "targets", labels_of(name, targets))
         _same_shape(name, outputs, targets)
         return jnp.abs(outputs - targets)
 
@@ -101,7 +102,7 @@ def r2(
 
     def update(state, outputs, targets, *, weights=None):
         outputs = _floating(name, "outputs", outputs)
-        targets = _floating(name, "targets", targets)
+        targets = _floating(name, "targets", labels_of(name, targets))
         _same_shape(name, outputs, targets)
         if num_outputs is not None and (outputs.ndim < 1 or outputs.shape[-1] != num_outputs):
             raise ValueError(
