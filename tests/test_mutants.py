@@ -1,0 +1,178 @@
+"""Tests written to kill the survivors of ``tools/mutation.py`` (see ``tools/MUTATION.md``).
+
+Each test pins one behaviour that a surviving mutant changed and no other
+test noticed; its docstring names the mutated line. Numbers are checked
+against numpy written here, or against the same computation done another way
+(a single model vs. a stack, an explicit argument vs. its default).
+"""
+
+import inspect
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import funcnet as fn
+from funcnet import data
+from funcnet.augment import random_rotation
+from funcnet.data import MinMaxScaler, Standardizer, prefetch_to_device
+from funcnet.training import stacked
+
+STRICT_DTYPES = False  # optax's sgd with injected hyperparameters is not strict-clean
+
+
+# ----------------------------------------------------------------------------- augment
+
+
+def test_rotation_default_fill_is_zero(key):
+    """``random_rotation(..., fill_value=0.0)``: the default fill of pixels from outside is 0."""
+    x = jnp.ones((8, 9, 9, 1))
+    rotate = jax.jit(random_rotation(45.0))
+    y = np.asarray(rotate(key, x))
+    explicit = np.asarray(jax.jit(random_rotation(45.0, fill_value=0.0))(key, x))
+    np.testing.assert_array_equal(y, explicit)
+    # a 9x9 corner lies 5.66 px from the center: turned by more than a few degrees it samples
+    # outside the image, so a ones image gets values below 1 there (blended with the 0 fill)
+    assert y.min() >= 0.0 and (y[:, 0, 0, 0] < 0.9).any()
+    np.testing.assert_allclose(y[:, 4, 4, 0], 1.0)  # the center stays
+    filled = np.asarray(jax.jit(random_rotation(45.0, fill_value=1.0))(key, x))
+    np.testing.assert_allclose(filled, 1.0, rtol=1e-6)  # ones everywhere, inside or out
+
+
+# ----------------------------------------------------------------------------- normalize
+
+
+def test_standardizer_statistics_of_data_with_a_large_mean():
+    """``std <= 10 * eps * |mean|`` marks only constant features: a feature with a large (or
+    exactly zero) mean and a real spread keeps its standard deviation (numpy's, ddof=0)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal([50.0, -7.0, 0.0], [3.0, 0.5, 2.0], size=(64, 3))
+    zero_mean = np.tile([-3.0, 3.0], 32)[:, None]  # mean exactly 0, std 3
+    x = np.concatenate([x, np.full((64, 1), 4.0), zero_mean], axis=1).astype(np.float32)
+    norm = Standardizer.fit(x)
+    x64 = x.astype(np.float64)
+    want_std = x64.std(axis=0, keepdims=True)
+    want_std[0, 3] = 1.0  # a constant feature gets std 1 (it maps to 0)
+    np.testing.assert_array_equal(want_std[0, 4], 3.0)
+    np.testing.assert_allclose(norm.mean, x64.mean(axis=0, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(norm.std, want_std, rtol=1e-6)
+    z = np.asarray(norm.apply(x), np.float64)
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=0), [1.0, 1.0, 1.0, 0.0, 1.0], atol=1e-4)
+
+
+def test_normalizers_accept_every_negative_axis():
+    """``-x.ndim <= axis < x.ndim``: ``axis=-x.ndim`` is the first axis, not out of range."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(2.0, 3.0, size=(10, 4)).astype(np.float32)
+    for cls in (Standardizer, MinMaxScaler):
+        a, b = cls.fit(x, axis=-2), cls.fit(x, axis=0)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    images = rng.normal(size=(5, 3, 3, 2)).astype(np.float32)
+    per_channel = Standardizer.fit(images, axis=(-4, -3, -2))
+    np.testing.assert_allclose(
+        per_channel.mean[0, 0, 0], images.astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match=r"`axis=-3` is out of range for data of shape \(10, 4\)"):
+        Standardizer.fit(x, axis=-3)
+
+
+# ----------------------------------------------------------------------------- split
+
+
+@pytest.mark.parametrize("name", ["val_size", "test_size"])
+def test_split_fraction_one_is_rejected(name):
+    """``0.0 <= size < 1.0``: the fraction 1.0 is refused (pass a count for every example)."""
+    sizes = {"val_size": 0.2, "test_size": 0.2, name: 1.0}
+    with pytest.raises(ValueError, match=rf"`{name}` as a fraction must be in \[0, 1\), got 1.0"):
+        data.train_val_test_split(np.arange(10), **sizes)
+    other = "test_size" if name == "val_size" else "val_size"
+    parts = data.train_val_test_split(np.arange(100), **{name: 0.99, other: 0}, shuffle=False)
+    train, val, test = (np.asarray(p) for p in parts)
+    assert len(train) == 1 and len(val if name == "val_size" else test) == 99  # just below 1
+
+
+# ----------------------------------------------------------------------------- prefetch
+
+
+def test_prefetch_slow_consumer_gets_every_batch():
+    """A producer that finds the queue full for longer than its 0.1 s poll keeps waiting
+    (``continue``) instead of dropping the batch."""
+    items = [np.full((2,), float(i), np.float32) for i in range(4)]
+    got: list = []
+
+    def consume():
+        for item in prefetch_to_device(iter(items), size=1):
+            time.sleep(0.25)  # slower than the producer's 0.1 s poll of a full queue
+            got.append(np.asarray(item))
+
+    thread = threading.Thread(target=consume, daemon=True)  # a lost _END would hang it
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), f"the consumer hung after {len(got)} of 4 batches"
+    assert [g.tolist() for g in got] == [i.tolist() for i in items]
+
+
+# ----------------------------------------------------------------------------- stacked
+
+
+def _model():
+    return fn.serial(fn.Dense(4), jax.nn.relu, fn.Dense(2))
+
+
+def test_stack_init_from_one_typed_key():
+    """``keys.shape[0] >= 1``: an array of one typed key is a stack of one model."""
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(6, 3)), jnp.float32)
+    keys = jax.random.split(jax.random.key(7), 1)
+    ts = fn.stack_init(_model(), optax.sgd(0.1), keys, x)
+    assert ts.step.shape == (1,)
+    one = fn.TrainState.create(_model(), optax.sgd(0.1), keys[0], x)
+    for u, v in zip(jax.tree.leaves(fn.model_at(ts, 0).params), jax.tree.leaves(one.params)):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(TypeError, match=r"`keys` must be a number of models N.*got shape \(0,\)"):
+        fn.stack_init(_model(), optax.sgd(0.1), jax.random.split(jax.random.key(7), 0), x)
+
+
+def _scaled_sgd(learning_rate, scale):
+    return optax.chain(optax.scale(scale), optax.sgd(learning_rate))
+
+
+def test_with_hparams_broadcasts_over_an_array_hyperparameter():
+    """``value.reshape((n,) + (1,) * (old.ndim - 1))``: a per-model number fills every element
+    of a hyperparameter that is an array (here a per-output-unit gradient scale of a
+    ``Dense(2)``), and each
+    model then trains as a single run with that array."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+    y = jnp.asarray(np.arange(6) % 2, jnp.int32)
+    opt = optax.inject_hyperparams(_scaled_sgd)(learning_rate=0.1, scale=jnp.ones((2,)))
+    scales = [0.5, 2.0, 3.0]
+    ts = fn.stack_init(fn.Dense(2), opt, 3, x, hparams={"scale": scales})
+    np.testing.assert_array_equal(
+        fn.hparams_of(ts)["scale"], np.repeat(np.asarray(scales)[:, None], 2, axis=1)
+    )
+    loss = "sparse_categorical_cross_entropy"
+    ts, _ = jax.jit(fn.stacked_train_step(fn.Dense(2), loss, opt))(ts, (x, y))
+    for i, s in enumerate(scales):
+        single = optax.inject_hyperparams(_scaled_sgd)(learning_rate=0.1, scale=jnp.full((2,), s))
+        one = fn.TrainState.create(fn.Dense(2), single, jax.random.key(i), x)
+        one, _ = jax.jit(fn.train_step(fn.Dense(2), loss, single))(one, (x, y))
+        for u, v in zip(jax.tree.leaves(fn.model_at(ts, i).params), jax.tree.leaves(one.params)):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["stacked_evaluate", "stacked_predict", "ensemble_predict"])
+def test_stacked_inference_batches_like_evaluate_and_predict(name):
+    """The stacked inference functions default to the batch size of ``fn.evaluate`` and
+    ``fn.predict`` (256), so switching to a stack does not change how data is batched."""
+
+    def default(f):
+        return inspect.signature(f).parameters["batch_size"].default
+
+    assert default(fn.evaluate) == default(fn.predict) == 256
+    assert default(getattr(stacked, name)) == 256
