@@ -563,7 +563,9 @@ def init_spec(layer: Layer | Callable, inputs: Pytree) -> tuple[Params, State]:
         ShapeDtypeStruct(shape=(3, 4), dtype=float32)
     """
     layer = as_layer(layer)
-    return jax.eval_shape(layer.init, jax.random.key(0), spec_of(inputs))
+    # A fresh function each call: JAX caches traces by function, and `init`'s output
+    # depends on `declaring_axes` (a trace cached in one mode must not serve the other).
+    return jax.eval_shape(lambda k, x: layer.init(k, x), jax.random.key(0), spec_of(inputs))
 
 
 def output_spec(

@@ -79,7 +79,8 @@ def shared(layer: Layer | Callable, build: Callable[[Layer], Layer | Callable]) 
         if slot.params is None:
             slot.params, slot.state = layer.init(slot.key, inputs)
         else:
-            want = jax.eval_shape(layer.init, slot.key, spec_of(inputs))
+            # a fresh function: a cached trace of `init` may come from `declaring_axes`
+            want = jax.eval_shape(lambda k, x: layer.init(k, x), slot.key, spec_of(inputs))
             if not _same_spec(want, (slot.params, slot.state)):
                 raise LayerError(
                     f"used with inputs {fmt_spec(inputs)} here, which need parameters "

@@ -273,8 +273,13 @@ def _names_of(leaf) -> P:
 
 
 def _declared_params(model, inputs) -> Pytree:
+    layer = as_layer(model)
+
+    def init(key, x):  # a fresh function: JAX caches traces by function, not by our switch
+        return layer.init(key, x)
+
     with declaring_axes():
-        params, _ = jax.eval_shape(as_layer(model).init, jax.random.key(0), spec_of(inputs))
+        params, _ = jax.eval_shape(init, jax.random.key(0), spec_of(inputs))
     return params
 
 

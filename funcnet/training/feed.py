@@ -110,14 +110,28 @@ class Placement:
         """``min(batch_size, n)`` rounded up to a multiple of the batch's devices."""
         return -(-min(batch_size, n) // self.parts) * self.parts
 
-    def state_shardings(self, tree, param_sharding: str):
+    def state_shardings(self, tree, param_sharding, model=None, optimizer=None, example=None):
+        """Shardings of a ``TrainState`` (or its shapes): ``"replicated"``/``"fsdp"``, or
+        sharding rules (params and optimizer moments by the model's logical axis names)."""
         if self.mesh is None:
             return None
-        return distributed.state_shardings(tree, self.mesh, param_sharding)
+        if isinstance(param_sharding, str):
+            return distributed.state_shardings(tree, self.mesh, param_sharding)
+        return distributed.train_state_shardings(
+            tree, optimizer, model, example, self.mesh, param_sharding
+        )
 
-    def create(self, model, optimizer, key, example, param_sharding: str):
-        """``TrainState.create``, on a mesh compiled straight into its shardings (FSDP never
-        holds the state whole); returns ``(train_state, its shardings or None)``."""
+    def params_by_rules(self, model, params, example, rules):
+        """``params`` placed by sharding ``rules`` (no-op without a mesh or rules)."""
+        if self.mesh is None or rules is None or isinstance(rules, str):
+            return params
+        shardings = distributed.param_shardings(model, example, self.mesh, rules)
+        return distributed.place(params, shardings)
+
+    def create(self, model, optimizer, key, example, param_sharding):
+        """``TrainState.create``, on a mesh compiled straight into its shardings (FSDP and
+        tensor parallelism never hold the state whole); returns ``(train_state, its
+        shardings or None)``."""
         if self.mesh is None:
             return TrainState.create(model, optimizer, key, example), None
         impl = jax.random.key_impl(key)
@@ -127,7 +141,8 @@ class Placement:
             return TrainState.create(model, optimizer, key, example)
 
         key_data = np.asarray(jax.random.key_data(key))
-        shardings = self.state_shardings(jax.eval_shape(create, key_data), param_sharding)
+        shapes = jax.eval_shape(create, key_data)
+        shardings = self.state_shardings(shapes, param_sharding, model, optimizer, example)
         return jax.jit(create, out_shardings=shardings)(key_data), shardings
 
     def to_user(self, tree):

@@ -36,7 +36,8 @@ import numpy as np
 import optax
 
 from funcnet._checks import check_positive_int
-from funcnet.core import Layer, as_layer
+from funcnet.core import Layer, as_layer, spec_of
+from funcnet.distributed.rules import Rules, resolve_rules
 from funcnet.training.callbacks import call_exception_hooks, call_hooks
 from funcnet.training.feed import (
     ArrayEpochs,
@@ -68,12 +69,16 @@ __all__ = ["evaluate", "fit", "make_evaluator", "predict"]
 # ----------------------------------------------------------------------------- evaluate
 
 
-def make_evaluator(model: Layer, loss_fn, metrics: dict, placement: Placement) -> Callable:
+def make_evaluator(
+    model: Layer, loss_fn, metrics: dict, placement: Placement, param_sharding=None
+) -> Callable:
     """``run(params, state, chunks) -> accumulator`` over the chunks of ``feed.eval_chunks``.
 
     One compiled function adds a chunk of batches to the accumulator (a
     ``lax.scan`` over stacked batches, or one batch), every example weighted by
     its weight (0 for padding); it is compiled once per chunk shape and reused.
+    With sharding rules (``param_sharding``) the params are placed by them,
+    from the first chunk's inputs; else they stay where they are on the mesh.
     """
     compiled = jax.jit(
         eval_chunk_adder(model, loss_fn, metrics),
@@ -82,10 +87,16 @@ def make_evaluator(model: Layer, loss_fn, metrics: dict, placement: Placement) -
         out_shardings=placement.replicated,
     )
 
+    by_rules = isinstance(param_sharding, Rules)
+
     def run(params, state, chunks):
-        params, state = placement.model_vars((params, state))
+        params = params if by_rules else placement.model_vars(params)
+        state = placement.model_vars(state)
         acc = placement.put(logs_init(metrics), placement.replicated)
         for i, (chunk, stacked) in enumerate(chunks):
+            if i == 0 and by_rules:
+                example = _one_batch(chunk[0], stacked)
+                params = placement.params_by_rules(model, params, example, param_sharding)
             acc = compiled(params, state, acc, chunk, stacked)
             if i % placement.block_every == placement.block_every - 1:
                 jax.block_until_ready(acc)
@@ -104,6 +115,7 @@ def evaluate(
     metrics=None,
     batch_size: int = 256,
     mesh: jax.sharding.Mesh | None = None,
+    param_sharding: Rules | dict | None = None,
 ) -> dict:
     """Loss and metrics of the model (inference mode) over a whole dataset.
 
@@ -118,6 +130,8 @@ def evaluate(
     to a multiple of that device count (the padding is masked); batches of an
     iterable are this process's rows (padded and masked likewise) and are
     assembled into global arrays. The results equal those without a mesh.
+    With sharding rules (``param_sharding``, see :func:`fit`) the params are
+    placed by them first (params returned by such a ``fit`` already are).
 
     Returns:
         ``{"loss": float, name: value, ...}`` (no ``"loss"`` without ``loss``).
@@ -136,7 +150,8 @@ def evaluate(
     metrics = metric_dict(metrics)
     check_positive_int("evaluate", "batch_size", batch_size)
     placement = Placement(mesh, "evaluate")
-    run = make_evaluator(model, loss_fn, metrics, placement)
+    rules = _eval_rules(param_sharding, mesh, "evaluate")
+    run = make_evaluator(model, loss_fn, metrics, placement, rules)
     check = batch_check(model, loss_fn)
     acc = run(params, state, eval_chunks(data, batch_size, placement, "evaluate", check))
     return logs_compute(metrics, acc, with_loss=loss_fn is not None)
@@ -150,6 +165,7 @@ def predict(
     *,
     batch_size: int = 256,
     mesh: jax.sharding.Mesh | None = None,
+    param_sharding: Rules | dict | None = None,
 ):
     """The model's outputs (inference mode) for every example of ``x`` (arrays or a pytree).
 
@@ -157,7 +173,8 @@ def predict(
     one compiled call. With ``mesh`` each batch is split over the mesh's batch
     axes (``batch_size`` rounded up to a multiple of their device count) and
     the outputs are returned replicated (with several processes, every process
-    passes the same ``x`` and gets all outputs).
+    passes the same ``x`` and gets all outputs). With sharding rules
+    (``param_sharding``, see :func:`fit`) the params are placed by them first.
 
     ``x`` may also be an iterable of batches (data larger than memory:
     :class:`funcnet.data.ShardedArrays`, :func:`funcnet.data.from_grain`, a
@@ -188,7 +205,13 @@ def predict(
     n = jax.tree.leaves(x)[0].shape[0]
     xb, _ = stack_batches(x, n, placement.batch_size(batch_size, n), placement.xp)
     xb = placement.put(xb, placement.stacked)
-    params, state = placement.model_vars((params, state))
+    rules = _eval_rules(param_sharding, mesh, "predict")
+    if rules is None:
+        params = placement.model_vars(params)
+    else:
+        example = _one_batch(xb, True)
+        params = placement.params_by_rules(model, params, example, rules)
+    state = placement.model_vars(state)
     apply = predict_step(model)
 
     def run_all(params, state, xb):
@@ -229,6 +252,24 @@ def _predict_batches(model, params, state, batches):
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
+def _one_batch(x, stacked: bool):
+    """The spec of one batch of ``x`` (of one of its stacked batches when ``stacked``)."""
+    cut = 1 if stacked else 0
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[cut:], a.dtype), spec_of(x))
+
+
+def _eval_rules(param_sharding, mesh, where: str):
+    """``evaluate``/``predict``'s sharding rules (None: params stay where they are)."""
+    if param_sharding is None:
+        return None
+    if mesh is None:
+        raise ValueError(
+            f"{where}: `param_sharding` needs a `mesh` with the rules' axes, e.g. "
+            "`jax.make_mesh((2, 4), ('data', 'model'))`."
+        )
+    return resolve_rules(param_sharding, where)
+
+
 # ----------------------------------------------------------------------------- fit's pieces
 
 
@@ -238,15 +279,26 @@ def _check_fit_args(batch_size, epochs, steps_per_execution, validation, param_s
     check_positive_int("fit", "steps_per_execution", steps_per_execution)
     if validation:
         raise ValueError("fit: give `validation_data` or `validation_split`, not both.")
-    if param_sharding not in ("replicated", "fsdp"):
-        raise ValueError(
-            f"fit: `param_sharding` must be 'replicated' or 'fsdp', got {param_sharding!r}."
-        )
+    param_sharding = _param_sharding(param_sharding, "fit")
     if mesh is None and param_sharding != "replicated":
         raise ValueError(
             f"fit: `param_sharding={param_sharding!r}` needs a `mesh`; pass e.g. "
-            "`mesh=distributed.make_mesh(fsdp=4)`."
+            "`mesh=distributed.make_mesh(fsdp=4)`, or for rules a mesh with their axes, "
+            "`jax.make_mesh((2, 4), ('data', 'model'))`."
         )
+    return param_sharding
+
+
+def _param_sharding(param_sharding, where: str):
+    """``"replicated"``, ``"fsdp"``, or sharding rules (a dict becomes ``Rules``)."""
+    if isinstance(param_sharding, str):
+        if param_sharding not in ("replicated", "fsdp"):
+            raise ValueError(
+                f"{where}: `param_sharding` must be 'replicated', 'fsdp' or sharding rules "
+                f"(e.g. `distributed.tensor_parallel()`), got {param_sharding!r}."
+            )
+        return param_sharding
+    return resolve_rules(param_sharding, where)
 
 
 def _start_state(model, optimizer, key, example, placement, param_sharding, initial, manager):
@@ -255,7 +307,7 @@ def _start_state(model, optimizer, key, example, placement, param_sharding, init
         ts, shardings = placement.create(model, optimizer, key, example, param_sharding)
     else:  # copied: the fused step donates (deletes) its input
         ts = jax.tree.map(jnp.copy, initial)
-        shardings = placement.state_shardings(ts, param_sharding)
+        shardings = placement.state_shardings(ts, param_sharding, model, optimizer, example)
         ts = ts if shardings is None else placement.put(ts, shardings)
     restored = None if manager is None else manager.restore_latest(like=ts)
     if restored is not None:  # the newest intact checkpoint (corrupt newer ones warned about)
@@ -384,7 +436,7 @@ def fit(
     checkpoint=None,
     checkpoint_every: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    param_sharding: str = "replicated",
+    param_sharding: str | Rules | dict = "replicated",
     **step_options,
 ) -> tuple[TrainState, History]:
     """Train ``model`` for ``epochs`` epochs; return the final ``TrainState`` and a ``History``.
@@ -454,7 +506,15 @@ def fit(
         param_sharding: ``"replicated"`` (default) or ``"fsdp"``: params,
             model state and optimizer state split over the mesh's ``"fsdp"``
             axis (``"data"`` without one), see
-            :func:`funcnet.distributed.state_shardings`.
+            :func:`funcnet.distributed.state_shardings`. Or sharding rules
+            (:class:`funcnet.distributed.Rules` or a dict, e.g.
+            ``distributed.tensor_parallel()`` on a ``("data", "model")``
+            mesh): each param and its optimizer moments placed by the logical
+            names of its axes (:mod:`funcnet.distributed.rules`), checked
+            before anything is compiled; the batch is split over ``"data"``
+            only, and the compiler inserts the collectives of tensor
+            parallelism. The parameters equal those of one device up to
+            float rounding.
         **step_options: ``policy`` (or ``compute_dtype``) runs the whole model
             (training, validation, the params' dtype at init) as
             ``with_policy(model, policy)`` (see :func:`funcnet.get_policy`);
@@ -482,7 +542,9 @@ def fit(
     loss_fn = resolve_loss(loss, "fit")
     metrics = metric_dict(metrics)
     both = bool(validation_split) and validation_data is not None
-    _check_fit_args(batch_size, epochs, steps_per_execution, both, param_sharding, mesh)
+    param_sharding = _check_fit_args(
+        batch_size, epochs, steps_per_execution, both, param_sharding, mesh
+    )
     placement = Placement(mesh, "fit")
     step = train_step(model, loss_fn, optimizer, metrics=metrics, **step_options)
     key = jax.random.key(0) if key is None else key

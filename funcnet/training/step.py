@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from funcnet import _checks
+from funcnet import _checks, distributed
 from funcnet import losses as losses_lib
 from funcnet import metrics as metrics_lib
 from funcnet.core import Layer, Params, PRNGKey, State, as_layer, spec_of
@@ -281,6 +281,8 @@ def train_step(
     augment: Callable | None = None,
     augment_targets: bool = False,
     axis_name: Hashable | tuple | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    param_sharding=None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """Build the pure update ``(train_state, batch) -> (train_state, logs)``.
 
@@ -352,6 +354,14 @@ def train_step(
             assume a loss that is a weighted mean ``sum(w * l) / sum(w)``, as
             funcnet's losses are. Not needed (leave None) with ``jax.jit`` and
             sharded arrays, e.g. ``fit(..., mesh=...)``.
+        mesh, param_sharding: for a step you jit yourself on a mesh (e.g.
+            ``("data", "model")``): the step constrains the batch's rows to the
+            mesh's ``"data"`` axis and the train state, in and out, to
+            ``param_sharding`` (sharding rules such as
+            ``distributed.tensor_parallel()``, or ``"replicated"``/``"fsdp"``;
+            default replicated), so the compiler keeps every param where the
+            rules put it. Place the first state with
+            :func:`funcnet.distributed.train_state_shardings` (``fit`` does all this).
 
     Returns:
         ``step(train_state, batch) -> (train_state, logs)`` with
@@ -416,7 +426,47 @@ def train_step(
         )
         return new, logs
 
-    return step
+    if mesh is None:
+        if param_sharding is not None:
+            raise ValueError(
+                "train_step: `param_sharding` needs a `mesh`, e.g. "
+                "`jax.make_mesh((2, 4), ('data', 'model'))`."
+            )
+        return step
+    return _on_mesh(step, model, optimizer, mesh, param_sharding)
+
+
+def _on_mesh(step, model, optimizer, mesh, param_sharding):
+    """``step`` with its batch split over the mesh's batch axes and its train state (in and
+    out) constrained to ``param_sharding`` (rules, or ``"replicated"``/``"fsdp"``)."""
+    distributed.check_mesh(mesh, "train_step")
+    if param_sharding is None or isinstance(param_sharding, str):
+        mode = param_sharding or "replicated"
+        distributed.state_shardings({}, mesh, mode)  # checks the mode now
+
+        def shardings(ts, x):
+            return distributed.state_shardings(ts, mesh, mode)
+    else:
+        rules = distributed.resolve_rules(param_sharding, "train_step")
+
+        def shardings(ts, x):
+            one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)
+            return distributed.train_state_shardings(ts, optimizer, model, one, mesh, rules)
+
+    rows = distributed.batch_sharding(mesh)
+
+    def constrain(ts, sh):  # the key stays as it is: typed keys take no constraint
+        parts = (ts.step, ts.params, ts.state, ts.opt_state)
+        done = jax.lax.with_sharding_constraint(parts, (sh.step, sh.params, sh.state, sh.opt_state))
+        return ts._replace(step=done[0], params=done[1], state=done[2], opt_state=done[3])
+
+    def sharded_step(train_state, batch):
+        sh = shardings(train_state, unpack_batch(batch, "train_step")[0])
+        batch = jax.lax.with_sharding_constraint(batch, jax.tree.map(lambda _: rows, batch))
+        new, logs = step(constrain(train_state, sh), batch)
+        return constrain(new, sh), logs
+
+    return sharded_step
 
 
 def _step_inputs(train_state, x, y, axis_name, augment, augment_targets):
