@@ -48,7 +48,7 @@ import jax
 import numpy as np
 
 from funcnet._checks import fmt_shape
-from funcnet.core import Layer, as_layer, init_spec, output_spec, spec_of
+from funcnet.core import Layer, as_layer, init_spec, output_spec, path_str, spec_of
 
 __all__ = ["Summary", "SummaryRow", "param_count", "summary"]
 
@@ -67,6 +67,11 @@ class SummaryRow(NamedTuple):
         params: number of parameters (elements).
         state: number of state elements.
         flops: XLA's FLOP count for the whole batch, or ``None``.
+        sharding: with a mesh and rules, each param's placement (``"w(·,model)
+            b(model)"``: the mesh axes splitting each axis, ``·`` for none) on
+            a leaf layer's row, ``""`` elsewhere; else ``None``.
+        device_bytes: with a mesh and rules, the bytes of the row's params
+            held by each device; else ``None``.
     """
 
     path: str
@@ -76,6 +81,8 @@ class SummaryRow(NamedTuple):
     params: int
     state: int
     flops: float | None
+    sharding: str | None = None
+    device_bytes: int | None = None
 
 
 class Summary(NamedTuple):
@@ -90,6 +97,8 @@ class Summary(NamedTuple):
         flops: FLOPs of one call on the given inputs (``None`` without).
         flops_per_example: ``flops / batch_size``.
         batch_size: the leading dimension of the first input leaf (``None`` for a scalar).
+        device_param_bytes: with a mesh and rules, the parameter bytes each
+            device holds; else ``None``.
     """
 
     rows: list[SummaryRow]
@@ -100,6 +109,7 @@ class Summary(NamedTuple):
     flops: float | None
     flops_per_example: float | None
     batch_size: int | None
+    device_param_bytes: int | None = None
 
     @property
     def bytes(self) -> int:
@@ -182,8 +192,56 @@ def _aligned(tree, labels: list) -> bool:
     return isinstance(tree, (tuple, list)) and len(tree) == len(labels)
 
 
-def _walk(layer, params, state, inputs, path, depth, rows, with_flops, description=None):
+def _axes_str(spec) -> str:
+    parts = []
+    for entry in spec:
+        if entry is None:
+            parts.append("·")
+        else:
+            parts.append("+".join((entry,) if isinstance(entry, str) else entry))
+    return "(" + ",".join(parts) + ")"
+
+
+def _placement(params, specs, mesh, leaf_row: bool) -> tuple[str | None, int | None]:
+    """A row's sharding text (leaf layers only) and parameter bytes per device."""
+    if specs is None:
+        return None, None
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    flat = jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)[0]
+    total, texts = 0, []
+    for (path, spec), leaf in zip(flat, jax.tree.leaves(params), strict=True):
+        split = 1
+        for entry in spec:
+            for axis in () if entry is None else (entry,) if isinstance(entry, str) else entry:
+                split *= mesh.shape[axis]
+        total += _leaf_size(leaf, "summary")[1] // split
+        texts.append(path_str(path) + _axes_str(spec))
+    return (" ".join(texts) if leaf_row else ""), total
+
+
+def _one_copy(tree):
+    """One copy of a ``repeat``'s stacked params (specs lose their leading entry)."""
+    if tree is None:
+        return None
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    return jax.tree.map(
+        lambda x: (
+            jax.sharding.PartitionSpec(*x[1:])
+            if is_spec(x)
+            else jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+        ),
+        tree,
+        is_leaf=is_spec,
+    )
+
+
+def _walk(
+    layer, params, state, inputs, path, depth, rows, with_flops, description=None, place=None
+):
     """Append the rows of ``layer`` and its children.
+
+    ``place`` is ``(specs, mesh)`` with a mesh and rules: ``specs`` the
+    ``PartitionSpec``s of ``params``.
 
     Returns ``(output_spec, missed)``: ``missed`` is the FLOPs XLA's count of
     this layer leaves out (it counts the body of a loop once, so a
@@ -201,6 +259,8 @@ def _walk(layer, params, state, inputs, path, depth, rows, with_flops, descripti
     if description is None:
         description = kind if expand or not children else _shorten(repr(layer))
     index = len(rows)
+    specs, mesh = place if place is not None else (None, None)
+    sharding, device_bytes = _placement(params, specs, mesh, not expand)
     rows.append(
         SummaryRow(
             path,
@@ -210,6 +270,8 @@ def _walk(layer, params, state, inputs, path, depth, rows, with_flops, descripti
             _size(params, "summary")[0],
             _size(state, "summary")[0],
             flops,
+            sharding,
+            device_bytes,
         )
     )
     missed = 0.0
@@ -220,7 +282,8 @@ def _walk(layer, params, state, inputs, path, depth, rows, with_flops, descripti
         one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (params, state))
         n = int(kind[len("repeat(n=") :].split(")")[0])
         name = f"{block.name} (one of {n})"
-        _walk(block, one[0], one[1], inputs, path, depth + 1, rows, with_flops, name)
+        inner = None if place is None else (_one_copy(specs), mesh)
+        _walk(block, one[0], one[1], inputs, path, depth + 1, rows, with_flops, name, inner)
         block_flops = rows[index + 1].flops
         if flops is not None and block_flops is not None:
             missed = max(n * block_flops - flops, 0.0)
@@ -244,6 +307,7 @@ def _walk(layer, params, state, inputs, path, depth, rows, with_flops, descripti
                 depth + 1,
                 rows,
                 with_flops,
+                place=None if place is None else (specs[label], mesh),
             )
             missed += child_missed
     if flops is not None and missed:
@@ -281,7 +345,9 @@ def _shape_str(out) -> str:
 
 def _table(info: Summary) -> str:
     with_flops = any(r.flops is not None for r in info.rows)
+    placed = info.device_param_bytes is not None
     header = ["path", "layer", "output", "params", "state"] + (["FLOPs"] if with_flops else [])
+    header += ["bytes/device", "sharding"] if placed else []
     body = []
     for r in info.rows:
         cells = [
@@ -293,6 +359,8 @@ def _table(info: Summary) -> str:
         ]
         if with_flops:
             cells.append(_human(r.flops))
+        if placed:
+            cells += [_bytes(r.device_bytes or 0), r.sharding or ""]
         body.append(cells)
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header]]
@@ -307,8 +375,23 @@ def _table(info: Summary) -> str:
         total += f"  FLOPs: {_human(info.flops_per_example)} per example"
         if info.batch_size is not None:
             total += f" ({_human(info.flops)} per batch of {info.batch_size})"
+    if placed:
+        total += f"  params per device: {_bytes(info.device_param_bytes)}"
     lines.append(total)
     return "\n".join(lines)
+
+
+def _place_of(layer, specs, mesh, rules):
+    if (mesh is None) != (rules is None):
+        raise ValueError(
+            "summary: give `mesh` and `rules` together (e.g. `mesh=jax.make_mesh((2, 4), "
+            "('data', 'model')), rules=distributed.tensor_parallel()`), or neither."
+        )
+    if mesh is None:
+        return None
+    from funcnet.distributed.rules import param_specs
+
+    return param_specs(layer, specs, mesh, rules), mesh
 
 
 def summary(
@@ -317,6 +400,8 @@ def summary(
     *,
     print_fn: Callable[[str], Any] | None = print,
     flops: bool = True,
+    mesh=None,
+    rules=None,
 ) -> Summary:
     """Print and return a table of the model's layers, from shapes only.
 
@@ -326,6 +411,11 @@ def summary(
             only shapes and dtypes are read, parameters are never allocated.
         print_fn: called with the table (``None``: do not print).
         flops: compute FLOPs with XLA's cost analysis (one compilation per row).
+        mesh, rules: a mesh (a :class:`jax.sharding.Mesh`, or an
+            ``AbstractMesh`` to plan without the devices) and sharding rules
+            (:mod:`funcnet.distributed.rules`): adds the columns
+            ``bytes/device`` and ``sharding`` (each param's mesh axes per
+            axis, ``·`` for none), checked as ``fit`` checks them.
 
     Returns:
         A :class:`Summary`: ``rows`` (one :class:`SummaryRow` per layer, the
@@ -334,6 +424,25 @@ def summary(
 
     Raises:
         TypeError: if ``inputs`` has no arrays or ``print_fn`` is not callable.
+        ValueError: for ``mesh`` without ``rules`` (or the reverse), or bad rules
+            (see :func:`funcnet.distributed.param_specs`).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jax.sharding import AbstractMesh
+        >>> from funcnet import Dense, serial, distributed
+        >>> model = serial(Dense(16), jax.nn.relu, Dense(8, axes=("mlp", "embed")))
+        >>> info = summary(model, jax.ShapeDtypeStruct((32, 8), jnp.float32), flops=False,
+        ...                mesh=AbstractMesh((2, 4), ("data", "model")),
+        ...                rules=distributed.tensor_parallel())
+        path  layer        output    params  state  bytes/device  sharding
+        ----  -----------  --------  ------  -----  ------------  -------------------
+              serial       (32, 8)   280     0      304 B
+        0       Dense(16)  (32, 16)  144     0      144 B         b(model) w(·,model)
+        1       relu       (32, 16)  0       0      0 B
+        2       Dense(8)   (32, 8)   136     0      160 B         b(·) w(model,·)
+        <BLANKLINE>
+        params: 280 (1.1 KB)  state: 0 (0 B)  params per device: 304 B
     """
     if print_fn is not None and not callable(print_fn):
         raise TypeError(
@@ -349,14 +458,25 @@ def summary(
             "`jax.ShapeDtypeStruct`, e.g. `jax.ShapeDtypeStruct((32, 784), jnp.float32)`."
         )
     params, state = init_spec(layer, specs)
+    place = _place_of(layer, specs, mesh, rules)
     rows: list[SummaryRow] = []
-    _walk(layer, params, state, specs, "", 0, rows, flops)
+    _walk(layer, params, state, specs, "", 0, rows, flops, place=place)
     n_params, param_bytes = _size(params, "summary")
     n_state, state_bytes = _size(state, "summary")
     batch = leaves[0].shape[0] if leaves[0].shape else None
     total = rows[0].flops
     per_example = None if total is None else total / (batch or 1)
-    info = Summary(rows, n_params, n_state, param_bytes, state_bytes, total, per_example, batch)
+    info = Summary(
+        rows,
+        n_params,
+        n_state,
+        param_bytes,
+        state_bytes,
+        total,
+        per_example,
+        batch,
+        rows[0].device_bytes,
+    )
     if print_fn is not None:
         print_fn(str(info))
     return info

@@ -366,3 +366,27 @@ def test_traces_cached_in_one_mode_never_serve_the_other():
     shared = fn.shared(fn.Dense(4), lambda d: fn.serial(d, d))
     assert D.logical_axes(shared, S(2, 4))["shared"]["w"] == P("embed", "mlp")
     assert fn.init_spec(shared, S(2, 4))[0]["shared"]["w"].shape == (4, 4)
+
+
+def test_summary_shows_the_placement():
+    info = fn.summary(
+        mlp(), S(16, 8), flops=False, print_fn=None, mesh=MESH, rules=D.tensor_parallel()
+    )
+    whole = 4 * (8 * 32 + 32 * 8 + 8 * 32 + 32 * 4)  # float32 weights, no biases
+    assert info.param_bytes == whole and info.device_param_bytes == whole // 4
+    rows = {r.path: r for r in info.rows}
+    assert rows["0"].sharding == "w(·,model)" and rows["0"].device_bytes == 8 * 32
+    assert rows["6"].sharding == "w(model,·)" and rows["6"].device_bytes == 32 * 4
+    assert "bytes/device" in str(info) and "params per device: 896 B" in str(info)
+    lm_info = fn.summary(
+        lm(),
+        S(2, T, dtype=jnp.int32),
+        flops=False,
+        print_fn=None,
+        mesh=MESH,
+        rules=D.tensor_parallel(),
+    )
+    stack = [r for r in lm_info.rows if r.description.startswith("TransformerEncoderBlock")]
+    assert stack and stack[0].device_bytes * 2 < lm_info.rows[0].device_bytes  # one of 2
+    with pytest.raises(ValueError, match=r"summary: give `mesh` and `rules` together"):
+        fn.summary(mlp(), S(16, 8), flops=False, print_fn=None, mesh=MESH)
