@@ -413,7 +413,7 @@ def test_index_checksum_version_and_format(saved):
         load(path)
     os.remove(os.path.join(path, "index.json"))
     os.mkdir(os.path.join(path, "index.json"))
-    with pytest.raises(CheckpointError, match=r"`index.json` is a directory"):
+    with pytest.raises(CheckpointError, match=r"`index.json` cannot be read \(Is a directory\)"):
         load(path)
 
 

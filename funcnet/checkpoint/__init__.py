@@ -45,15 +45,26 @@ safetensors ones: bool, (u)int8/16/32/64, float16, bfloat16, float32,
 float64, complex64, float8_e4m3fn and float8_e5m2.
 
 Multi-host: every process calls :func:`save` (or ``CheckpointManager.save``)
-with the same tree; arrays replicated over the processes (data-parallel
-params) are written once, by process 0, from its local copy, and every
-process returns only when the file is complete (a barrier), so the directory
-must be one that all processes see (a shared file system). Saving arrays *sharded* over
-several processes is future work and raises; gather them first
-(``jax.experimental.multihost_utils``) or use orbax-checkpoint. Restoring
-into a multi-host ``like=`` template builds each process's shards with
+with the same tree, and the directory must be one that all processes see (a
+shared file system). Arrays replicated over the processes (data-parallel
+params) fit one file, written once, by process 0, from its local copy; every
+process returns only when the file is complete (a barrier). Arrays *sharded*
+over several processes (FSDP, tensor parallelism) make a *sharded
+checkpoint* (picked by itself, or ``save(..., sharded=True)``): a directory in
+which each process writes only its own shards to its own safetensors file,
+plus a global ``index.json`` (every array's shape, dtype and shards, with
+SHA-256 checksums), committed atomically by process 0 (see
+:mod:`funcnet.checkpoint.sharded` and :mod:`funcnet.checkpoint.index`).
+:func:`load` restores it onto any mesh, sharding and process count: each
+process reads only the saved shards its own target shards overlap
+(:mod:`funcnet.checkpoint.sharded_read`). Restoring a one-file checkpoint into
+a multi-host ``like=`` template builds each process's shards with
 ``jax.make_array_from_callback`` from the file (every process must be able to
-read it). Tested with two CPU processes on one host.
+read it). Tested with two CPU processes of two devices each on one host.
+
+Background saves: ``CheckpointManager(..., async_save=True)`` copies the
+arrays to host memory in ``save`` and writes them in a background thread
+(:mod:`funcnet.checkpoint.async_save`); the next save waits for the previous.
 
 Examples:
     >>> import os, tempfile, jax, jax.numpy as jnp

@@ -36,6 +36,7 @@ from funcnet.version import __version__
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "read_metadata", "save"]
 
+_INDEX = "index.json"  # a sharded checkpoint's (funcnet.checkpoint.index.INDEX_FILE)
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 
@@ -226,6 +227,12 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def _check_regular(path: str, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise CheckpointError(
+            f"checkpoint `{path}` is a directory, not a regular file, and not a sharded "
+            f"checkpoint either: it has no `{_INDEX}`; pass a checkpoint written by `save`.",
+            corrupt=True,
+        )
     if not stat.S_ISREG(mode):
         kind = _FILE_KINDS.get(stat.S_IFMT(mode), "special file")
         raise CheckpointError(
@@ -233,6 +240,11 @@ def _check_regular(path: str, mode: int) -> None:
             "never end); pass the path of a checkpoint file written by `save`.",
             corrupt=True,
         )
+
+
+def is_sharded(path) -> bool:
+    """Whether ``path`` is a sharded checkpoint: a directory with an index."""
+    return os.path.isdir(path) and os.path.lexists(os.path.join(path, _INDEX))
 
 
 def _open(path: str):
@@ -375,7 +387,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: if the file is missing, truncated or not safetensors.
     """
-    if os.path.isdir(path):
+    if is_sharded(path):
         from funcnet.checkpoint.sharded_read import read_metadata_sharded
 
         return read_metadata_sharded(path)

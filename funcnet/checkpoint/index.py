@@ -198,8 +198,8 @@ def read_index(directory: str) -> tuple[dict, dict]:
             raw = f.read(MAX_INDEX + 1)
     except FileNotFoundError:
         fail(f"it has no `{INDEX_FILE}` (not a sharded checkpoint, or an incomplete copy)")
-    except IsADirectoryError:
-        fail(f"its `{INDEX_FILE}` is a directory")
+    except IsADirectoryError as err:
+        fail(f"its `{INDEX_FILE}` cannot be read ({err.strerror})")
     doc = parse_json(raw, f"its `{INDEX_FILE}`", fail)
     if not isinstance(doc, dict) or set(doc) != {"format", "sha256", "index"}:
         got = short(sorted(doc)) if isinstance(doc, dict) else json_type(doc)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnet.checkpoint.errors import CheckpointError, CheckpointWarning, LoadReport
-from funcnet.checkpoint.format import _arrays, _read
+from funcnet.checkpoint.format import _arrays, _read, is_sharded
 from funcnet.checkpoint.tree import _decode, _is_key
 from funcnet.core import path_str
 
@@ -97,10 +97,14 @@ def load(path: str | os.PathLike, like: Any = None, *, strict: bool = True) -> A
     """Read a checkpoint written by :func:`save` (or any safetensors file).
 
     The whole file is checked (header, sizes, SHA-256 checksum) before any
-    array is built, so a bad file raises and nothing is half-loaded.
+    array is built, so a bad file raises and nothing is half-loaded. A
+    sharded checkpoint (a directory, see :mod:`funcnet.checkpoint.sharded`) is
+    read the same way, except that with ``like`` each process reads (and
+    checks) only the saved shards that its target shards overlap, so it
+    restores onto any mesh and process count.
 
     Args:
-        path: the file.
+        path: the file, or a sharded checkpoint's directory.
         like: a template tree, e.g. a freshly created ``TrainState`` or its
             ``jax.eval_shape``. The result then has exactly the template's
             structure (NamedTuples, optax states, ...) and leaf types: JAX
@@ -151,7 +155,7 @@ def load(path: str | os.PathLike, like: Any = None, *, strict: bool = True) -> A
         >>> tree["w"].tolist(), tree["b"].shape
         ([[1.0, 1.0], [1.0, 1.0]], (3,))
     """
-    if os.path.isdir(path):
+    if is_sharded(path):
         from funcnet.checkpoint.sharded_read import load_sharded
 
         return load_sharded(path, like, strict=strict)
