@@ -69,7 +69,8 @@ class SummaryRow(NamedTuple):
         flops: XLA's FLOP count for the whole batch, or ``None``.
         sharding: with a mesh and rules, each param's placement (``"w(·,model)
             b(model)"``: the mesh axes splitting each axis, ``·`` for none) on
-            a leaf layer's row, ``""`` elsewhere; else ``None``.
+            a leaf layer's row (``"11 of 16 params split"`` for a row of more
+            than 4 params), ``""`` elsewhere; else ``None``.
         device_bytes: with a mesh and rules, the bytes of the row's params
             held by each device; else ``None``.
     """
@@ -215,8 +216,13 @@ def _placement(params, specs, mesh, leaf_row: bool) -> tuple[str | None, int | N
             for axis in () if entry is None else (entry,) if isinstance(entry, str) else entry:
                 split *= mesh.shape[axis]
         total += _leaf_size(leaf, "summary")[1] // split
-        texts.append(path_str(path) + _axes_str(spec))
-    return (" ".join(texts) if leaf_row else ""), total
+        texts.append((path_str(path) + _axes_str(spec), split > 1))
+    if not leaf_row:
+        return "", total
+    if len(texts) <= 4:  # a leaf layer: each param
+        return " ".join(t for t, _ in texts), total
+    split_count = sum(is_split for _, is_split in texts)  # a block shown as one row
+    return f"{split_count} of {len(texts)} params split", total
 
 
 def _one_copy(tree):

@@ -143,6 +143,8 @@ SMOKE = {
     "sweep": ("sweep: best learning rate ", lambda v: v[0] > 0.5 and v[1] > 0.5),
     # (largest logit difference, fraction of greedy tokens equal) against transformers
     "hf_gpt2": ("logits max abs difference vs transformers: ", lambda v: v[0] < 1e-4 and v[1] == 1),
+    # (loss on the 2x4 mesh, loss on one device, how much smaller the state per device is)
+    "tensor_parallel": ("tensor parallel: ", lambda v: abs(v[0] - v[1]) < 1e-3 and v[2] > 3),
 }
 
 
