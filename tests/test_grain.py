@@ -201,6 +201,38 @@ def test_resume_from_checkpoint_continues_at_the_same_example(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+class _Counted(grain.MapTransform):
+    """Counts the records it maps (in this process: no workers)."""
+
+    seen = 0
+
+    def map(self, record):
+        _Counted.seen += 1
+        return record
+
+
+@pytest.mark.parametrize("kind", ["map", "iter", "plain"])
+def test_resumed_epoch_starts_at_the_batch_without_reading_the_ones_before(kind):
+    """for_epoch(e, start=k) gives the batches k.. of epoch e: a MapDataset is sliced and
+    an IterDataset iterator moved with set_state (neither maps a skipped record); a plain
+    iterable is read and the skipped batches dropped. fit's len() comes from the MapDataset."""
+
+    def pipeline(epoch):
+        ds = _records().shuffle(seed=10 + epoch).map(_Counted()).batch(BATCH)
+        if kind == "iter":
+            return ds.to_iter_dataset()
+        return ds if kind == "map" else list(ds)
+
+    data = from_grain(pipeline)
+    want = [b[1].tolist() for b in data.for_epoch(1)][4:]
+    _Counted.seen = 0
+    got = [b[1].tolist() for b in data.for_epoch(1, start=4)]
+    assert got == want and len(got) == N // BATCH - 4
+    assert _Counted.seen == (N if kind == "plain" else 2 * BATCH)
+    if kind == "map":
+        assert len(data) == N // BATCH
+
+
 def test_png_folder_decoded_and_augmented_in_workers(tmp_path):
     image = pytest.importorskip("PIL.Image")
     rng = np.random.default_rng(0)

@@ -192,7 +192,7 @@ class _CrashAt:
             raise _Crash
 
 
-def test_fit_killed_mid_epoch_resumes_at_the_same_example(shard_dir, tmp_path):
+def test_fit_killed_mid_epoch_resumes_at_the_same_example(shard_dir, tmp_path, monkeypatch):
     """2 epochs uninterrupted == a run stopped in epoch 2 and resumed from its checkpoint."""
     data = ShardedArrays(shard_dir, batch_size=8, seed=1, drop_remainder=True)
     model = fn.serial(fn.Dense(8), fn.Relu(), fn.Dense(3))
@@ -202,7 +202,13 @@ def test_fit_killed_mid_epoch_resumes_at_the_same_example(shard_dir, tmp_path):
     run = str(tmp_path / "b")
     with pytest.raises(_Crash):  # 6 steps per epoch: stopped 3 steps into epoch 2
         fn.fit(model, optax.adam(1e-2), loss, data, checkpoint=run, callbacks=[_CrashAt(9)], **kw)
+    reads = []
+    read = ShardedArrays._read
+    monkeypatch.setattr(
+        ShardedArrays, "_read", lambda self, rows: reads.append(1) or read(self, rows)
+    )
     resumed, _ = fn.fit(model, optax.adam(1e-2), loss, data, checkpoint=run, **kw)
+    assert len(reads) == 1 + 4  # the shapes from a first batch, then epoch 2's last 4 (none to skip)
     assert int(resumed.step) == int(reference.step) == 12
     for a, b in zip(jax.tree.leaves(reference.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -8,8 +8,8 @@ already an iterable of batches; its batches are whatever the records are
 :func:`from_grain` turns them into funcnet's ``(x, y)`` / ``(x, y, weights)``
 tuples and, given a function of the epoch, builds each epoch's pipeline
 afresh, so ``fit`` reshuffles per epoch and a run resumed from a checkpoint
-replays the interrupted epoch from its start and skips the batches already
-trained on. Nothing here imports grain: any iterable of batches works.
+restarts the interrupted epoch at the first batch not trained on. Nothing
+here imports grain: any iterable of batches works.
 """
 
 from __future__ import annotations
@@ -37,15 +37,50 @@ class GrainBatches:
         """The Grain dataset / loader of epoch ``epoch``."""
         return self.dataset(epoch) if callable(self.dataset) else self.dataset
 
-    def for_epoch(self, epoch: int) -> Iterator[tuple]:
-        """The batches of epoch ``epoch``, as tuples."""
-        batches = (_as_tuple(b, self.keys, i) for i, b in enumerate(self.pipeline(epoch)))
+    def for_epoch(self, epoch: int, start: int = 0) -> Iterator[tuple]:
+        """The batches of epoch ``epoch`` from batch ``start`` on, as tuples.
+
+        A resumed ``fit`` passes the number of batches already trained on. A
+        ``MapDataset`` (random access) is sliced there, and an iterator with
+        Grain's ``get_state()`` / ``set_state()`` holding ``"next_index"`` (an
+        ``IterDataset`` made by ``to_iter_dataset()``) is moved there: neither
+        reads the skipped batches. Other pipelines (a multi-worker
+        ``DataLoader``) are read and the skipped batches dropped.
+        """
+        it = _positioned(self.pipeline(epoch), start)
+        batches = (_as_tuple(b, self.keys, i) for i, b in enumerate(it, start))
         if self.prefetch:
             batches = prefetch_to_device(batches, self.prefetch)
         yield from batches
 
     def __iter__(self) -> Iterator[tuple]:
         return self.for_epoch(0)
+
+    def __len__(self) -> int:
+        """Batches per epoch, when the pipeline knows it (``TypeError`` otherwise)."""
+        try:
+            return len(self.pipeline(0))
+        except Exception as err:  # an IterDataset or a DataLoader has no length
+            raise TypeError(f"this Grain pipeline has no length: {err}") from err
+
+
+def _positioned(pipeline: Any, start: int) -> Iterator:
+    """An iterator over ``pipeline``'s batches from batch ``start`` on."""
+    if start and hasattr(pipeline, "__getitem__") and hasattr(pipeline, "__len__"):
+        try:
+            return iter(pipeline[start:])
+        except (TypeError, KeyError, IndexError):
+            pass  # no slicing: fall through
+    it = iter(pipeline)
+    if not start:
+        return it
+    state = it.get_state() if hasattr(it, "get_state") and hasattr(it, "set_state") else None
+    if isinstance(state, dict) and "next_index" in state:
+        it.set_state({**state, "next_index": start})
+        return it
+    for _ in range(start):  # no way to jump: read and drop
+        next(it, None)
+    return it
 
     def __repr__(self) -> str:
         return f"GrainBatches({self.dataset!r}, keys={self.keys})"
@@ -93,9 +128,10 @@ def from_grain(
             shuffled with ``seed=seed + epoch``. With a fixed pipeline every
             epoch has the same order; with a function, ``fit`` reshuffles,
             and a run resumed from a checkpoint rebuilds the interrupted
-            epoch's pipeline and skips the batches it already trained on
-            (they are read again, not trained on), so it continues at the
-            same example.
+            epoch's pipeline and starts it at the first batch not trained on
+            (the checkpoint's step says which; see :meth:`GrainBatches.for_epoch`:
+            a ``MapDataset`` or an ``IterDataset`` jumps there without reading
+            the batches before), so it continues at the same example.
         keys: for batches that are dicts, the entries that are
             ``(x, y)`` or ``(x, y, weights)``, e.g. ``("image", "label")``.
             Tuple batches are used as they are.

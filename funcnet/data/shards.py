@@ -278,10 +278,11 @@ class ShardedArrays:
             out.append(batch)
         return tuple(out)
 
-    def for_epoch(self, epoch: int) -> Iterator[tuple]:
-        """The batches ``(x, y)`` / ``(x, y, weights)`` of epoch ``epoch`` (numpy arrays)."""
+    def for_epoch(self, epoch: int, start: int = 0) -> Iterator[tuple]:
+        """The batches ``(x, y)`` / ``(x, y, weights)`` of epoch ``epoch`` (numpy arrays),
+        from batch ``start`` on (a resumed run reads none of the batches before it)."""
         order = self.order(epoch)
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             yield self._read(order[b * self.batch_size : (b + 1) * self.batch_size])
 
     def batch_list(self, epoch: int = 0) -> list[np.ndarray]:

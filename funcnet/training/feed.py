@@ -13,6 +13,8 @@ rows get weight 0, so every example counts exactly once.
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 import warnings
 from collections.abc import Iterable, Iterator
@@ -327,11 +329,15 @@ def _check_label_range(y: np.ndarray, classes: int | None, where: str) -> None:
         )
 
 
-def iterate(data, where: str, epoch: int = 0):
-    """Batches of an iterable (a callable is called each time for a fresh iterator; an
-    object with ``for_epoch(epoch)``, e.g. :class:`funcnet.data.ShardedArrays`, gives that
-    epoch's batches, so a resumed run sees the same order)."""
+def iterate(data, where: str, epoch: int = 0, start: int = 0):
+    """Batches of an iterable from batch ``start`` on (a callable is called each time for a
+    fresh iterator; an object with ``for_epoch(epoch)``, e.g.
+    :class:`funcnet.data.ShardedArrays`, gives that epoch's batches, so a resumed run sees
+    the same order; with ``for_epoch(epoch, start)`` it skips to ``start`` itself, without
+    reading the batches before; other iterables are read and the first ``start`` dropped)."""
     if hasattr(data, "for_epoch"):
+        if start and "start" in inspect.signature(data.for_epoch).parameters:
+            return iter(data.for_epoch(epoch, start=start))
         it = data.for_epoch(epoch)
     elif callable(data):
         it = data()
@@ -342,7 +348,7 @@ def iterate(data, where: str, epoch: int = 0):
             f"{where}: expected arrays `(x, y)` / `(x, y, weights)` or an iterable of such "
             f"batches, got {type(data).__name__}."
         )
-    return iter(it)
+    return itertools.islice(it, start, None) if start else iter(it)
 
 
 def split_validation(data, fraction: float):
@@ -493,16 +499,22 @@ class BatchEpochs:
         self.run = jax.jit(step_and_add, donate_argnums=(0, 1), out_shardings=out)
 
     def count_steps(self) -> None:
-        """Count the batches of an epoch (to know where a resumed run restarts)."""
+        """The batches of an epoch (to know where a resumed run restarts): the ``len()`` of
+        a list of batches or of an object with ``for_epoch`` (funcnet's protocol: its
+        ``len`` counts batches) when it has one, else counted by reading an epoch."""
+        try:
+            if isinstance(data := self.data, list) or hasattr(data, "for_epoch"):
+                self.steps = len(data)
+                return
+        except TypeError:
+            pass
         self.steps = sum(1 for _ in iterate(self.data, "fit"))
 
     def epoch(self, ts, acc, key, epoch: int, first: int, shuffle: bool):
         del key, shuffle  # an iterable brings its own order
         count, every = 0, self.placement.block_every
-        for i, batch in enumerate(iterate(self.data, "fit", epoch)):
+        for i, batch in enumerate(iterate(self.data, "fit", epoch, first), first):
             count += 1
-            if i < first:
-                continue
             self.check(*unpack_batch(batch, "fit"), f"fit (batch {i + 1} of epoch {epoch + 1})")
             ts, acc = self.run(ts, acc, self.placement.global_batch(batch, "fit"))
             if i % every == every - 1:
