@@ -1,5 +1,6 @@
 """Tests for funcnet.datasets: IDX files written here, bundled/generated data, CSV."""
 
+import functools
 import gzip
 import io
 import os
@@ -20,6 +21,10 @@ from funcnet.datasets import DatasetError, load_csv, load_fashion_mnist, load_mn
 
 _TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
 
+# gzip's header holds the time: fixed, so that every pytest-xdist worker builds the same
+# parameters (ids) at collection, whenever it runs
+_gz = functools.partial(gzip.compress, mtime=0)
+
 
 def write_idx(path, array, compress=False):
     """An independent IDX writer: magic, big-endian dimensions, big-endian data."""
@@ -28,7 +33,7 @@ def write_idx(path, array, compress=False):
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
     if compress:
-        payload = gzip.compress(payload)
+        payload = _gz(payload)
     path.write_bytes(payload)
     return path
 
@@ -121,7 +126,7 @@ def _labels_bytes(labels, count=None):
         ),
         (
             "train-images-idx3-ubyte",
-            gzip.compress(_labels_bytes([1, 2, 3]))[:-6],
+            _gz(_labels_bytes([1, 2, 3]))[:-6],
             "starts like a gzip file but cannot be decompressed",
         ),
         (
@@ -332,15 +337,15 @@ def test_gzip_bomb_announcing_gigabytes_is_refused_before_reading(tmp_path):
     ("payload", "match"),
     [
         (
-            gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 1000) + bytes(range(250)) * 2),
+            _gz(bytes([0, 0, 8, 1]) + struct.pack(">I", 1000) + bytes(range(250)) * 2),
             r"header says shape \(1000,\) \(1000 bytes of data\), but the file holds 500 bytes",
         ),
-        (gzip.compress(bytes([0, 0, 8, 2, 0, 0, 0])), r"is truncated: its header needs 12 bytes"),
-        (gzip.compress(b""), r"is not an IDX file: .*got an empty file"),
-        (gzip.compress(bytes([0, 0, 7, 1])), r"is not an IDX file: .*got 00000701"),
+        (_gz(bytes([0, 0, 8, 2, 0, 0, 0])), r"is truncated: its header needs 12 bytes"),
+        (_gz(b""), r"is not an IDX file: .*got an empty file"),
+        (_gz(bytes([0, 0, 7, 1])), r"is not an IDX file: .*got 00000701"),
         (bytes([0, 0, 8, 40]) + bytes(160), r"announces 40 dimensions, expected at most 32"),
-        (gzip.compress(_labels_bytes([1, 2, 3]))[:12], r"starts like a gzip file but cannot be"),
-        (gzip.compress(_labels_bytes([1, 2, 3])) + b"junk", r"starts like a gzip file but cannot"),
+        (_gz(_labels_bytes([1, 2, 3]))[:12], r"starts like a gzip file but cannot be"),
+        (_gz(_labels_bytes([1, 2, 3])) + b"junk", r"starts like a gzip file but cannot"),
     ],
 )
 def test_hostile_idx_headers(tmp_path, payload, match):
@@ -351,7 +356,7 @@ def test_hostile_idx_headers(tmp_path, payload, match):
 
 
 def test_gzip_crc_is_checked(tmp_path):
-    raw = bytearray(gzip.compress(_labels_bytes(list(range(200))), compresslevel=0))
+    raw = bytearray(_gz(_labels_bytes(list(range(200))), compresslevel=0))
     raw[-20] ^= 1  # a data byte of a stored (uncompressed) block: only the CRC notices
     path = tmp_path / "x-idx1-ubyte.gz"
     path.write_bytes(bytes(raw))
