@@ -65,6 +65,7 @@ import argparse
 import importlib.util
 import math
 import os
+import random
 import sys
 import time
 
@@ -145,6 +146,13 @@ def quantization(model, ts, train_data, test, *, epochs: int) -> dict:
     )
     row("float32", float_size, float_acc)
     out = {"float": float_acc}
+    # static int8: calibrated on 4 training batches, integer matmuls and convolutions
+    qmodel, qparams = compress.quantize_model(
+        model, ts.params, ts.state, [train_data[0][i : i + 64] for i in range(0, 256, 64)]
+    )
+    out["static8"] = accuracy(qmodel, qparams, ts.state, test)
+    row("int8 static (int8 x int8 -> int32)", compress.size_bytes(qparams), out["static8"])
+    out["speed"] = speed(model, ts.params, qmodel, qparams, ts.state, test[0])
     for bits in (8, 4, 2):
         qparams = compress.quantize(ts.params, bits=bits)
         acc = accuracy(model, compress.dequantize(qparams), ts.state, test)
@@ -171,6 +179,28 @@ def quantization(model, ts, train_data, test, *, epochs: int) -> dict:
         out["control2"],
     )
     return out
+
+
+def speed(model, params, qmodel, qparams, state, x, *, rounds: int = 5, calls: int = 20) -> tuple:
+    """Median ms per jitted call (batch 256 from ``x``) of the float and the int8 model."""
+    x = np.resize(x, (256, *x.shape[1:]))
+    fns = [
+        (jax.jit(lambda p, s, x: model.apply(p, s, x)[0]), params),
+        (jax.jit(lambda p, s, x: qmodel.apply(p, s, x)[0]), qparams),
+    ]
+    times: list[list[float]] = [[], []]
+    for f, p in fns:
+        f(p, state, x).block_until_ready()
+    for _ in range(rounds):  # interleaved
+        for i, (f, p) in enumerate(fns):
+            start = time.perf_counter()
+            for _ in range(calls):
+                y = f(p, state, x)
+            y.block_until_ready()
+            times[i].append((time.perf_counter() - start) / calls * 1e3)
+    f_ms, q_ms = float(np.median(times[0])), float(np.median(times[1]))
+    print(f"  (jitted inference, batch 256: float32 {f_ms:.2f} ms, int8 {q_ms:.2f} ms)")
+    return f_ms, q_ms
 
 
 def pruning(model, ts, train_data, test, *, epochs: int, sparsities) -> dict:
@@ -238,10 +268,34 @@ def make_mnist1d(name: str) -> fn.Layer:
     )  # fmt: skip
 
 
-def mnist1d(steps: int) -> dict:
+def fit_steps(model, data, loss, *, steps: int, seed: int, spe: int = 40):
+    """Adam 1e-2, batch 100, about ``steps`` steps (whole shuffled epochs); the ``TrainState``."""
+    ts, _ = fn.fit(
+        model, optax.adam(1e-2), loss, data, epochs=max(1, steps * 100 // len(data[0])),
+        batch_size=100, steps_per_execution=spe, key=jax.random.key(seed), verbose=0,
+    )  # fmt: skip
+    return ts
+
+
+def mnist1d_inputs(n: int, seed: int = 7) -> np.ndarray:
+    """``n`` more MNIST-1D inputs ``(n, 40, 1)``: the generator with another seed, no labels."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = n, seed, 1.0
+    saved = random.getstate(), np.random.get_state()  # the generator reseeds both
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+    return np.asarray(data["x"], np.float32)[..., None]
+
+
+def mnist1d(steps: int, *, seeds: int, transfer: int) -> dict:
     train_data, test = fn.datasets.load_mnist1d(channel_axis=True)
     print(f"\nMNIST-1D ({steps} steps of Adam 1e-2, batch 100, in order):")
-    out = {}
+    out, trained = {}, {}
     for name in ("cnn", "mlp"):
         model = make_mnist1d(name)
         ts, _ = fn.fit(
@@ -256,20 +310,66 @@ def mnist1d(steps: int) -> dict:
             key=jax.random.key(0),
             verbose=0,
         )
+        trained[name] = (model, ts)
         qparams = compress.quantize(ts.params)
         f_acc = accuracy(model, ts.params, ts.state, test)
         q_acc = accuracy(model, compress.dequantize(qparams), ts.state, test)
+        qmodel, sparams = compress.quantize_model(
+            model, ts.params, ts.state, [train_data[0][:200], train_data[0][200:400]]
+        )
+        s_acc = accuracy(qmodel, sparams, ts.state, test)
         f_size, q_size = compress.size_bytes(ts.params), compress.size_bytes(qparams)
         print(
-            f"  {name}: float {f_acc:.3f} ({kib(f_size).strip()}), int8 {q_acc:.3f} "
-            f"({kib(q_size).strip()}, {f_size / q_size:.1f}x smaller)"
+            f"  {name}: float {f_acc:.3f} ({kib(f_size).strip()}), int8 weights {q_acc:.3f}, "
+            f"static int8 {s_acc:.3f} ({kib(q_size).strip()}, {f_size / q_size:.1f}x smaller)"
         )
-        out[name] = (f_acc, q_acc)
+        out[name] = (f_acc, q_acc, s_acc)
+    out["distill"] = mnist1d_distillation(
+        *trained["cnn"], train_data, test, steps=steps, seeds=seeds, transfer=transfer
+    )
+    return out
+
+
+def mnist1d_distillation(teacher, tts, train_data, test, *, steps, seeds, transfer) -> dict:
+    """The CNN teaches the MLP: labels alone, distilled, distilled on more (unlabeled) inputs."""
+    x, y = train_data
+    extra = mnist1d_inputs(transfer)
+    x_all = np.concatenate([x, extra])
+    logits = fn.predict(teacher, tts.params, tts.state, x_all)
+    # the transfer inputs have no labels: the teacher's argmax stands in for the hard term
+    y_all = np.concatenate([y, np.argmax(logits[len(x) :], -1).astype(y.dtype)])
+    kd = compress.distillation_loss(temperature=4.0, alpha=0.9)
+    recipes = {
+        "labels alone (4000)": lambda: ((x, y), LOSS),
+        "distilled (4000)": lambda: ((x, {"labels": y, "teacher_logits": logits[: len(x)]}), kd),
+        f"teacher's argmax (4000 + {transfer})": lambda: ((x_all, y_all), LOSS),
+        f"distilled (4000 + {transfer})": lambda: (
+            (x_all, {"labels": y_all, "teacher_logits": logits}), kd),
+    }  # fmt: skip
+    student = make_mnist1d("mlp")
+    t_acc = accuracy(teacher, tts.params, tts.state, test)
+    print(
+        f"\n  MNIST-1D distillation: CNN teacher ({t_acc:.3f}"
+        f", {kib(compress.size_bytes(tts.params)).strip()}) -> MLP student (width 256), "
+        f"~{steps} shuffled steps each, seeds 0..{seeds - 1}, T=4, alpha=0.9; {transfer} "
+        "unlabeled generator inputs (seed 7) for the transfer set:"
+    )
+    out = {}
+    for name, make in recipes.items():
+        data, loss = make()
+        accs = []
+        for seed in range(seeds):
+            ts = fit_steps(student, data, loss, steps=steps, seed=seed)
+            accs.append(accuracy(student, ts.params, ts.state, test))
+        out[name] = float(np.mean(accs))
+        print(f"    {name:<36} {out[name]:.3f} ({' '.join(f'{a:.3f}' for a in accs)})")
+    print(f"    (student {kib(compress.size_bytes(ts.params)).strip()})")
     return out
 
 
 def main(*, epochs: int = 20, tune_epochs: int = 3, student_epochs: int = 60, seeds: int = 3,
-         mnist1d_steps: int | None = None, seed: int = 0,
+         mnist1d_steps: int | None = None, mnist1d_seeds: int = 2, transfer: int = 12000,
+         seed: int = 0,
          sparsities: tuple[float, ...] = (0.5, 0.8, 0.9)) -> dict:  # fmt: skip
     """Train the CNN, compress it every way, print the tables; returns the numbers."""
     start = time.perf_counter()
@@ -303,10 +403,14 @@ def main(*, epochs: int = 20, tune_epochs: int = 3, student_epochs: int = 60, se
     if mnist1d_steps and importlib.util.find_spec("mnist1d") is None:
         print("\nMNIST-1D skipped: `pip install mnist1d` to run it")
     elif mnist1d_steps:
-        results["mnist1d"] = mnist1d(mnist1d_steps)
+        results["mnist1d"] = mnist1d(mnist1d_steps, seeds=mnist1d_seeds, transfer=transfer)
         took()
     print(f"\n({time.perf_counter() - start:.1f} s in all)")
     q, p, d = results["quantize"], results["prune"], results["distill"]
+    print(
+        f"static int8: accuracy {q['static8']:.4f} (float {q['float']:.4f}); jitted inference "
+        f"{q['speed'][1]:.2f} ms vs float {q['speed'][0]:.2f} ms (batch 256)"
+    )
     shown = 0.8 if 0.8 in p else sparsities[0]
     print(
         f"compress: int8 accuracy {q['ptq8']:.4f} vs float {q['float']:.4f}, int4 "
@@ -323,11 +427,15 @@ if __name__ == "__main__":
     )
     parser.add_argument("--epochs", type=int, default=20, help="training the CNN")
     parser.add_argument("--tune-epochs", type=int, default=3, help="QAT and pruning fine-tuning")
-    parser.add_argument("--student-epochs", type=int, default=60)
+    parser.add_argument("--student-epochs", type=int, default=60, help="training each student")
     parser.add_argument("--seeds", type=int, default=3, help="students per recipe")
     parser.add_argument("--mnist1d", action="store_true", help="also the MNIST-1D CNN and MLP")
     parser.add_argument("--mnist1d-steps", type=int, default=2000, help="a multiple of 40")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mnist1d-seeds", type=int, default=2, help="MNIST-1D students per recipe")
+    parser.add_argument(
+        "--transfer", type=int, default=12000, help="extra unlabeled MNIST-1D inputs to distill on"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="data split and CNN init")
     parser.add_argument("--smoke", action="store_true", help="fewer epochs, no MNIST-1D")
     args = parser.parse_args()
     main(
@@ -336,6 +444,8 @@ if __name__ == "__main__":
         student_epochs=10 if args.smoke else args.student_epochs,
         seeds=1 if args.smoke else args.seeds,
         mnist1d_steps=args.mnist1d_steps if args.mnist1d and not args.smoke else None,
+        mnist1d_seeds=args.mnist1d_seeds,
+        transfer=args.transfer,
         seed=args.seed,
         sparsities=(0.8,) if args.smoke else (0.5, 0.8, 0.9),
     )

@@ -21,12 +21,19 @@ projection, kernels stacked under ``repeat``) are stored in int8 and
 dequantized where used (weight-only). The quantized params are the float
 params with each kernel replaced by ``{"q", "scale"[, "input_scale"]}``, so
 :func:`~funcnet.compress.size_bytes` and :func:`~funcnet.compress.dequantize`
-apply to them, and the model exports with :func:`funcnet.export`.
+apply to them, and the model exports with :func:`funcnet.export.export`.
 
-How: the model's ``apply`` is traced to a jaxpr and evaluated by
-:mod:`funcnet.compress.interpret`, which replaces each op reading a kernel
-(see there). Tracing happens inside ``apply``, so the quantized model is
-jittable, and each new input shape traces once more.
+How: like PyTorch's FX graph mode quantization, the rewrite happens on the
+traced program, so it reaches kernels wherever a combinator put them. The
+model's ``apply`` is traced to a jaxpr (at inference, ``train=False``) and
+evaluated equation by equation; an equation that reads a kernel becomes the
+integer op (``dot_general`` / ``conv_general_dilated`` with a floating
+activation on the other side and the kernel's channel axis, its last, among
+the outputs), is entered (``jit``, ``checkpoint``, ``custom_jvp_call``), or
+runs in float on the dequantized kernel (anything else). Tracing happens
+inside ``apply``, so the quantized model is jittable, and each new input
+shape traces once more. Activations are symmetric (as TensorRT's), so a
+non-negative input (after a ReLU) uses the levels 0..127 only.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnet.compress.interpret import QMAX, Kernel, Mode, run
+from funcnet.compress._interpret import QMAX, Kernel, Mode, run
 from funcnet.compress.prune import _matched
 from funcnet.compress.quantize import is_quantized, quantize_array
 from funcnet.core import Layer, Params, State, path_str
