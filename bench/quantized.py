@@ -16,8 +16,9 @@ ratios ``int8 / float32``. It also reads XLA's optimized HLO to say whether
 the integer dot/convolution stays in s8 operands or is converted to float.
 
 Models: the digits CNN of ``examples/compress_digits.py`` (8x8x1 inputs,
-53k params), an MLP 784-1024-1024-10 (1.8M params), and one Dense 1024->1024
-(the bare matmul).
+53k params), an MLP 784-1024-1024-10 (1.8M params), one Dense 1024->1024
+(the bare matmul) and one Conv 3x3, 32->64 channels on 16x16 (the bare
+convolution).
 
 Usage::
 
@@ -62,6 +63,7 @@ MODELS = {
         (784,),
     ),
     "dense": (lambda: fn.Dense(1024), (1024,)),
+    "conv": (lambda: fn.Conv(64, (3, 3), padding="SAME"), (16, 16, 32)),
 }
 
 
