@@ -138,6 +138,7 @@ def measure(rounds: int = 5, window_s: float = 0.5, config: dict = CONFIG, log=p
         log(f"  round {r + 1}/{rounds} done")
     whole = runs[-1]["state_bytes"]  # 8x1: replicated
     rows = []
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     for run in runs:
         times = samples[run["mesh"]]
         rows.append(
@@ -150,6 +151,7 @@ def measure(rounds: int = 5, window_s: float = 0.5, config: dict = CONFIG, log=p
                 "state_bytes": run["state_bytes"],
                 "state_vs_replicated": run["state_bytes"] / whole,
                 "temp_bytes": run["temp_bytes"],
+                "load_average": load,
             }
         )
     return rows
@@ -174,7 +176,8 @@ def markdown(rows: list, config: dict = CONFIG) -> list:
         f"over rounds in one process, medians. Devices: 8 x {device.platform} "
         f"({device.device_kind}), jax {jax.__version__}. On CPU the devices are virtual and "
         "share the cores: the times show the cost of the partitioned programs and their "
-        "collectives, not a speed-up; the memory columns are what each device holds.",
+        "collectives, not a speed-up; the memory columns are what each device holds. "
+        f"Load average (1/5/15 min) at the end: {rows[0]['load_average'] if rows else None}.",
         "",
         "| mesh (data x model) | ms/step | spread % | compile s | params MB/device "
         "| params+Adam MB/device | vs replicated | XLA temp MB/device |",

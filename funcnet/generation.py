@@ -35,7 +35,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from funcnet import distributed
 from funcnet._checks import check_number, check_positive_int, is_int
 from funcnet.core import Layer, Params, State, as_layer, spec_of
 from funcnet.layers.attention import KVCache
@@ -453,6 +456,8 @@ def generate(
     max_len: int | None = None,
     use_cache: bool = True,
     cache_dtype: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
+    param_sharding=None,
 ) -> jax.Array:
     """Continue a batch of prompts token by token: one compiled program (prefill + a loop).
 
@@ -494,6 +499,12 @@ def generate(
         use_cache: decode with a KV cache (default) or recompute everything.
         cache_dtype: dtype of the cached keys and values (default: each
             attention layer's computation dtype).
+        mesh, param_sharding: decode tensor-parallel: the params placed on
+            ``mesh`` by sharding rules (e.g. ``distributed.tensor_parallel()``
+            on a ``("data", "model")`` mesh, see :func:`funcnet.fit`), the
+            prompts replicated; the compiler splits the attention heads (and
+            so the KV cache) and MLPs as the params are split. The tokens
+            equal those of one device.
 
     Returns:
         The new tokens ``(N, max_new_tokens)``, in the prompts' dtype.
@@ -539,4 +550,23 @@ def generate(
     )
     lengths = _check_lengths(prompt_lengths, n, p)
     key = jax.random.key(0) if key is None else key
+    if mesh is not None or param_sharding is not None:
+        params, state, prompts, lengths = _on_mesh(
+            model, params, state, prompts, lengths, mesh, param_sharding
+        )
     return _generate_jit(model, opts, params, state, prompts, lengths, key)
+
+
+def _on_mesh(model, params, state, prompts, lengths, mesh, param_sharding):
+    """Params placed by the rules on ``mesh``; state, prompts and lengths replicated."""
+    if mesh is None or param_sharding is None:
+        raise ValueError(
+            "generate: give `mesh` and `param_sharding` together, e.g. `mesh=jax.make_mesh((1, "
+            "4), ('data', 'model')), param_sharding=distributed.tensor_parallel()`."
+        )
+    rules = distributed.resolve_rules(param_sharding, "generate")
+    shardings = distributed.param_shardings(model, prompts, mesh, rules)
+    replicated = NamedSharding(mesh, P())
+    params = distributed.place(params, shardings)
+    state, prompts, lengths = distributed.place((state, prompts, lengths), replicated)
+    return params, state, prompts, lengths

@@ -241,6 +241,9 @@ def test_training_entry_points_check_their_sharding_arguments():
         fn.evaluate(mlp(), params, state, (x, y), loss=LOSS, param_sharding={"mlp": "model"})
     with pytest.raises(ValueError, match=r"predict: `param_sharding` needs a `mesh`"):
         fn.predict(mlp(), params, state, x, param_sharding={"mlp": "model"})
+    with pytest.raises(ValueError, match=r"generate: give `mesh` and `param_sharding` together"):
+        fn.generate(mlp(), params, state, np.zeros((1, 2), np.int32), max_new_tokens=1,
+                    temperature=0, param_sharding={"mlp": "model"})  # fmt: skip
     with pytest.raises(ValueError, match=r"train_step: `param_sharding` needs a `mesh`"):
         fn.train_step(mlp(), LOSS, optax.sgd(0.1), param_sharding={"mlp": "model"})
 
@@ -319,6 +322,20 @@ def test_mesh8_transformer_lm_tensor_parallel_matches_one_device():
         model, one.params, one.state, data[0], mesh=mesh, param_sharding=D.tensor_parallel()
     )
     np.testing.assert_allclose(p1, p2, rtol=1e-4, atol=1e-5)
+    # greedy decoding with a KV cache, params split by the rules: the one-device tokens
+    prompts = jnp.asarray(data[0][:2, :4])
+    new1 = fn.generate(model, one.params, one.state, prompts, max_new_tokens=3, temperature=0)
+    new2 = fn.generate(
+        model,
+        one.params,
+        one.state,
+        prompts,
+        max_new_tokens=3,
+        temperature=0,
+        mesh=mesh,
+        param_sharding=D.tensor_parallel(),
+    )
+    np.testing.assert_array_equal(new1, new2)
 
 
 @needs8
