@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -200,18 +201,8 @@ def RNN(
     if not (unroll is True or unroll is False):
         unroll = check_positive_int("RNN", "unroll", unroll)
     cell_name = getattr(cell, "name", type(cell).__name__)
-    extras = {"return_sequences": return_sequences, "return_state": return_state}
-    extras |= {"reverse": reverse, "unroll": unroll}
-    defaults = {"return_sequences": True, "return_state": False, "reverse": False, "unroll": 1}
-    name = ", ".join(
-        [str(cell_name)]
-        + [
-            f"{k}={v!r}"
-            for k, v in extras.items()
-            if (type(v), v) != (type(defaults[k]), defaults[k])
-        ]
-    )
-    name = f"RNN({name})"
+    config = _RNNConfig(cell, return_sequences, return_state, reverse, unroll)
+    name = _rnn_name(config)
 
     def in_cell(fn, *args):
         """Call a cell function; a LayerError from the cell gets this layer's name in its path."""
@@ -230,93 +221,116 @@ def RNN(
         carry = jax.eval_shape(lambda: cell.initial_carry(n, x_t.dtype))
         return in_cell(jax.eval_shape, cell.apply, spec_of(params), carry, x_t)
 
-    def check_carry(carry, carry_spec, n):
-        leaves, spec_leaves = jax.tree.leaves(carry), jax.tree.leaves(carry_spec)
-        ok = len(leaves) == len(spec_leaves) and all(
-            _is_array(a)
-            and tuple(a.shape) == s.shape
-            and jnp.issubdtype(jnp.dtype(a.dtype), jnp.floating)
-            for a, s in zip(leaves, spec_leaves)
-        )
-        if not ok:
-            got = fmt_spec(carry) if all(map(_is_array, leaves)) else type(carry).__name__
-            raise LayerError(
-                f"expected `carry` like `cell.initial_carry({n})`: {fmt_spec(carry_spec)} "
-                f"(floating), got {got}."
-            )
-
     def init(key, inputs):
         parts = _read_inputs(inputs)
         n, _, f = parts.x.shape
         params, _ = in_cell(cell.init, key, jax.ShapeDtypeStruct((n, f), parts.x.dtype))
         if parts.carry is not None:
             carry_spec, _ = step_spec(params, parts)
-            check_carry(parts.carry, carry_spec, n)
+            _check_carry(parts.carry, carry_spec, n)
         return params, ()
+
+    # one compiled scan per layer and shape, also when `apply` is called eagerly
+    run = jax.jit(functools.partial(_scan, cell.apply, return_sequences, reverse, unroll))
 
     def apply(params, state, inputs, *, key=None, train=False):
         del key, train
         parts = _read_inputs(inputs)
-        x = parts.x
-        n, t, _ = x.shape
         carry_spec, _ = step_spec(params, parts)
-        spec_leaves, carry_def = jax.tree.flatten(carry_spec)
-        if parts.carry is None:
-            first = spec_leaves[0].dtype if spec_leaves else x.dtype
-            carry = cell.initial_carry(n, first)
-        else:
-            check_carry(parts.carry, carry_spec, n)
-            carry = parts.carry
-        carry = jax.tree.unflatten(
-            carry_def, [a.astype(s.dtype) for a, s in zip(jax.tree.leaves(carry), spec_leaves)]
-        )
-
-        valid = None
-        if parts.lengths is not None:
-            lengths = jnp.asarray(parts.lengths).astype(jnp.int32)
-            valid = jnp.arange(t, dtype=jnp.int32)[None, :] < lengths[:, None]
-        if parts.mask is not None:
-            valid = parts.mask if valid is None else valid & parts.mask
-        carry, out = in_cell(run, params, carry, x, valid)
+        carry = _first_carry(cell, parts, carry_spec)
+        carry, out = in_cell(run, params, carry, parts.x, _valid_steps(parts))
         if return_sequences and parts.passthrough is not None:
             out = {**parts.passthrough, "x": out}
         return ((out, carry) if return_state else out), state
 
-    @jax.jit  # one compiled scan per layer and shape, also when `apply` is called eagerly
-    def run(params, carry, x, valid):
-        # The input projection stays inside the step: on XLA:CPU hoisting it out of the loop (one
-        # big matmul before the scan) measured 1.5-2x slower, forward and backward.
-        xs = jnp.swapaxes(x, 0, 1)  # time-major (T, N, F)
-        step_fn = cell.apply
-        scanned = xs if valid is None else (xs, jnp.swapaxes(valid, 0, 1))
-
-        def body(loop, inp):
-            carry, last = loop
-            x_t, v = (inp, None) if valid is None else inp
-            new_carry, y = step_fn(params, carry, x_t)
-            if v is not None:
-                new_carry = _where(v, new_carry, carry)
-                y = _where(v, y, jax.tree.map(jnp.zeros_like, y))
-            if return_sequences:
-                return (new_carry, last), y
-            last = y if v is None else _where(v, y, last)
-            return (new_carry, last), None
-
-        last = None
-        if not return_sequences:
-            x_t = jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype)
-            _, y_spec = jax.eval_shape(step_fn, params, carry, x_t)
-            last = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), y_spec)
-        (carry, last), ys = jax.lax.scan(
-            body, (carry, last), scanned, reverse=reverse, unroll=unroll
-        )
-        if return_sequences:
-            return carry, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), ys)
-        return carry, last
-
     layer = Layer(init, apply, name)
-    _RNN_CONFIGS[layer.apply] = _RNNConfig(cell, return_sequences, return_state, reverse, unroll)
+    _RNN_CONFIGS[layer.apply] = config
     return layer
+
+
+def _rnn_name(config: _RNNConfig) -> str:
+    """``RNN(LSTMCell(8), reverse=True)``: the cell and the options that are not the defaults."""
+    cell_name = getattr(config.cell, "name", type(config.cell).__name__)
+    defaults = {"return_sequences": True, "return_state": False, "reverse": False, "unroll": 1}
+    options = [
+        f"{k}={v!r}"
+        for k, v in config._asdict().items()
+        if k in defaults and (type(v), v) != (type(defaults[k]), defaults[k])
+    ]
+    return f"RNN({', '.join([str(cell_name), *options])})"
+
+
+def _check_carry(carry, carry_spec, n: int) -> None:
+    """An initial carry shaped like ``cell.initial_carry(n)`` (floating), else a LayerError."""
+    leaves, spec_leaves = jax.tree.leaves(carry), jax.tree.leaves(carry_spec)
+    ok = len(leaves) == len(spec_leaves) and all(
+        _is_array(a)
+        and tuple(a.shape) == s.shape
+        and jnp.issubdtype(jnp.dtype(a.dtype), jnp.floating)
+        for a, s in zip(leaves, spec_leaves)
+    )
+    if not ok:
+        got = fmt_spec(carry) if all(map(_is_array, leaves)) else type(carry).__name__
+        raise LayerError(
+            f"expected `carry` like `cell.initial_carry({n})`: {fmt_spec(carry_spec)} "
+            f"(floating), got {got}."
+        )
+
+
+def _first_carry(cell, parts: _Parts, carry_spec):
+    """The carry the scan starts from: the given one (checked) or the cell's zeros, in the
+    dtypes of the cell's step."""
+    n = parts.x.shape[0]
+    spec_leaves, carry_def = jax.tree.flatten(carry_spec)
+    if parts.carry is None:
+        carry = cell.initial_carry(n, spec_leaves[0].dtype if spec_leaves else parts.x.dtype)
+    else:
+        _check_carry(parts.carry, carry_spec, n)
+        carry = parts.carry
+    leaves = [a.astype(s.dtype) for a, s in zip(jax.tree.leaves(carry), spec_leaves)]
+    return jax.tree.unflatten(carry_def, leaves)
+
+
+def _valid_steps(parts: _Parts):
+    """``(N, T)`` bool of the steps that count (from ``lengths`` and ``mask``), or None."""
+    valid = None
+    if parts.lengths is not None:
+        lengths = jnp.asarray(parts.lengths).astype(jnp.int32)
+        valid = jnp.arange(parts.x.shape[1], dtype=jnp.int32)[None, :] < lengths[:, None]
+    if parts.mask is not None:
+        valid = parts.mask if valid is None else valid & parts.mask
+    return valid
+
+
+def _scan(step_fn, return_sequences: bool, reverse: bool, unroll, params, carry, x, valid):
+    """The cell's ``step_fn`` over the time axis of ``x`` (N, T, F) in one ``lax.scan``:
+    ``(final carry, outputs (N, T, H) or the last valid step's (N, H))``."""
+    # The input projection stays inside the step: on XLA:CPU hoisting it out of the loop (one
+    # big matmul before the scan) measured 1.5-2x slower, forward and backward.
+    xs = jnp.swapaxes(x, 0, 1)  # time-major (T, N, F)
+    scanned = xs if valid is None else (xs, jnp.swapaxes(valid, 0, 1))
+
+    def body(loop, inp):
+        carry, last = loop
+        x_t, v = (inp, None) if valid is None else inp
+        new_carry, y = step_fn(params, carry, x_t)
+        if v is not None:
+            new_carry = _where(v, new_carry, carry)
+            y = _where(v, y, jax.tree.map(jnp.zeros_like, y))
+        if return_sequences:
+            return (new_carry, last), y
+        last = y if v is None else _where(v, y, last)
+        return (new_carry, last), None
+
+    last = None
+    if not return_sequences:
+        x_t = jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype)
+        _, y_spec = jax.eval_shape(step_fn, params, carry, x_t)
+        last = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), y_spec)
+    (carry, last), ys = jax.lax.scan(body, (carry, last), scanned, reverse=reverse, unroll=unroll)
+    if return_sequences:
+        return carry, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), ys)
+    return carry, last
 
 
 def _where(v, new, old):
@@ -360,6 +374,59 @@ def _merge_fn(merge):
     if merge == "mul":
         return jnp.multiply
     return lambda a, b: (a + b) * 0.5  # "ave"
+
+
+def _directions(forward: Layer, backward: Layer | None, merge) -> tuple[Layer, bool]:
+    """Check the two directions (and build ``backward`` from ``forward`` when None); return
+    the backward layer and whether both return their state."""
+    if merge not in _MERGES:
+        raise ValueError(f"Bidirectional: `merge` must be one of {list(_MERGES)}, got {merge!r}.")
+    f_cfg = _rnn_config(forward, "forward")
+    if f_cfg.reverse:
+        raise ValueError(
+            "Bidirectional: the `forward` layer must run forwards; build it with "
+            "`reverse=False` (the default)."
+        )
+    if backward is None:
+        backward = RNN(
+            f_cfg.cell,
+            return_sequences=f_cfg.return_sequences,
+            return_state=f_cfg.return_state,
+            reverse=True,
+            unroll=f_cfg.unroll,
+        )
+    b_cfg = _rnn_config(backward, "backward")
+    if not b_cfg.reverse:
+        raise ValueError(
+            "Bidirectional: the `backward` layer must run backwards; build it with "
+            f"`RNN(..., reverse=True)`, got {backward!r}."
+        )
+    for option in ("return_sequences", "return_state"):
+        if getattr(f_cfg, option) != getattr(b_cfg, option):
+            raise ValueError(
+                f"Bidirectional: `forward` and `backward` must have the same `{option}`, got "
+                f"{getattr(f_cfg, option)} and {getattr(b_cfg, option)}."
+            )
+    h_f, h_b = getattr(f_cfg.cell, "features", None), getattr(b_cfg.cell, "features", None)
+    if merge in ("sum", "mul", "ave") and h_f is not None and h_b is not None and h_f != h_b:
+        raise ValueError(
+            f"Bidirectional: `merge={merge!r}` needs both directions of the same size, got "
+            f"{h_f} and {h_b}; use `merge='concat'` or cells of the same `features`."
+        )
+    return backward, f_cfg.return_state
+
+
+def _split_carry(inputs):
+    """The inputs of each direction: the same, but with its own part of ``carry``."""
+    if not isinstance(inputs, Mapping) or inputs.get("carry") is None:
+        return inputs, inputs
+    carry = inputs["carry"]
+    if not _is_pair_dict(carry):
+        raise LayerError(
+            "expected `carry` as a dict {'forward': carry, 'backward': carry} (one initial "
+            f"carry per direction), got {_describe(carry)}."
+        )
+    return {**inputs, "carry": carry["forward"]}, {**inputs, "carry": carry["backward"]}
 
 
 def Bidirectional(
@@ -417,64 +484,15 @@ def Bidirectional(
         >>> summed.apply(params, state, inputs)[0].shape
         (2, 8)
     """
-    if merge not in _MERGES:
-        raise ValueError(f"Bidirectional: `merge` must be one of {list(_MERGES)}, got {merge!r}.")
-    f_cfg = _rnn_config(forward, "forward")
-    if f_cfg.reverse:
-        raise ValueError(
-            "Bidirectional: the `forward` layer must run forwards; build it with "
-            "`reverse=False` (the default)."
-        )
-    if backward is None:
-        backward = RNN(
-            f_cfg.cell,
-            return_sequences=f_cfg.return_sequences,
-            return_state=f_cfg.return_state,
-            reverse=True,
-            unroll=f_cfg.unroll,
-        )
-    b_cfg = _rnn_config(backward, "backward")
-    if not b_cfg.reverse:
-        raise ValueError(
-            "Bidirectional: the `backward` layer must run backwards; build it with "
-            f"`RNN(..., reverse=True)`, got {backward!r}."
-        )
-    for option in ("return_sequences", "return_state"):
-        if getattr(f_cfg, option) != getattr(b_cfg, option):
-            raise ValueError(
-                f"Bidirectional: `forward` and `backward` must have the same `{option}`, got "
-                f"{getattr(f_cfg, option)} and {getattr(b_cfg, option)}."
-            )
-    h_f, h_b = getattr(f_cfg.cell, "features", None), getattr(b_cfg.cell, "features", None)
-    if merge in ("sum", "mul", "ave") and h_f is not None and h_b is not None and h_f != h_b:
-        raise ValueError(
-            f"Bidirectional: `merge={merge!r}` needs both directions of the same size, got "
-            f"{h_f} and {h_b}; use `merge='concat'` or cells of the same `features`."
-        )
-    return_state = f_cfg.return_state
+    backward, return_state = _directions(forward, backward, merge)
     children = {"forward": forward, "backward": backward}
     combine = _merge_fn(merge)
-
-    def split(inputs):
-        """The inputs of each direction: the same, but with its own part of ``carry``."""
-        if not isinstance(inputs, Mapping) or inputs.get("carry") is None:
-            return inputs, inputs
-        carry = inputs["carry"]
-        if not _is_pair_dict(carry):
-            raise LayerError(
-                "expected `carry` as a dict {'forward': carry, 'backward': carry} (one initial "
-                f"carry per direction), got {_describe(carry)}."
-            )
-        return (
-            {**inputs, "carry": carry["forward"]},
-            {**inputs, "carry": carry["backward"]},
-        )
 
     def call(which, fn, *args):
         return call_with_path(f"Bidirectional[{which}]", fn, *args)
 
     def init(key, inputs):
-        in_f, in_b = split(inputs)
+        in_f, in_b = _split_carry(inputs)
         p_f, _ = call("forward", forward.init, jax.random.fold_in(key, 0), in_f)
         p_b, _ = call("backward", backward.init, jax.random.fold_in(key, 1), in_b)
         return {"forward": p_f, "backward": p_b}, ()
@@ -493,7 +511,7 @@ def Bidirectional(
                 "expected params as a dict with keys ['backward', 'forward'], got "
                 f"{_describe(params)}. Pass the params returned by this layer's `init`."
             )
-        in_f, in_b = split(inputs)
+        in_f, in_b = _split_carry(inputs)
         out_f, _ = call("forward", forward.apply, params["forward"], (), in_f)
         out_b, _ = call("backward", backward.apply, params["backward"], (), in_b)
         if return_state:
