@@ -565,6 +565,7 @@ def _on_mesh(model, params, state, prompts, lengths, mesh, param_sharding):
             "4), ('data', 'model')), param_sharding=distributed.tensor_parallel()`."
         )
     rules = distributed.resolve_rules(param_sharding, "generate")
+    mesh = distributed.auto_mesh(distributed.check_mesh(mesh, "generate"))  # as fit's loop
     shardings = distributed.param_shardings(model, prompts, mesh, rules)
     replicated = NamedSharding(mesh, P())
     params = distributed.place(params, shardings)

@@ -246,6 +246,11 @@ def test_training_entry_points_check_their_sharding_arguments():
                     temperature=0, param_sharding={"mlp": "model"})  # fmt: skip
     with pytest.raises(ValueError, match=r"train_step: `param_sharding` needs a `mesh`"):
         fn.train_step(mlp(), LOSS, optax.sgd(0.1), param_sharding={"mlp": "model"})
+    explicit = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with pytest.raises(ValueError, match=r"train_step: `mesh` needs Auto axes.*auto_mesh"):
+        fn.train_step(mlp(), LOSS, optax.sgd(0.1), mesh=explicit, param_sharding={"mlp": "model"})
+    with pytest.raises(ValueError, match=r"state_shardings: `mode` must be 'replicated' or"):
+        fn.train_step(mlp(), LOSS, optax.sgd(0.1), mesh=D.auto_mesh(explicit), param_sharding="tp")
 
 
 # ----------------------------------------------------------------------------- 8 devices

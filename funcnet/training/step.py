@@ -440,6 +440,12 @@ def _on_mesh(step, model, optimizer, mesh, param_sharding):
     """``step`` with its batch split over the mesh's batch axes and its train state (in and
     out) constrained to ``param_sharding`` (rules, or ``"replicated"``/``"fsdp"``)."""
     distributed.check_mesh(mesh, "train_step")
+    if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+        raise ValueError(
+            f"train_step: `mesh` needs Auto axes (the step constrains shardings, which "
+            f"Explicit axes refuse), got axis types {mesh.axis_types}; pass "
+            "`distributed.auto_mesh(mesh)` and place the state and batches on it."
+        )
     if param_sharding is None or isinstance(param_sharding, str):
         mode = param_sharding or "replicated"
         distributed.state_shardings({}, mesh, mode)  # checks the mode now
