@@ -4,6 +4,7 @@
 ``funcnet.distributed.launch``): on a ("data", "model") mesh of the 4 devices
 of both processes,
 
+0. checks that saving to a different path in each process fails in both;
 1. saves :func:`tree` as step 1 with a ``CheckpointManager`` (sharded by
    itself: ``params/a`` is split over all 4 devices);
 2. restores it in both processes onto other shardings, checks every local
@@ -96,13 +97,19 @@ def main(out_dir: str) -> None:
     import jax
     from jax.sharding import AxisType
 
-    from funcnet.checkpoint import CheckpointManager, sharded
+    from funcnet.checkpoint import CheckpointManager, save, sharded
 
     # JAX's runtime catches SIGTERM (preemption notices); let the launcher's stop be immediate
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     directory = os.path.join(out_dir, "ckpt")
+    try:  # each process its own path: all fail at once (none waits for the others' shards)
+        save(os.path.join(out_dir, f"own_{process}"), tree(mesh), sharded=True)
+    except ValueError as err:
+        assert "the processes save to different paths" in str(err), err
+    else:
+        raise AssertionError("saving to different paths should raise")
     manager = CheckpointManager(directory, max_to_keep=None)
     manager.save(1, tree(mesh), metrics={"loss": 0.5})
     reads = restore_elsewhere(manager, mesh)

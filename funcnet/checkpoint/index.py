@@ -73,13 +73,25 @@ def process_file(process: int) -> str:
 
 
 def index_digest(index: dict) -> str:
-    """The SHA-256 (hex) of ``index``'s canonical JSON."""
+    """The SHA-256 (hex) of ``index``'s canonical JSON (keys sorted, no spaces).
+
+    Examples:
+        >>> index_digest({"b": 1, "a": [2]}) == index_digest({"a": [2], "b": 1})
+        True
+    """
     text = json.dumps(index, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def failure(directory: str) -> Fail:
-    """A ``fail(what)`` that raises a corrupt :class:`CheckpointError` naming ``directory``."""
+    """A ``fail(what)`` that raises a corrupt :class:`CheckpointError` naming ``directory``.
+
+    Examples:
+        >>> failure("ckpt")("it is broken")
+        Traceback (most recent call last):
+        ...
+        funcnet.checkpoint.CheckpointError: checkpoint `ckpt`: it is broken; restore an earlier ...
+    """
 
     def fail(what: str) -> NoReturn:
         raise CheckpointError(
@@ -154,6 +166,12 @@ def check_index(directory: str, index: Any) -> dict:
 
     Raises:
         CheckpointError: naming ``directory`` and the first problem found.
+
+    Examples:
+        >>> check_index("ckpt", {"format_version": 1})
+        Traceback (most recent call last):
+        ...
+        funcnet.checkpoint.CheckpointError: checkpoint `ckpt`: its funcnet metadata is missing ...
     """
     fail = failure(directory)
     if not isinstance(index, dict):
@@ -188,6 +206,14 @@ def read_index(directory: str) -> tuple[dict, dict]:
     Raises:
         CheckpointError: when ``index.json`` is missing, too large, malformed,
             or its checksum does not match (naming the directory).
+
+    Examples:
+        >>> import os, tempfile, jax.numpy as jnp
+        >>> from funcnet.checkpoint import save
+        >>> path = save(os.path.join(tempfile.mkdtemp(), "c"), {"w": jnp.ones(4)}, sharded=True)
+        >>> index, kinds = read_index(path)
+        >>> index["arrays"]["w"]["shards"][0]["index"], kinds
+        ([[0, 4]], {'w': ('array', None)})
     """
     fail = failure(directory)
     path = os.path.join(directory, INDEX_FILE)

@@ -53,7 +53,7 @@ __all__ = ["PendingSave", "needs_sharded", "prepare_sharded", "save_sharded"]
 SHARD_FORMAT = "funcnet.checkpoint.shard"  # the __metadata__ marker of a shard file
 FAILED = "FAILED"  # written into the temporary directory by process 0 when a save fails
 DEFAULT_TIMEOUT = 600.0  # seconds process 0 waits for the others' shards
-_NAME_BYTES = 1024  # the broadcast buffer for the temporary directory's name
+_NAME_BYTES = 4096  # the all-gathered buffer of the temporary directory's path
 
 # Called as ``_write_hook(path, k)`` after shard ``k`` of a shard file is written (tests use it
 # to make a save slow, or to kill the process in the middle of one).
@@ -114,19 +114,30 @@ def _on_host(data, copy: bool) -> np.ndarray:
 
 
 def _agree_on_name(path: str) -> str:
-    """The temporary directory's name: process 0's choice, told to every process."""
+    """The temporary directory's name: process 0's choice, told to every process.
+
+    Every process sends its own choice (an all-gather); all of them fail at once when
+    they were given different paths (each would wait for the others' shards in vain).
+    """
     tmp = _temp_name(path)
     if jax.process_count() == 1:
         return tmp
     from jax.experimental import multihost_utils
 
-    raw = np.zeros(_NAME_BYTES, np.uint8)
-    encoded = os.path.basename(tmp).encode()
+    encoded = os.fsencode(path) + b"\0" + os.fsencode(tmp)
     if len(encoded) > _NAME_BYTES:
-        raise ValueError(f"checkpoint: the name `{path}` is too long ({len(encoded)} bytes).")
+        raise ValueError(f"checkpoint: the path `{path}` is too long ({len(encoded)} bytes).")
+    raw = np.zeros(_NAME_BYTES, np.uint8)
     raw[: len(encoded)] = np.frombuffer(encoded, np.uint8)
-    raw = np.asarray(multihost_utils.broadcast_one_to_all(raw))
-    return os.path.join(os.path.dirname(tmp), bytes(raw).rstrip(b"\0").decode())
+    rows = np.asarray(multihost_utils.process_allgather(raw)).reshape(-1, _NAME_BYTES)
+    pairs = [bytes(row).rstrip(b"\0").split(b"\0") for row in rows]
+    paths = [os.fsdecode(p) for p, _ in pairs]
+    if len(set(paths)) > 1:
+        raise ValueError(
+            f"checkpoint: the processes save to different paths ({sorted(set(paths))[:4]}); "
+            "every process must pass the same path, on a file system they all see."
+        )
+    return os.fsdecode(pairs[0][1])
 
 
 class PendingSave:
@@ -234,6 +245,14 @@ def prepare_sharded(
 
     Returns:
         A :class:`PendingSave`.
+
+    Examples:
+        >>> import os, tempfile, jax.numpy as jnp
+        >>> x = jnp.arange(3.0)
+        >>> pending = prepare_sharded(os.path.join(tempfile.mkdtemp(), "c"), {"x": x}, copy=True)
+        >>> x.delete()  # copied: the array may go
+        >>> os.path.basename(pending.run())
+        'c'
     """
     path = os.path.abspath(os.fspath(path))
     structure, leaves = _encode(tree)
@@ -354,7 +373,8 @@ def _gather(tmp: str, own: dict, count: int, deadline: float) -> list[dict]:
                 missing = sorted(set(range(count)) - set(manifests))
                 raise TimeoutError(
                     f"checkpoint: process(es) {missing} did not finish writing their shards into "
-                    f"`{tmp}` in time (did one die?); the checkpoint was not committed."
+                    f"`{tmp}` in time (did one die, or do they not see this directory: is it "
+                    "on a file system shared by every process?); the checkpoint was not committed."
                 )
             delay = _sleep(delay)
     for p in range(1, count):

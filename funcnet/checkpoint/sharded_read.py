@@ -55,6 +55,15 @@ class ShardReader:
         index: its checked index (from :func:`~funcnet.checkpoint.index.read_index`).
 
     Use it as a context manager (it keeps the shard files it opened open).
+
+    Examples:
+        >>> import os, tempfile, jax.numpy as jnp
+        >>> from funcnet.checkpoint import save
+        >>> from funcnet.checkpoint.index import read_index
+        >>> path = save(os.path.join(tempfile.mkdtemp(), "c"), {"w": jnp.arange(6)}, sharded=True)
+        >>> with ShardReader(path, read_index(path)[0]) as reader:
+        ...     reader.read("w", ((2, 5),)).tolist()
+        [2, 3, 4]
     """
 
     def __init__(self, directory: str, index: dict):
@@ -269,6 +278,14 @@ def read_metadata_sharded(directory: str | os.PathLike) -> dict:
 
     Reads and checks only ``index.json``; the result also has ``"sharded": True``
     and ``"process_count"`` (how many processes saved it).
+
+    Examples:
+        >>> import os, tempfile, jax.numpy as jnp
+        >>> from funcnet.checkpoint import save
+        >>> path = save(os.path.join(tempfile.mkdtemp(), "c"), {"w": jnp.ones(2)}, sharded=True)
+        >>> meta = read_metadata_sharded(path)
+        >>> meta["sharded"], meta["process_count"], meta["tensors"]
+        (True, 1, {'w': {'dtype': 'F32', 'shape': [2]}})
     """
     index, _ = read_index(os.fspath(directory))
     skip = ("tree", "files", "arrays")
