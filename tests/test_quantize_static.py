@@ -131,6 +131,40 @@ def test_cnn_accumulators_equal_numpy_integer_arithmetic(cnn):
     np.testing.assert_allclose(np.asarray(qmodel.apply(qparams, state, x)[0]), h, atol=2e-3)
 
 
+def test_cnn_matches_torch_fake_quantization(cnn):
+    """PyTorch's fake-quant ops with the same scales (symmetric, zero point 0) give our outputs."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    _, _, state, x, qmodel, qparams = cnn
+
+    def fq_x(h, node):
+        s = float(node["input_scale"])
+        return torch.fake_quantize_per_tensor_affine(h, s, 0, -127, 127)
+
+    def fq_w(w, node, axis):
+        scale = torch.tensor(np.asarray(node["scale"]), dtype=torch.float32)
+        zero = torch.zeros(scale.shape, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, axis, -127, 127)
+
+    def kernel(i):  # the float kernel whose per-channel rounding gives q exactly
+        node = qparams[i]["w"]
+        return torch.tensor(np.asarray(node["q"], np.float32) * np.asarray(node["scale"]))
+
+    def bias(i):
+        return torch.tensor(np.asarray(qparams[i]["b"]))
+
+    h = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2)  # NCHW
+    w0 = fq_w(kernel(0).permute(3, 2, 0, 1), qparams[0]["w"], 0)  # OIHW
+    h = F.max_pool2d(F.relu(F.conv2d(fq_x(h, qparams[0]["w"]), w0, bias(0), padding=1)), 2)
+    h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)  # flatten as NHWC
+    for i in (4, 6):
+        w = fq_w(kernel(i).T.contiguous(), qparams[i]["w"], 0)
+        h = F.linear(fq_x(h, qparams[i]["w"]), w, bias(i))
+        h = F.relu(h) if i == 4 else h
+    y = np.asarray(jax.jit(qmodel.apply)(qparams, state, x)[0])
+    np.testing.assert_allclose(y, h.numpy(), atol=1e-5 * np.abs(y).max())  # seen: 2e-7
+
+
 def test_cnn_close_to_float_and_jit_equals_eager(cnn):
     model, params, state, x, qmodel, qparams = cnn
     y = model.apply(params, state, x)[0]
