@@ -11,7 +11,7 @@ bytes per device (params and Adam moments, read from the arrays'
 (``compiled.memory_analysis()``).
 
 On a CPU the 8 devices are virtual (``--xla_force_host_platform_device_count=8``,
-set here before JAX starts unless ``XLA_FLAGS`` is set) and share the cores,
+added to ``XLA_FLAGS`` before JAX starts unless it sets a count) and share the cores,
 so the step times measure the cost of the partitioned programs and their
 collectives, not a speed-up; the memory columns are real either way. On a
 host with 8 accelerators the same command measures real scaling.
@@ -124,8 +124,8 @@ def measure(rounds: int = 5, window_s: float = 0.5, config: dict = CONFIG, log=p
 
     if jax.device_count() < 8:
         raise SystemExit(
-            f"bench/sharding.py needs 8 devices, found {jax.device_count()}; on CPU run it "
-            "without XLA_FLAGS set (it sets --xla_force_host_platform_device_count=8)."
+            f"bench/sharding.py needs 8 devices, found {jax.device_count()}; on CPU leave the "
+            "device count out of XLA_FLAGS (it adds --xla_force_host_platform_device_count=8)."
         )
     model, batch = build(config)
     runs = [prepare(model, batch, d, m) for d, m in MESHES]
@@ -215,7 +215,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md's section")
     args = parser.parse_args(argv)
-    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:  # before JAX starts
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
     rows = measure(args.rounds, args.window)
     lines = markdown(rows)
     print("\n".join(lines))

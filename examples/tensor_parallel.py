@@ -12,10 +12,10 @@ bytes of parameters and Adam state each device holds.
     python examples/tensor_parallel.py                 # 2 x 4 mesh of virtual CPU devices
     python examples/tensor_parallel.py --data 1 --model 8
 
-It sets ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` itself (before
-importing JAX) unless ``XLA_FLAGS`` is set; on a GPU host the mesh is built
-from the real devices. Virtual CPU devices check the machinery, not speed.
-It ends with ``tensor parallel: loss ...``.
+It adds ``--xla_force_host_platform_device_count=8`` to ``XLA_FLAGS`` itself
+(before importing JAX) unless ``XLA_FLAGS`` already sets a device count; on
+a GPU host the mesh is built from the real devices. Virtual CPU devices
+check the machinery, not speed. It ends with ``tensor parallel: loss ...``.
 
 Measured (2-core CPU, 2026-12-01, default arguments): loss 3.2451 on the
 2x4 mesh and 3.2451 on one device; each device holds 33,024 of the 120,576
@@ -150,9 +150,10 @@ def cli(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs, args.examples = 1, 64
-    os.environ.setdefault(
-        "XLA_FLAGS", f"--xla_force_host_platform_device_count={max(8, args.data * args.model)}"
-    )
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:  # before JAX starts
+        count = max(8, args.data * args.model)
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
     main(data=args.data, model_axis=args.model, epochs=args.epochs, examples=args.examples,
          width=args.width, layers=args.layers)  # fmt: skip
 
