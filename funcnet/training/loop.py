@@ -54,7 +54,7 @@ from funcnet.training.feed import (
 )
 from funcnet.training.fused import eval_chunk_adder, has_conv, logs_compute, logs_init
 from funcnet.training.history import History
-from funcnet.training.options import fit_options, loss_scale_of, update_was_finite
+from funcnet.training.options import fit_options, learning_rate_of, loss_scale_of, update_was_finite
 from funcnet.training.step import (
     TrainState,
     metric_dict,
@@ -359,17 +359,6 @@ def _check_finite(acc: dict, epoch: int, skipping: bool = False) -> None:
         )
 
 
-def _learning_rate(opt_state) -> float | None:
-    """The current learning rate, when the optimizer was built with ``optax.inject_hyperparams``."""
-    for node in jax.tree.leaves(
-        opt_state, is_leaf=lambda s: hasattr(s, "hyperparams") and isinstance(s.hyperparams, dict)
-    ):
-        hyper = getattr(node, "hyperparams", None)
-        if isinstance(hyper, dict) and "learning_rate" in hyper:
-            return float(hyper["learning_rate"])
-    return None
-
-
 def _live_bar(bar_cls) -> bool:
     """Whether to draw a live bar: stderr is a terminal, or tqdm draws a notebook widget.
 
@@ -634,7 +623,7 @@ class _Run:
                 logs["skipped_steps"] = int(acc["nonfinite_count"])
             if validate is not None:
                 logs.update(validate(ts))
-            lr = _learning_rate(ts.opt_state)
+            lr = learning_rate_of(ts.opt_state)
             if lr is not None:
                 logs["learning_rate"] = lr
             scale = loss_scale_of(ts.opt_state)

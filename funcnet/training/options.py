@@ -31,6 +31,7 @@ __all__ = [
     "compose_optimizer",
     "dynamic_loss_scale",
     "fit_options",
+    "learning_rate_of",
     "loss_scale_of",
     "path_mask",
     "policy_model",
@@ -241,6 +242,27 @@ def _outermost(opt_state, kinds):
     for node in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, kinds)):
         if isinstance(node, kinds):
             return node
+    return None
+
+
+def learning_rate_of(opt_state) -> float | None:
+    """The current learning rate, when the optimizer was built with ``optax.inject_hyperparams``
+    (``None`` otherwise); what ``fit`` logs as ``learning_rate``.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+        >>> learning_rate_of(opt.init({"w": jnp.zeros(2)}))
+        0.1...
+        >>> learning_rate_of(optax.sgd(0.1).init({"w": jnp.zeros(2)})) is None
+        True
+    """
+    for node in jax.tree.leaves(
+        opt_state, is_leaf=lambda s: hasattr(s, "hyperparams") and isinstance(s.hyperparams, dict)
+    ):
+        hyper = getattr(node, "hyperparams", None)
+        if isinstance(hyper, dict) and "learning_rate" in hyper:
+            return float(hyper["learning_rate"])
     return None
 
 
