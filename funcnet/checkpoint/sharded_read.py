@@ -135,7 +135,7 @@ class ShardReader:
                 f"(stored sha256 {entry['sha256'][:12]}..., computed {digest[:12]}...)"
             )
         dtype = DTYPES[array["dtype"]]
-        data = np.frombuffer(bytearray(raw), dtype).reshape(shape)
+        data = np.frombuffer(raw, dtype).reshape(shape)  # read-only: assemble copies out of it
         if dtype == np.bool_ and data.size and data.view(np.uint8).max() > 1:
             self.fail(f"{where} holds bool bytes other than 0 and 1")
         self._shards[(name, k)] = data
