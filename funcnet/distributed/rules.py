@@ -18,8 +18,10 @@ vocabulary of **logical axis names**:
 ``layers``     the leading axis of params stacked by :func:`funcnet.repeat`
 =============  =================================================================
 
-Activations use ``batch`` (and ``length``) in the rules too: ``batch`` is the
-mesh axis the batch is split over.
+``batch`` and ``length`` name activation axes. The presets map ``batch`` to
+the axes ``fit``, ``evaluate`` and ``predict`` split every batch over (the
+mesh's ``"data"``, and ``"fsdp"`` when it has one); those functions always
+split it so, whatever the rules say.
 
 **How the names are read.** :func:`logical_axes` runs ``jax.eval_shape`` of the
 model's ``init`` (nothing is allocated) with the declaring switch of
