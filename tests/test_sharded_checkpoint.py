@@ -641,3 +641,60 @@ def test_no_warnings_from_a_plain_sharded_round_trip(tmp_path):
         warnings.simplefilter("error")
         path = save(tmp_path / "c", {"w": jnp.ones((2, 2))}, sharded=True)
         assert load(path)["w"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def _nodes(doc, path=()):
+    """Every (container, key) position in a JSON document."""
+    items = (
+        doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else []
+    )
+    for k, v in items:
+        yield doc, k
+        yield from _nodes(v, (*path, k))
+
+
+def test_forged_index_mutations_raise_only_checkpoint_errors(tmp_path):
+    """Random edits of the index with a recomputed checksum: a CheckpointError or a clean load."""
+    tree = {
+        "w": jnp.arange(12.0).reshape(4, 3),
+        "n": 3,
+        "k": jax.random.key(1),
+        "b": jnp.ones(2, bool),
+    }
+    path = save(tmp_path / "ckpt", tree, sharded=True)
+    with open(os.path.join(path, "index.json")) as f:
+        original = json.load(f)
+    rng = np.random.default_rng(0)
+    junk = [None, True, -1, 0, 2**70, 1.5, "", "x", "F32", [], [[0, 1]], {}, {"a": 1}]
+    outcomes = set()
+    for _ in range(150):
+        doc = json.loads(json.dumps(original))
+        positions = list(_nodes(doc["index"]))
+        container, key = positions[rng.integers(len(positions))]
+        if rng.random() < 0.2 and isinstance(container, dict):
+            del container[key]
+        else:
+            container[key] = junk[rng.integers(len(junk))]
+        doc["sha256"] = index_digest(doc["index"])
+        with open(os.path.join(path, "index.json"), "w") as f:
+            json.dump(doc, f)
+        try:
+            load(path)
+            outcomes.add("loaded")
+        except CheckpointError:
+            outcomes.add("error")
+    assert "error" in outcomes
+
+
+def test_every_byte_of_a_shard_file_is_checked(tmp_path):
+    path = save(tmp_path / "ckpt", {"w": jnp.arange(12.0), "b": jnp.ones(3, bool)}, sharded=True)
+    shard_file = os.path.join(path, "process_00000.safetensors")
+    size = os.path.getsize(shard_file)
+    rng = np.random.default_rng(0)
+    for offset in sorted({0, 8, size - 1, *rng.integers(0, size, 25).tolist()}):
+        copy = str(tmp_path / f"c{offset}")
+        shutil.copytree(path, copy)
+        _flip(os.path.join(copy, "process_00000.safetensors"), offset)
+        with pytest.raises(CheckpointError, match=r"process_00000\.safetensors") as info:
+            load(copy)
+        assert info.value.corrupt
