@@ -236,7 +236,8 @@ def build_jax_fused(workload: Workload, data: Data) -> Runner:
 # ----------------------------------------------------------------------------- funcnet
 
 
-def _funcnet_loss(workload: Workload) -> str:
+def funcnet_loss_name(workload: Workload) -> str:
+    """The funcnet loss name of a workload's loss kind."""
     return {"xent": "sparse_categorical_cross_entropy", "mse": "mean_squared_error"}[workload.loss]
 
 
@@ -248,7 +249,7 @@ def _funcnet_parts(workload: Workload, data: Data, step_options: dict):
     ts = fn.TrainState.create(model, opt, jax.random.key(0), data.example())
 
     def make_step():
-        return fn.train_step(model, _funcnet_loss(workload), opt, **step_options)
+        return fn.train_step(model, funcnet_loss_name(workload), opt, **step_options)
 
     return ts, make_step
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-NAMES = ("mlp", "cnn", "lstm", "tiny_mlp", "transformer")
+NAMES = ("mlp", "cnn", "lstm", "gru", "tiny_mlp", "transformer")
 
 
 def get(name: str):

@@ -44,6 +44,9 @@ class Workload:
         torch_layout: numpy ``x -> x`` in PyTorch's layout (e.g. NHWC -> NCHW).
         flops_apply: ``jax_apply`` with its loops unrolled, used only to count
             FLOPs (XLA's cost analysis counts a loop body once, not per trip).
+        from_funcnet: ``(funcnet params) -> reference params``: the same
+            weights in the pure-JAX layout, so a test can check that both
+            compute the same loss and gradients (what makes the ratio fair).
     """
 
     name: str
@@ -63,6 +66,7 @@ class Workload:
     torch: Callable[[], Any] | None = None
     torch_layout: Callable[[np.ndarray], np.ndarray] = lambda x: x
     flops_apply: Callable[[Any, Any], Any] | None = None
+    from_funcnet: Callable[[Any], Any] | None = None
 
 
 def classes(rng: np.random.Generator, n: int, k: int = 10) -> np.ndarray:
@@ -105,3 +109,8 @@ def funcnet_attr(*names: str):
             raise Skip(f"funcnet layer not available: {name}")
         found.append(obj)
     return found[0] if len(found) == 1 else tuple(found)
+
+
+def nonempty(params) -> list:
+    """The param dicts of a ``serial`` model, without its parameter-free layers' ``()``."""
+    return [p for p in params if p]

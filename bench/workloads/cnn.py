@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bench.workloads._base import Workload, classes, glorot, normal
+from bench.workloads._base import Workload, classes, glorot, nonempty, normal
 
 CHANNELS = (1, 32, 64)
 HIDDEN = 128
@@ -33,6 +33,11 @@ def jax_init(key):
         "dense1": {"w": glorot(k3, (FLAT, HIDDEN)), "b": jnp.zeros((HIDDEN,))},
         "dense2": {"w": glorot(k4, (HIDDEN, 10)), "b": jnp.zeros((10,))},
     }
+
+
+def from_funcnet(params):
+    """funcnet's ``serial`` params -> the reference's dict (same arrays)."""
+    return dict(zip(("conv1", "conv2", "dense1", "dense2"), nonempty(params), strict=True))
 
 
 def conv(x, p):
@@ -182,4 +187,5 @@ WORKLOAD = Workload(
     equinox=equinox_model,
     torch=torch_model,
     torch_layout=lambda x: np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))),
+    from_funcnet=from_funcnet,
 )

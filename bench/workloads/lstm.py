@@ -13,7 +13,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from bench.workloads._base import Workload, classes, funcnet_attr, glorot, normal
+from bench.workloads._base import Workload, classes, glorot, normal
 
 FEATURES, HIDDEN, LENGTH = 32, 128, 64
 
@@ -47,10 +47,16 @@ def jax_apply(params, x, unroll=1):
 
 
 def funcnet_model():
+    """As the README builds it: ``fn.RNN(fn.LSTMCell(...), return_sequences=False)``."""
     import funcnet as fn
 
-    lstm_cell, rnn = funcnet_attr("LSTMCell", "RNN")
-    return fn.serial(rnn(lstm_cell(HIDDEN), return_sequences=False), fn.Dense(10))
+    return fn.serial(fn.RNN(fn.LSTMCell(HIDDEN), return_sequences=False), fn.Dense(10))
+
+
+def from_funcnet(params):
+    """funcnet's ``(cell params, Dense params)`` -> the reference's dict (same arrays)."""
+    cell, out = params
+    return {"wi": cell["wi"], "wh": cell["wh"], "b": cell["b"], "out": out}
 
 
 def linen_model():
@@ -144,4 +150,5 @@ WORKLOAD = Workload(
     equinox=equinox_model,
     torch=torch_model,
     flops_apply=partial(jax_apply, unroll=True),
+    from_funcnet=from_funcnet,
 )

@@ -7,7 +7,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 
-from bench.workloads._base import Workload, classes, glorot, normal
+from bench.workloads._base import Workload, classes, glorot, nonempty, normal
 
 SIZES = (784, 128, 128, 10)
 
@@ -116,4 +116,5 @@ WORKLOAD = Workload(
     haiku=lambda x: haiku_mlp(SIZES, x),
     equinox=lambda key: equinox_mlp(SIZES, key),
     torch=lambda: torch_mlp(SIZES),
+    from_funcnet=nonempty,
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.workloads._base import Workload, normal
+from bench.workloads._base import Workload, nonempty, normal
 from bench.workloads.mlp import (
     equinox_mlp,
     funcnet_mlp,
@@ -37,4 +37,5 @@ WORKLOAD = Workload(
     haiku=lambda x: haiku_mlp(SIZES, x),
     equinox=lambda key: equinox_mlp(SIZES, key),
     torch=lambda: torch_mlp(SIZES),
+    from_funcnet=nonempty,
 )

@@ -1,8 +1,12 @@
 """``transformer``: 2 pre-LN encoder blocks (width 128, 4 heads, MLP 512, exact GELU).
 
 Inputs ``(16, 128, 128)`` float32 (batch 16, length 128, width 128), no mask,
-no dropout; mean over time -> Dense 10; cross-entropy. LayerNorm epsilon 1e-5
-everywhere. The pure-JAX reference attends with ``jax.nn.dot_product_attention``
+no dropout; a final LayerNorm (what ``fn.transformer_encoder`` adds after
+pre-LN blocks), mean over time -> Dense 10; cross-entropy. LayerNorm epsilon
+1e-5 everywhere. funcnet's model is the README's:
+``fn.transformer_encoder(2, num_heads=4)`` with its defaults (the blocks run
+in one ``lax.scan`` over stacked params, ``unroll=1``); the reference is a
+Python loop over the blocks. The pure-JAX reference attends with ``jax.nn.dot_product_attention``
 (as funcnet's ``MultiHeadAttention`` does); the peers with their own attention.
 """
 
@@ -11,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bench.workloads._base import Workload, classes, funcnet_attr, glorot, normal
+from bench.workloads._base import Workload, classes, glorot, normal
 
 WIDTH, HEADS, MLP, LENGTH, BLOCKS = 128, 4, 512, 128, 2
 HEAD = WIDTH // HEADS
@@ -50,7 +54,7 @@ def jax_init(key):
             }
         )
     head = {"w": glorot(jax.random.fold_in(key, 99), (WIDTH, 10)), "b": jnp.zeros((10,))}
-    return {"blocks": blocks, "head": head}
+    return {"blocks": blocks, "norm": _ln(), "head": head}
 
 
 def layer_norm(x, p):
@@ -72,16 +76,37 @@ def block_apply(p, x):
 def jax_apply(params, x):
     for p in params["blocks"]:
         x = block_apply(p, x)
-    x = jnp.mean(x, axis=1)
+    x = jnp.mean(layer_norm(x, params["norm"]), axis=1)
     return x @ params["head"]["w"] + params["head"]["b"]
 
 
-def funcnet_model():
+def funcnet_model(**options):
+    """As the README builds it: ``fn.transformer_encoder(2, num_heads=4)``, defaults
+    (MLP ratio 4, exact GELU, epsilon 1e-5, final LayerNorm, ``unroll=1``)."""
     import funcnet as fn
 
-    block = funcnet_attr("TransformerEncoderBlock")
-    blocks = [block(HEADS, mlp_ratio=MLP / WIDTH, epsilon=EPS) for _ in range(BLOCKS)]
-    return fn.serial(*blocks, fn.GlobalAvgPool(), fn.Dense(10))
+    assert MLP == 4 * WIDTH and EPS == 1e-5  # transformer_encoder's defaults
+    return fn.serial(
+        fn.transformer_encoder(BLOCKS, num_heads=HEADS, **options),
+        fn.GlobalAvgPool(),
+        fn.Dense(10),
+    )
+
+
+def from_funcnet(params):
+    """funcnet's stacked block params -> the reference's per-block dicts (same arrays)."""
+    (stacked, norm), _, head = params
+    names = {"q": "query", "k": "key", "v": "value", "o": "out"}
+    blocks = []
+    for i in range(BLOCKS):
+        p = jax.tree.map(lambda a, i=i: a[i], stacked)
+        ln1, mha, _ = p["attention"]
+        ln2, mlp1, _, mlp2, _ = p["mlp"]
+        blocks.append(
+            {k: mha[v] for k, v in names.items()}
+            | {"ln1": ln1, "ln2": ln2, "mlp1": mlp1, "mlp2": mlp2}
+        )
+    return {"blocks": blocks, "norm": norm, "head": head}
 
 
 def linen_model():
@@ -101,6 +126,7 @@ def linen_model():
         def __call__(self, x):
             for _ in range(BLOCKS):
                 x = Block()(x)
+            x = nn.LayerNorm(epsilon=EPS)(x)
             return nn.Dense(10)(jnp.mean(x, axis=1))
 
     return Model()
@@ -126,12 +152,13 @@ def nnx_model(rngs):
     class Model(nnx.Module):
         def __init__(self, rngs):
             self.blocks = nnx.List([Block(rngs) for _ in range(BLOCKS)])
+            self.norm = nnx.LayerNorm(WIDTH, epsilon=EPS, rngs=rngs)
             self.head = nnx.Linear(WIDTH, 10, rngs=rngs)
 
         def __call__(self, x):
             for block in self.blocks:
                 x = block(x)
-            return self.head(jnp.mean(x, axis=1))
+            return self.head(jnp.mean(self.norm(x), axis=1))
 
     return Model(rngs)
 
@@ -147,6 +174,7 @@ def haiku_forward(x):
         x = x + attn(h, h, h)
         h = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, eps=EPS)(x)
         x = x + hk.Linear(WIDTH)(jax.nn.gelu(hk.Linear(MLP)(h), approximate=False))
+    x = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, eps=EPS)(x)
     return hk.Linear(10)(jnp.mean(x, axis=1))
 
 
@@ -185,17 +213,19 @@ def equinox_model(key):
 
     class Model(eqx.Module):
         blocks: list
+        norm: eqx.nn.LayerNorm
         head: eqx.nn.Linear
 
         def __init__(self, key):
             keys = jax.random.split(key, BLOCKS + 1)
             self.blocks = [Block(k) for k in keys[:-1]]
+            self.norm = eqx.nn.LayerNorm(WIDTH, eps=EPS)
             self.head = eqx.nn.Linear(WIDTH, 10, key=keys[-1])
 
         def __call__(self, x):
             for block in self.blocks:
                 x = block(x)
-            return self.head(jnp.mean(x, axis=0))
+            return self.head(jnp.mean(jax.vmap(self.norm)(x), axis=0))
 
     return Model(key)
 
@@ -217,7 +247,9 @@ def torch_model():
                 batch_first=True,
                 norm_first=True,
             )
-            self.encoder = nn.TransformerEncoder(layer, BLOCKS, enable_nested_tensor=False)
+            self.encoder = nn.TransformerEncoder(
+                layer, BLOCKS, norm=nn.LayerNorm(WIDTH, eps=EPS), enable_nested_tensor=False
+            )
             self.head = nn.Linear(WIDTH, 10)
 
         def forward(self, x):
@@ -243,4 +275,5 @@ WORKLOAD = Workload(
     haiku=haiku_forward,
     equinox=equinox_model,
     torch=torch_model,
+    from_funcnet=from_funcnet,
 )
