@@ -352,6 +352,15 @@ def test_mesh8_mlp_tensor_parallel_matches_one_device_and_quarters_the_bytes():
     assert D.per_device_bytes(tp.params) * 4 == whole  # every weight split over "model"
     for shard in tp.params[0]["w"].addressable_shards:
         assert shard.data.shape == (8, 8)  # (8, 32) split by columns over 4 devices
+    # the FSDP preset on a (data, fsdp) mesh: the batch over all 8, each weight split once
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+    kw = dict(epochs=2, batch_size=16, verbose=0, shuffle=False)
+    fsdp, _ = fn.fit(model, optax.sgd(0.5), LOSS, data, mesh=mesh, param_sharding=D.fsdp_rules(),
+                     **kw)  # fmt: skip
+    _assert_close(one.params, fsdp.params, atol=2e-6)
+    assert fsdp.params[0]["w"].sharding.spec == P("fsdp", None)
+    last = 32 * 4 * 4  # the head (32, 4) declares ("mlp", None): no "embed", stays whole
+    assert D.per_device_bytes(fsdp.params) == (whole - last) // 4 + last
 
 
 @needs8
