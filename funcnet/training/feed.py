@@ -29,6 +29,7 @@ from funcnet import distributed
 from funcnet import losses as losses_lib
 from funcnet.core import output_spec, spec_of
 from funcnet.data.batching import pad_rows
+from funcnet.distributed.rules import resolve_rules
 from funcnet.training import keys
 from funcnet.training.fused import fused_runner, logs_add
 from funcnet.training.step import TrainState, unpack_batch
@@ -41,9 +42,12 @@ __all__ = [
     "batch_check",
     "check_dtypes",
     "eval_chunks",
+    "eval_rules",
     "is_arrays",
     "is_batches",
     "iterate",
+    "one_batch_spec",
+    "param_sharding_arg",
     "split_validation",
     "stack_batches",
     "warn_uint8_inputs",
@@ -160,6 +164,52 @@ class Placement:
         """Compiled calls between waits: jax 0.10 on CPU can deadlock with many multi-device
         calls queued; one device only needs to bound the queue."""
         return 16 if self.mesh is None else 8
+
+
+def one_batch_spec(x, stacked: bool):
+    """The spec of one batch of ``x`` (of one of its stacked batches when ``stacked``).
+
+    Examples:
+        >>> one_batch_spec(np.zeros((3, 4, 2), np.float32), True)
+        ShapeDtypeStruct(shape=(4, 2), dtype=float32)
+    """
+    cut = 1 if stacked else 0
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[cut:], a.dtype), spec_of(x))
+
+
+def eval_rules(param_sharding, mesh, where: str):
+    """``evaluate``/``predict``/``generate``'s sharding rules (None: params stay where they are).
+
+    Examples:
+        >>> eval_rules(None, None, "predict") is None
+        True
+    """
+    if param_sharding is None:
+        return None
+    if mesh is None:
+        raise ValueError(
+            f"{where}: `param_sharding` needs a `mesh` with the rules' axes, e.g. "
+            "`jax.make_mesh((2, 4), ('data', 'model'))`."
+        )
+    return resolve_rules(param_sharding, where)
+
+
+def param_sharding_arg(param_sharding, where: str):
+    """``fit``'s ``param_sharding``: ``"replicated"``, ``"fsdp"``, or sharding rules (a dict
+    becomes ``Rules``); else a clear error.
+
+    Examples:
+        >>> param_sharding_arg({"mlp": "model"}, "fit")
+        Rules({'mlp': 'model'})
+    """
+    if isinstance(param_sharding, str):
+        if param_sharding not in ("replicated", "fsdp"):
+            raise ValueError(
+                f"{where}: `param_sharding` must be 'replicated', 'fsdp' or sharding rules "
+                f"(e.g. `distributed.tensor_parallel()`), got {param_sharding!r}."
+            )
+        return param_sharding
+    return resolve_rules(param_sharding, where)
 
 
 def _is_array(a) -> bool:

@@ -36,8 +36,8 @@ import numpy as np
 import optax
 
 from funcnet._checks import check_positive_int
-from funcnet.core import Layer, as_layer, spec_of
-from funcnet.distributed.rules import Rules, resolve_rules
+from funcnet.core import Layer, as_layer
+from funcnet.distributed.rules import Rules
 from funcnet.training.callbacks import call_exception_hooks, call_hooks
 from funcnet.training.feed import (
     ArrayEpochs,
@@ -46,9 +46,12 @@ from funcnet.training.feed import (
     batch_check,
     check_arrays,
     eval_chunks,
+    eval_rules,
     is_arrays,
     is_batches,
     iterate,
+    one_batch_spec,
+    param_sharding_arg,
     split_validation,
     stack_batches,
 )
@@ -95,7 +98,7 @@ def make_evaluator(
         acc = placement.put(logs_init(metrics), placement.replicated)
         for i, (chunk, stacked) in enumerate(chunks):
             if i == 0 and by_rules:
-                example = _one_batch(chunk[0], stacked)
+                example = one_batch_spec(chunk[0], stacked)
                 params = placement.params_by_rules(model, params, example, param_sharding)
             acc = compiled(params, state, acc, chunk, stacked)
             if i % placement.block_every == placement.block_every - 1:
@@ -150,7 +153,7 @@ def evaluate(
     metrics = metric_dict(metrics)
     check_positive_int("evaluate", "batch_size", batch_size)
     placement = Placement(mesh, "evaluate")
-    rules = _eval_rules(param_sharding, mesh, "evaluate")
+    rules = eval_rules(param_sharding, mesh, "evaluate")
     run = make_evaluator(model, loss_fn, metrics, placement, rules)
     check = batch_check(model, loss_fn)
     acc = run(params, state, eval_chunks(data, batch_size, placement, "evaluate", check))
@@ -205,11 +208,11 @@ def predict(
     n = jax.tree.leaves(x)[0].shape[0]
     xb, _ = stack_batches(x, n, placement.batch_size(batch_size, n), placement.xp)
     xb = placement.put(xb, placement.stacked)
-    rules = _eval_rules(param_sharding, mesh, "predict")
+    rules = eval_rules(param_sharding, mesh, "predict")
     if rules is None:
         params = placement.model_vars(params)
     else:
-        example = _one_batch(xb, True)
+        example = one_batch_spec(xb, True)
         params = placement.params_by_rules(model, params, example, rules)
     state = placement.model_vars(state)
     apply = predict_step(model)
@@ -252,24 +255,6 @@ def _predict_batches(model, params, state, batches):
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
-def _one_batch(x, stacked: bool):
-    """The spec of one batch of ``x`` (of one of its stacked batches when ``stacked``)."""
-    cut = 1 if stacked else 0
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[cut:], a.dtype), spec_of(x))
-
-
-def _eval_rules(param_sharding, mesh, where: str):
-    """``evaluate``/``predict``'s sharding rules (None: params stay where they are)."""
-    if param_sharding is None:
-        return None
-    if mesh is None:
-        raise ValueError(
-            f"{where}: `param_sharding` needs a `mesh` with the rules' axes, e.g. "
-            "`jax.make_mesh((2, 4), ('data', 'model'))`."
-        )
-    return resolve_rules(param_sharding, where)
-
-
 # ----------------------------------------------------------------------------- fit's pieces
 
 
@@ -279,7 +264,7 @@ def _check_fit_args(batch_size, epochs, steps_per_execution, validation, param_s
     check_positive_int("fit", "steps_per_execution", steps_per_execution)
     if validation:
         raise ValueError("fit: give `validation_data` or `validation_split`, not both.")
-    param_sharding = _param_sharding(param_sharding, "fit")
+    param_sharding = param_sharding_arg(param_sharding, "fit")
     if mesh is None and param_sharding != "replicated":
         raise ValueError(
             f"fit: `param_sharding={param_sharding!r}` needs a `mesh`; pass e.g. "
@@ -287,18 +272,6 @@ def _check_fit_args(batch_size, epochs, steps_per_execution, validation, param_s
             "`jax.make_mesh((2, 4), ('data', 'model'))`."
         )
     return param_sharding
-
-
-def _param_sharding(param_sharding, where: str):
-    """``"replicated"``, ``"fsdp"``, or sharding rules (a dict becomes ``Rules``)."""
-    if isinstance(param_sharding, str):
-        if param_sharding not in ("replicated", "fsdp"):
-            raise ValueError(
-                f"{where}: `param_sharding` must be 'replicated', 'fsdp' or sharding rules "
-                f"(e.g. `distributed.tensor_parallel()`), got {param_sharding!r}."
-            )
-        return param_sharding
-    return resolve_rules(param_sharding, where)
 
 
 def _start_state(model, optimizer, key, example, placement, param_sharding, initial, manager):
