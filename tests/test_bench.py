@@ -111,3 +111,43 @@ def test_workload_transformer_is_the_readme_stack():
     (stacked, norm), _, head = params
     assert stacked["mlp"][1]["w"].shape == (2, 128, 512)  # 2 blocks stacked: repeat's scan
     assert norm["scale"].shape == (128,) and head["w"].shape == (128, 10)
+
+
+def test_gpt_tiny_runs_and_implementations_agree():
+    """``bench/gpt.py --size tiny`` in-process: same step-0 loss, tokens/s and MFU reported."""
+    from bench import gpt, gpt_models
+
+    cfg = gpt.CONFIGS["tiny"]
+    assert gpt_models.param_count(cfg) == 137216  # funcnet's own count of the same model
+    impls = ["funcnet", "jax", "flax_linen"]
+    args = ["--size", "tiny", "--rounds", "1", "--window", "0.01", "--peak-tflops", "2"]
+    with jax.numpy_dtype_promotion("standard"):  # as users run it (optax.adamw needs it)
+        report = gpt.main([*args, "--impls", *impls])
+    losses = report["initial_losses"]
+    # random init over 256 tokens: the loss is near log(256), and the three agree to bf16 rounding
+    assert abs(losses["funcnet"] - np.log(256)) < 0.5
+    for name, value in losses.items():
+        np.testing.assert_allclose(value, losses["funcnet"], rtol=5e-3, err_msg=name)
+    rows = {r["impl"]: r for r in report["rows"]}
+    for name in ("funcnet", "jax"):
+        row = rows[name]
+        assert row["status"] == "ok", row
+        tokens = cfg.batch * cfg.seq / (row["step_ms"] / 1e3)
+        np.testing.assert_allclose(row["tokens_per_s"], tokens, rtol=1e-9)
+        flops = gpt.flops_per_token(cfg) * tokens
+        np.testing.assert_allclose(row["mfu"], flops / 2e12, rtol=1e-9)
+    if rows["flax_linen"]["status"] == "skipped":
+        assert "flax" in rows["flax_linen"]["reason"]
+    assert "| funcnet |" in gpt.render(report) and "MFU" in gpt.render(report)
+
+
+def test_gpt_flops_and_peak_table():
+    from bench import gpt
+
+    cfg = gpt.GPTConfig(layers=1, width=4, heads=1, vocab=10, seq=3, batch=1)
+    # block: q, k, v, out 4x4 + 4x16 + 16x4 = 192 weights, biases 4*4 + 16 + 4 = 36, two
+    # norms 16; final norm 8; head 4x10 + 10: N = 192 + 36 + 16 + 8 + 50 = 302
+    assert gpt.flops_per_token(cfg) == 6 * 302 + 12 * 1 * 4 * 3
+    assert gpt.peak_tflops("NVIDIA H200") == 989.0
+    assert gpt.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert gpt.peak_tflops("TFRT_CPU_0") is None
