@@ -166,13 +166,39 @@ def test_with_hparams_broadcasts_over_an_array_hyperparameter():
             np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def two_models():
+    """A stack of two ``Dense(2)`` models and a small dataset."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(7, 3)).astype(np.float32)
+    y = (np.arange(7) % 2).astype(np.int32)
+    return fn.stack_init(fn.Dense(2), optax.sgd(0.1), 2, x), x, y
+
+
 @pytest.mark.parametrize("name", ["stacked_evaluate", "stacked_predict", "ensemble_predict"])
-def test_stacked_inference_batches_like_evaluate_and_predict(name):
+def test_stacked_inference_batches_like_evaluate_and_predict(name, two_models):
     """The stacked inference functions default to the batch size of ``fn.evaluate`` and
-    ``fn.predict`` (256), so switching to a stack does not change how data is batched."""
+    ``fn.predict`` (256), so switching to a stack does not change how data is batched; with
+    their defaults they give each model's single-model results."""
 
     def default(f):
         return inspect.signature(f).parameters["batch_size"].default
 
     assert default(fn.evaluate) == default(fn.predict) == 256
     assert default(getattr(stacked, name)) == 256
+    ts, x, y = two_models
+    singles = [fn.model_at(ts, i) for i in range(2)]
+    outs = [np.asarray(fn.predict(fn.Dense(2), t.params, t.state, x)) for t in singles]
+    if name == "stacked_evaluate":
+        loss = "sparse_categorical_cross_entropy"
+        got = stacked.stacked_evaluate(fn.Dense(2), ts.params, ts.state, (x, y), loss=loss)
+        want = [fn.evaluate(fn.Dense(2), t.params, t.state, (x, y), loss=loss) for t in singles]
+        np.testing.assert_allclose(got["loss"], [w["loss"] for w in want], rtol=1e-5)
+    elif name == "stacked_predict":
+        got = stacked.stacked_predict(fn.Dense(2), ts.params, ts.state, x)
+        np.testing.assert_allclose(got, np.stack(outs), rtol=1e-5, atol=1e-6)
+    else:
+        got = stacked.ensemble_predict(fn.Dense(2), ts.params, ts.state, x)
+        probs = [np.exp(o - o.max(-1, keepdims=True)) for o in outs]
+        want = np.mean([p / p.sum(-1, keepdims=True) for p in probs], axis=0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
