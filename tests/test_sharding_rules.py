@@ -232,7 +232,8 @@ def test_error_bad_rules_objects():
 
 def test_training_entry_points_check_their_sharding_arguments():
     x, y = np.zeros((8, 8), np.float32), np.zeros(8, np.int32)
-    with pytest.raises(ValueError, match=r"fit: `param_sharding` must be 'replicated', 'fsdp'"):
+    bad = r"fit: `param_sharding` must be 'replicated' or 'fsdp' \(or sharding rules"
+    with pytest.raises(ValueError, match=bad):
         fn.fit(mlp(), optax.sgd(0.1), LOSS, (x, y), param_sharding="tensor", verbose=0)
     with pytest.raises(ValueError, match=r"fit: `param_sharding=Rules\(.*needs a `mesh`"):
         fn.fit(mlp(), optax.sgd(0.1), LOSS, (x, y), param_sharding=D.tensor_parallel())

@@ -205,8 +205,8 @@ def param_sharding_arg(param_sharding, where: str):
     if isinstance(param_sharding, str):
         if param_sharding not in ("replicated", "fsdp"):
             raise ValueError(
-                f"{where}: `param_sharding` must be 'replicated', 'fsdp' or sharding rules "
-                f"(e.g. `distributed.tensor_parallel()`), got {param_sharding!r}."
+                f"{where}: `param_sharding` must be 'replicated' or 'fsdp' (or sharding rules, "
+                f"e.g. `distributed.tensor_parallel()`), got {param_sharding!r}."
             )
         return param_sharding
     return resolve_rules(param_sharding, where)
