@@ -380,7 +380,7 @@ def repeat_depth(depths: tuple[int, ...], log=print) -> list[dict]:
 
 
 def _jax_step(apply, loss, opt):
-    return impls_lib._make_jax_step(apply, loss, opt)
+    return impls_lib.make_jax_step(apply, loss, opt)
 
 
 # ----------------------------------------------------------------------------- report

@@ -112,7 +112,7 @@ def workload_flops(workload: Workload, data: Data) -> float | None:
     apply = workload.flops_apply or workload.jax_apply
     opt = optax.adam(LEARNING_RATE)
     params = workload.jax_init(jax.random.key(0))
-    step = jax.jit(_make_jax_step(apply, loss_fn(workload.loss), opt))
+    step = jax.jit(make_jax_step(apply, loss_fn(workload.loss), opt))
     try:
         cost = step.lower(params, opt.init(params), *data.batches[0]).cost_analysis()
     except Exception:
@@ -147,7 +147,9 @@ def fused_unroll(workload: Workload) -> bool:
 # ----------------------------------------------------------------------------- pure JAX
 
 
-def _make_jax_step(apply, loss, opt):
+def make_jax_step(apply, loss, opt):
+    """The pure-JAX reference step ``(params, opt_state, x, y) -> (params, opt_state, loss)``."""
+
     def step(params, opt_state, x, y):
         value, grads = jax.value_and_grad(lambda p: loss(apply(p, x), y))(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -162,7 +164,7 @@ def _params_runner(params, apply, workload: Workload, data: Data) -> Runner:
     loss = loss_fn(workload.loss)
 
     def fresh():
-        return jax.jit(_make_jax_step(apply, loss, opt), donate_argnums=(0, 1))
+        return jax.jit(make_jax_step(apply, loss, opt), donate_argnums=(0, 1))
 
     jstep = fresh()
     state = [params, opt.init(params)]
@@ -188,7 +190,7 @@ def _params_fused_runner(params, apply, workload: Workload, data: Data) -> Runne
     unroll = fused_unroll(workload)
 
     def make():
-        step = _make_jax_step(apply, loss, opt)
+        step = make_jax_step(apply, loss, opt)
 
         def run(params, opt_state, x_all, y_all, perm, begin):
             def body(carry, i):

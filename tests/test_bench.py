@@ -10,9 +10,11 @@ helper and the GPT benchmark run on CPU with tiny sizes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,7 +123,7 @@ def test_gpt_tiny_runs_and_implementations_agree():
     assert gpt_models.param_count(cfg) == 137216  # funcnet's own count of the same model
     impls = ["funcnet", "jax", "flax_linen"]
     args = ["--size", "tiny", "--rounds", "1", "--window", "0.01", "--peak-tflops", "2"]
-    with jax.numpy_dtype_promotion("standard"):  # as users run it (optax.adamw needs it)
+    with jax.numpy_dtype_promotion("standard"):  # as users run it (optax's Adam needs it)
         report = gpt.main([*args, "--impls", *impls])
     losses = report["initial_losses"]
     # random init over 256 tokens: the loss is near log(256), and the three agree to bf16 rounding
@@ -151,3 +153,37 @@ def test_gpt_flops_and_peak_table():
     assert gpt.peak_tflops("NVIDIA H200") == 989.0
     assert gpt.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert gpt.peak_tflops("TFRT_CPU_0") is None
+
+
+def test_profile_tiny_mlp(tmp_path):
+    """``bench/profile.py``: HLO op counts, XLA's memory analysis, PyTorch's top ops."""
+    from bench import profile
+
+    hlo_path = tmp_path / "step.hlo"
+    with jax.numpy_dtype_promotion("standard"):  # as users run it (optax's Adam needs it)
+        text = profile.main(["tiny_mlp", "--impl", "funcnet", "--hlo", str(hlo_path)])
+        xla = profile.xla_profile("tiny_mlp", "funcnet")
+    hlo = hlo_path.read_text()
+    ops = xla["ops"]
+    # a plain count of the text: every dot, fused or not; no loops in a single step
+    assert ops["dot (all)"] == len(re.findall(r"= f32\[[\d,]*\]\{[\d,]*\} dot\(", hlo)) > 0
+    assert ops["while"] == 0 and ops["fusion"] > 0
+    assert ops["instructions"] >= ops["fusion"] + ops["dot"] + ops["copy/transpose"]
+    # arguments: params 32*64+64 + 64*64+64 + 64+1, Adam's mu and nu the same, float32;
+    # the batch (32x32 + 32x1 float32), step and Adam count (int32), the key (2 x uint32)
+    n_params = 32 * 64 + 64 + 64 * 64 + 64 + 64 + 1
+    assert xla["memory"]["argument_bytes"] == 4 * (3 * n_params + 32 * 33 + 2 + 2)
+    assert xla["memory"]["temp_bytes"] > 0 and xla["compile_s"] > 0
+    assert "| count |" in text and "argument MiB" in text
+    if importlib.util.find_spec("torch") is not None:
+        assert "| `aten::" in text
+        top = profile.torch_profile("tiny_mlp", steps=2)
+        assert any(r["op"] in ("aten::mm", "aten::addmm") for r in top["top"])
+        assert all(r["self_ms"] >= 0 for r in top["top"]) and top["step_ms"] > 0
+
+
+def test_profile_bad_impl():
+    from bench import profile
+
+    with pytest.raises(ValueError, match="unknown implementation 'flax'; choose from jax"):
+        profile.xla_profile("tiny_mlp", "flax")

@@ -211,7 +211,7 @@ def numerics(data) -> None:
 def runner_for(apply, data, fused: int = 0):
     opt = optax.adam(1e-3)
     loss = impls_lib.loss_fn("xent")
-    step = impls_lib._make_jax_step(apply, loss, opt)
+    step = impls_lib.make_jax_step(apply, loss, opt)
     params = cnn.jax_init(jax.random.key(0))
     state = [params, opt.init(params)]
     if not fused:

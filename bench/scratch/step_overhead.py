@@ -140,7 +140,7 @@ def study(name: str, settings, fused: bool = False) -> None:
     runners, kernels = {}, {}
     runners["jax"] = impls_lib.build_jax(w, data)
     p = w.jax_init(jax.random.key(0))
-    ref = jax.jit(impls_lib._make_jax_step(w.jax_apply, impls_lib.loss_fn(w.loss), opt))
+    ref = jax.jit(impls_lib.make_jax_step(w.jax_apply, impls_lib.loss_fn(w.loss), opt))
     kernels["jax"] = fusions(ref, p, opt.init(p), *data.batches[0])
     steps = {
         "funcnet": fn.train_step(model, loss, opt),
