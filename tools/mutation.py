@@ -7,6 +7,7 @@ that touches these modules::
     python tools/mutation.py                  # every mutant not yet killed; tools/MUTATION.md
     python tools/mutation.py --minutes 60     # stop after an hour (the rest waits for next time)
     python tools/mutation.py --files funcnet/augment.py --jobs 1 --reuse-coverage
+    python tools/mutation.py --reuse-coverage --add-coverage tests/test_mutants.py  # a new test
 
 Results persist in ``tools/mutation_results.json`` (committed): a mutant once
 killed is not run again while its line is unchanged; survivors run every time
@@ -285,9 +286,10 @@ def target_files() -> list[str]:
 # --- step 1: coverage by test ----------------------------------------------------------------
 
 
-def coverage_map(workdir: Path) -> tuple[dict, dict]:
-    """({(path, line): {test ids}}, {test id: seconds}) from one pytest-cov run in a copy of
-    the committed tree; a test that fails there is never used."""
+def coverage_map(workdir: Path, tests: list[str] | None = None) -> tuple[dict, dict]:
+    """({(path, line): {test ids}}, {test id: seconds}) from one pytest-cov run of ``tests``
+    (default: ``TESTS``) in a copy of the committed tree; a test that fails there is never
+    used."""
     repo = workdir / "coverage"
     _copy_repo(repo)
     junit = workdir / "junit.xml"
@@ -297,7 +299,7 @@ def coverage_map(workdir: Path) -> tuple[dict, dict]:
     # pytest-cov records no test contexts
     cmd = [sys.executable, "-m", "pytest", "-q", *NO_XDIST, "-p", "no:cacheprovider",
            "-m", "not slow", "--cov=funcnet", "--cov-context=test", "--cov-report=",
-           f"--junitxml={junit}", *[t for t in TESTS if (repo / t).exists()]]  # fmt: skip
+           f"--junitxml={junit}", *[t for t in tests or TESTS if (repo / t).exists()]]  # fmt: skip
     print("coverage run:", " ".join(cmd[3:]), flush=True)
     subprocess.run(cmd, cwd=repo, env=env, check=False)
     import coverage
@@ -314,6 +316,17 @@ def coverage_map(workdir: Path) -> tuple[dict, dict]:
     if failed:
         print(f"not used, failing without a mutant: {sorted(failed)}", flush=True)
     return {k: v - failed for k, v in lines.items()}, durations
+
+
+def _add_coverage(workdir: Path, tests: list[str], lines: dict, durations: dict) -> tuple:
+    """The saved coverage with ``tests`` (files or test ids) measured again and merged in."""
+    new_lines, new_durations = coverage_map(workdir, tests)
+    names = tuple(t.split("::", 1)[0] for t in tests)
+    lines = {k: {i for i in v if not i.startswith(names)} for k, v in lines.items()}
+    for k, ids in new_lines.items():
+        lines.setdefault(k, set()).update(ids)
+    durations = {t: d for t, d in durations.items() if not t.startswith(names)}
+    return lines, durations | new_durations
 
 
 def _test_id(context: str) -> str:
@@ -454,6 +467,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--minutes", type=float, default=0, help="stop starting mutants after")
     parser.add_argument("--reuse-coverage", action="store_true", help="skip step 1")
+    parser.add_argument(
+        "--add-coverage", nargs="*", default=[], metavar="TEST",
+        help="with --reuse-coverage: run step 1 for these tests only (e.g. a new test file) and "
+        "add them to the saved coverage",
+    )  # fmt: skip
     args = parser.parse_args()
 
     files = args.files or target_files()
@@ -472,8 +490,11 @@ def main() -> None:
         saved = json.loads(COVERAGE.read_text())
         lines = {(p, int(n)): set(ids) for p, n, ids in saved["lines"]}
         durations = saved["durations"]
+        if args.add_coverage:
+            lines, durations = _add_coverage(work, args.add_coverage, lines, durations)
     else:
         lines, durations = coverage_map(work)
+    if not args.reuse_coverage or args.add_coverage:
         saved = [(p, n, sorted(ids)) for (p, n), ids in lines.items()]
         COVERAGE.write_text(json.dumps({"lines": saved, "durations": durations}))
     lock = threading.Lock()
