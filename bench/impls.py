@@ -31,6 +31,8 @@ IMPLS = {
     "jax_fused": "pure JAX, `fused_steps` steps in one `lax.scan` call (batches gathered inside)",
     "funcnet": "funcnet `train_step` under `jax.jit` (donated), default options",
     "funcnet_fused": "funcnet's `fit` fused path (`steps_per_execution`, `training.fused_runner`)",
+    "funcnet_unrolled": "tuned, not a default: `funcnet` with the model's loops unrolled "
+    "(`transformer_encoder(..., unroll=True)`)",
     "flax_linen": "Flax Linen + `flax.training.train_state`, `jax.jit` (donated)",
     "flax_nnx": "Flax NNX idiomatic: `nnx.Optimizer`, `nnx.jit`",
     "haiku": "Haiku `hk.transform` + optax, `jax.jit` (donated)",
@@ -243,10 +245,10 @@ def funcnet_loss_name(workload: Workload) -> str:
     return {"xent": "sparse_categorical_cross_entropy", "mse": "mean_squared_error"}[workload.loss]
 
 
-def _funcnet_parts(workload: Workload, data: Data, step_options: dict):
+def _funcnet_parts(workload: Workload, data: Data, step_options: dict, variant: str = "funcnet"):
     import funcnet as fn
 
-    model = workload.funcnet()
+    model = _need(workload, variant)()
     opt = optax.adam(LEARNING_RATE)
     ts = fn.TrainState.create(model, opt, jax.random.key(0), data.example())
 
@@ -275,6 +277,25 @@ def build_funcnet(workload: Workload, data: Data, **step_options) -> Runner:
         lambda: jax.block_until_ready(state),
         flops=lambda: _xla_flops(jstep, specs),
         recompile=lambda: _aot_time(fresh(), specs),
+    )
+
+
+def build_funcnet_unrolled(workload: Workload, data: Data) -> Runner:
+    """``build_funcnet`` of the workload's tuned ``funcnet_unrolled`` model."""
+    ts, make_step = _funcnet_parts(workload, data, {}, "funcnet_unrolled")
+    jstep = jax.jit(make_step(), donate_argnums=0)
+    state = [ts]
+    specs = _specs((ts, data.batches[0]))
+    batches = itertools.cycle(data.batches)
+
+    def call():
+        state[0], _ = jstep(state[0], next(batches))
+
+    return Runner(
+        call,
+        lambda: jax.block_until_ready(state),
+        flops=lambda: _xla_flops(jstep, specs),
+        note="tuned variant",
     )
 
 
@@ -464,6 +485,7 @@ BUILDERS: dict[str, Callable[[Workload, Data], Runner]] = {
     "jax_fused": build_jax_fused,
     "funcnet": build_funcnet,
     "funcnet_fused": build_funcnet_fused,
+    "funcnet_unrolled": build_funcnet_unrolled,
     "flax_linen": build_flax_linen,
     "flax_nnx": build_flax_nnx,
     "haiku": build_haiku,

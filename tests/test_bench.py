@@ -156,8 +156,8 @@ def test_gpt_flops_and_peak_table():
 
 
 def test_profile_tiny_mlp(tmp_path):
-    """``bench/profile.py``: HLO op counts, XLA's memory analysis, PyTorch's top ops."""
-    from bench import profile
+    """``bench/step_profile.py``: HLO op counts, XLA's memory analysis, PyTorch's top ops."""
+    from bench import step_profile as profile
 
     hlo_path = tmp_path / "step.hlo"
     with jax.numpy_dtype_promotion("standard"):  # as users run it (optax's Adam needs it)
@@ -183,7 +183,7 @@ def test_profile_tiny_mlp(tmp_path):
 
 
 def test_profile_bad_impl():
-    from bench import profile
+    from bench import step_profile as profile
 
     with pytest.raises(ValueError, match="unknown implementation 'flax'; choose from jax"):
         profile.xla_profile("tiny_mlp", "flax")

@@ -12,6 +12,8 @@ Python loop over the blocks. The pure-JAX reference attends with ``jax.nn.dot_pr
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -275,5 +277,6 @@ WORKLOAD = Workload(
     haiku=haiku_forward,
     equinox=equinox_model,
     torch=torch_model,
+    funcnet_unrolled=partial(funcnet_model, unroll=True),
     from_funcnet=from_funcnet,
 )

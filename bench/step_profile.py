@@ -9,11 +9,15 @@ analysis (argument/output/temporary bytes) and the compile time; and, when
 torch is installed, PyTorch eager's training step under ``torch.profiler``
 (the top operators by self CPU time per step). Prints a short markdown report.
 
+(Not ``bench/profile.py``: run as a script, any ``bench/*.py`` puts ``bench/``
+first on ``sys.path``, where a ``profile.py`` would shadow the standard
+library's ``profile`` module that ``cProfile`` and ``torch`` import.)
+
 Usage::
 
-    python bench/profile.py transformer                   # funcnet, + torch
-    python bench/profile.py lstm --impl jax --hlo /tmp/lstm_jax.hlo
-    python bench/profile.py cnn --impl funcnet_fused --no-torch
+    python bench/step_profile.py transformer                   # funcnet, + torch
+    python bench/step_profile.py lstm --impl jax --hlo /tmp/lstm_jax.hlo
+    python bench/step_profile.py cnn --impl funcnet_fused --no-torch
 """
 
 from __future__ import annotations
@@ -25,11 +29,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: python bench/profile.py
-    # bench/ off the path, or this file would shadow the stdlib's `profile` (cProfile imports it)
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
+if __package__ in (None, ""):  # run as a script: python bench/step_profile.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import numpy as np
