@@ -268,8 +268,9 @@ def render(xla: dict, torch_prof: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> str:
-    """Command line (see the module docstring); prints and returns the markdown."""
+def main(argv=None) -> dict:
+    """Command line (see the module docstring); prints the markdown, returns
+    ``{"xla": xla_profile(...), "torch": torch_profile(...) or None, "markdown": text}``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("workload", choices=NAMES)
     parser.add_argument("--impl", choices=IMPLS, default="funcnet")
@@ -280,9 +281,10 @@ def main(argv=None) -> str:
     xla = xla_profile(args.workload, args.impl, args.fused_steps)
     if args.hlo:
         args.hlo.write_text(xla["hlo"])
-    text = render(xla, None if args.no_torch else torch_profile(args.workload))
+    torch_prof = None if args.no_torch else torch_profile(args.workload, steps=3)
+    text = render(xla, torch_prof)
     print(text)
-    return text
+    return {"xla": xla, "torch": torch_prof, "markdown": text}
 
 
 if __name__ == "__main__":

@@ -161,9 +161,9 @@ def test_profile_tiny_mlp(tmp_path):
 
     hlo_path = tmp_path / "step.hlo"
     with jax.numpy_dtype_promotion("standard"):  # as users run it (optax's Adam needs it)
-        text = profile.main(["tiny_mlp", "--impl", "funcnet", "--hlo", str(hlo_path)])
-        xla = profile.xla_profile("tiny_mlp", "funcnet")
-    hlo = hlo_path.read_text()
+        report = profile.main(["tiny_mlp", "--impl", "funcnet", "--hlo", str(hlo_path)])
+    xla, text, hlo = report["xla"], report["markdown"], hlo_path.read_text()
+    assert hlo == xla["hlo"] and "ENTRY" in hlo
     ops = xla["ops"]
     # a plain count of the text: every dot, fused or not; no loops in a single step
     assert ops["dot (all)"] == len(re.findall(r"= f32\[[\d,]*\]\{[\d,]*\} dot\(", hlo)) > 0
@@ -177,7 +177,7 @@ def test_profile_tiny_mlp(tmp_path):
     assert "| count |" in text and "argument MiB" in text
     if importlib.util.find_spec("torch") is not None:
         assert "| `aten::" in text
-        top = profile.torch_profile("tiny_mlp", steps=2)
+        top = report["torch"]
         assert any(r["op"] in ("aten::mm", "aten::addmm") for r in top["top"])
         assert all(r["self_ms"] >= 0 for r in top["top"]) and top["step_ms"] > 0
 
