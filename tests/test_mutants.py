@@ -43,6 +43,15 @@ def test_rotation_default_fill_is_zero(key):
     np.testing.assert_allclose(filled, 1.0, rtol=1e-6)  # ones everywhere, inside or out
 
 
+def test_rotation_limit_is_180_degrees(key):
+    """``max_degrees > 180`` is refused, however little above 180; 180 itself is accepted."""
+    for degrees in (180.5, 181):
+        with pytest.raises(ValueError, match=rf"`max_degrees` must be at most 180, got {degrees}"):
+            random_rotation(degrees)
+    x = jnp.ones((2, 5, 5, 1))
+    assert random_rotation(180)(key, x).shape == x.shape
+
+
 # ----------------------------------------------------------------------------- normalize
 
 
@@ -202,3 +211,19 @@ def test_stacked_inference_batches_like_evaluate_and_predict(name, two_models):
         probs = [np.exp(o - o.max(-1, keepdims=True)) for o in outs]
         want = np.mean([p / p.sum(-1, keepdims=True) for p in probs], axis=0)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_vote_counts_a_zero_binary_logit_as_class_0():
+    """``votes = outputs[..., 0] > 0``: a binary logit of exactly 0 (probability 0.5) votes for
+    class 0, as ``logit > 0`` is documented; with one model at 0, one above and one below, class
+    0 wins."""
+    ts = fn.stack_init(fn.Dense(1), optax.sgd(0.1), 3, np.ones((1, 2), np.float32))
+    params = {"w": jnp.zeros((3, 2, 1)), "b": jnp.array([[0.0], [1.0], [-1.0]])}
+    assert jax.tree.structure(params) == jax.tree.structure(ts.params)
+    x = np.ones((4, 2), np.float32)
+    outputs = np.asarray(stacked.stacked_predict(fn.Dense(1), params, ts.state, x))
+    votes = (outputs[..., 0] > 0).astype(int)  # numpy: (models, rows)
+    want = (votes.sum(axis=0) > len(votes) / 2).astype(np.int32)  # the majority, ties to 0
+    got = stacked.ensemble_predict(fn.Dense(1), params, ts.state, x, combine="vote")
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, np.zeros(4, np.int32))
