@@ -631,4 +631,16 @@ def write_results(out_dir: Path, info, peak, rows, depth_rows, settings) -> None
         "argv": sys.argv,
     }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    (out_dir / "RESULTS.md").write_text(render_markdown(info, peak, rows, depth_rows, settings))
+    path = out_dir / "RESULTS.md"
+    kept = kept_sections(path.read_text()) if path.exists() else ""
+    path.write_text(render_markdown(info, peak, rows, depth_rows, settings) + kept)
+
+
+def kept_sections(text: str) -> str:
+    """The hand-written tail of an old RESULTS.md, which a new run keeps: everything from
+    the first ``## ...`` heading that says ``not written by `run.py```."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("## ") and "not written by `run.py`" in line:
+            return "\n" + "".join(lines[i:])
+    return ""

@@ -150,8 +150,13 @@ def markdown(rows: list[dict]) -> list[str]:
 
 def append_results(out_dir: Path, rows: list[dict]) -> None:
     """Add the scaling section to ``RESULTS.md`` and the rows to ``results.json``."""
-    with open(out_dir / "RESULTS.md", "a") as f:
-        f.write("\n" + "\n".join(markdown(rows)))
+    from bench.harness import kept_sections
+
+    path = out_dir / "RESULTS.md"
+    text = path.read_text()
+    kept = kept_sections(text)  # the hand-written sections stay last
+    head = text[: len(text) - len(kept)]
+    path.write_text(head + "\n" + "\n".join(markdown(rows)) + kept)
     data = json.loads((out_dir / "results.json").read_text())
     data["scaling"] = rows
     (out_dir / "results.json").write_text(json.dumps(data, indent=1) + "\n")

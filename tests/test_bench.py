@@ -52,6 +52,8 @@ def test_bench_quick_smoke(tmp_path):
         str(tmp_path),
     ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    hand_written = "## Notes (`bench/x.py`, not written by `run.py`)\n\nkept 42\n"
+    (tmp_path / "RESULTS.md").write_text("# old run\n\n## Targets\nstale 17\n\n" + hand_written)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -66,6 +68,8 @@ def test_bench_quick_smoke(tmp_path):
     assert payload["matmul_peak"]["gflops"] > 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets" in text and "### tiny_mlp" in text
+    # a new run replaces its own sections and keeps the hand-written ones after them
+    assert "stale 17" not in text and text.endswith(hand_written)
     assert {(r["workload"], r["devices"]) for r in payload["scaling"]} == {("mlp", 2)}
     assert all(r["step_ms"] > 0 for r in payload["scaling"])
     assert "## Data-parallel scaling" in text
