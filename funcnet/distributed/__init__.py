@@ -36,10 +36,12 @@ Pieces:
 For explicit collectives, :func:`funcnet.training.train_step` takes an
 ``axis_name`` and then runs under ``jax.shard_map`` or ``jax.pmap``.
 
-Checkpoints with several processes: every process calls ``save`` (gathering
-FSDP-sharded arrays is a collective) and only process 0 writes
-(:func:`is_main_process`); every process restores the same file and
-:func:`place` puts the state back on the mesh.
+Checkpoints with several processes: every process calls ``save`` with the
+same tree. State replicated over the processes is written once, by process 0
+(:func:`is_main_process`); state sharded over the processes (FSDP, tensor
+parallel) becomes a sharded checkpoint, a directory in which each process
+writes only its own shards, committed atomically, restorable onto any mesh
+and process count (see :mod:`funcnet.checkpoint`).
 """
 
 from funcnet.distributed.batches import global_batch, local_batches
@@ -62,6 +64,7 @@ from funcnet.distributed.mesh import (
 )
 from funcnet.distributed.processes import (
     ProcessResult,
+    detect_cluster,
     free_port,
     initialize,
     is_main_process,
@@ -94,6 +97,7 @@ __all__ = [
     "check_divisible",
     "check_mesh",
     "data_parallel",
+    "detect_cluster",
     "fsdp_rules",
     "fsdp_spec",
     "free_port",
