@@ -269,6 +269,7 @@ def prepare(name: str, runner: impls_lib.Runner, settings: Settings, workload: s
         "first_call_s": first,
         "compile_s": max(first - per_call, 0.0),
         "xla_flops_per_call": runner.flops() if runner.flops is not None else None,
+        "xla_peak_bytes": runner.memory() if runner.memory is not None else None,
         "note": runner.note,
         "samples_ms": [],
     }
@@ -474,7 +475,20 @@ def target_checks(rows: list[dict], depth_rows: list[dict]) -> list[tuple[str, s
                 verdict(None if v is None else v >= 10),
             )
         )
-    for w in ("cnn", "transformer"):
+    for w in workloads:
+        for impl, ref in (("funcnet", "jax"), ("funcnet_fused", "jax_fused")):
+            a, b = _get(rows, w, impl), _get(rows, w, ref)
+            if a and b and a.get("xla_peak_bytes") and b.get("xla_peak_bytes"):
+                v = a["xla_peak_bytes"] / b["xla_peak_bytes"]
+                out.append(
+                    (
+                        f"{w}: peak memory {impl} / {ref} <= 1.05 (XLA memory analysis)",
+                        f"{v:.3f} ({a['xla_peak_bytes'] / 2**20:.2f} / "
+                        f"{b['xla_peak_bytes'] / 2**20:.2f} MiB)",
+                        verdict(v <= 1.05),
+                    )
+                )
+    for w in ("cnn", "lstm", "transformer"):
         for impl in ("funcnet", "funcnet_fused"):
             v = ratio(w, impl, "torch")
             if v is not None:
@@ -500,7 +514,7 @@ def target_checks(rows: list[dict], depth_rows: list[dict]) -> list[tuple[str, s
     return out
 
 
-_ORDER = {"mlp": 0, "cnn": 1, "lstm": 2, "tiny_mlp": 3, "transformer": 4}
+_ORDER = {"mlp": 0, "cnn": 1, "lstm": 2, "gru": 3, "tiny_mlp": 4, "transformer": 5}
 
 
 def render_markdown(

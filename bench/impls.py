@@ -53,6 +53,8 @@ class Runner:
         sync: waits until every queued call has finished.
         steps_per_call: training steps per call.
         flops: ``() -> XLA FLOPs of one call`` (valid after the first call), or None.
+        memory: ``() -> XLA's peak-memory estimate of one call in bytes`` (arguments
+            + outputs - aliased + temporaries, from ``memory_analysis()``), or None.
         recompile: ``() -> (trace_lower_s, compile_s)`` of a freshly built step, or None.
         note: shown in the report.
     """
@@ -61,6 +63,7 @@ class Runner:
     sync: Callable[[], None]
     steps_per_call: int = 1
     flops: Callable[[], float | None] | None = None
+    memory: Callable[[], float | None] | None = None
     recompile: Callable[[], tuple[float, float]] | None = None
     note: str = ""
     extra: dict = field(default_factory=dict)
@@ -107,6 +110,20 @@ def _xla_flops(jitted, specs, static=()) -> float | None:
         cost = cost[0] if cost else None
     flops = (cost or {}).get("flops")
     return float(flops) if flops is not None and flops > 0 else None
+
+
+def _xla_memory(jitted, specs, static=()) -> float | None:
+    """Bytes live at once in one call: arguments + outputs - donated aliases + temporaries."""
+    try:
+        mem = jitted.lower(*specs, *static).compile().memory_analysis()
+        return float(
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes
+        )
+    except Exception:  # memory analysis is best effort (backend dependent)
+        return None
 
 
 def workload_flops(workload: Workload, data: Data) -> float | None:
@@ -181,6 +198,7 @@ def _params_runner(params, apply, workload: Workload, data: Data) -> Runner:
         call,
         lambda: jax.block_until_ready(state),
         flops=lambda: _xla_flops(jstep, specs),
+        memory=lambda: _xla_memory(jstep, specs),
         recompile=lambda: _aot_time(fresh(), specs),
     )
 
@@ -222,6 +240,7 @@ def _params_fused_runner(params, apply, workload: Workload, data: Data) -> Runne
         lambda: jax.block_until_ready(state),
         steps_per_call=k,
         flops=lambda: _xla_flops(jrun, specs),
+        memory=lambda: _xla_memory(jrun, specs),
         recompile=lambda: _aot_time(make(), specs),
         note=f"{k} steps/call" + (", unrolled" if unroll else ""),
     )
@@ -276,6 +295,7 @@ def build_funcnet(workload: Workload, data: Data, **step_options) -> Runner:
         call,
         lambda: jax.block_until_ready(state),
         flops=lambda: _xla_flops(jstep, specs),
+        memory=lambda: _xla_memory(jstep, specs),
         recompile=lambda: _aot_time(fresh(), specs),
     )
 
@@ -324,6 +344,7 @@ def build_funcnet_fused(workload: Workload, data: Data, **step_options) -> Runne
         lambda: jax.block_until_ready(state),
         steps_per_call=k,
         flops=lambda: _xla_flops(run, specs, (k,)),
+        memory=lambda: _xla_memory(run, specs, (k,)),
         recompile=lambda: _aot_time(fresh(), specs, (k,)),
         note=f"{k} steps/call" + (", unrolled" if unroll is True else ""),
     )

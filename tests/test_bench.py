@@ -66,8 +66,13 @@ def test_bench_quick_smoke(tmp_path):
             assert math.isfinite(row[field]) and row[field] >= 0, (name, field, row[field])
         assert row["samples_ms"] and all(math.isfinite(v) for v in row["samples_ms"])
     assert payload["matmul_peak"]["gflops"] > 0
+    # XLA's peak memory of a step holds at least the params, Adam's two moments and a batch
+    n_params = 32 * 64 + 64 + 64 * 64 + 64 + 64 + 1
+    for name in impls:
+        assert rows[name]["xla_peak_bytes"] >= 4 * (3 * n_params + 32 * 33), name
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets" in text and "### tiny_mlp" in text
+    assert "tiny_mlp: peak memory funcnet / jax <= 1.05" in text
     # a new run replaces its own sections and keeps the hand-written ones after them
     assert "stale 17" not in text and text.endswith(hand_written)
     assert {(r["workload"], r["devices"]) for r in payload["scaling"]} == {("mlp", 2)}
