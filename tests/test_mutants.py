@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import funcnet as fn
-from funcnet import data
+from funcnet import augment, data
 from funcnet.augment import random_rotation
 from funcnet.data import MinMaxScaler, Standardizer, prefetch_to_device
 from funcnet.training import stacked
@@ -50,6 +50,20 @@ def test_rotation_limit_is_180_degrees(key):
             random_rotation(degrees)
     x = jnp.ones((2, 5, 5, 1))
     assert random_rotation(180)(key, x).shape == x.shape
+
+
+def test_on_inputs_needs_exactly_a_pair(key):
+    """``not isinstance(pair, (tuple, list)) or len(pair) != 2``: a triple (inputs, targets,
+    weights) and a 2-row array are refused, not silently read as a pair."""
+    lifted = augment.on_inputs(lambda k, x: x + 1.0)
+    x, y = jnp.zeros((2, 3)), jnp.arange(2)
+    got_x, got_y = lifted(key, [x, y])  # a list is a pair too
+    np.testing.assert_array_equal(got_x, np.ones((2, 3)))
+    np.testing.assert_array_equal(got_y, [0, 1])
+    for bad, name in (((x, y, y), "tuple"), (x, "ArrayImpl")):
+        message = rf"on_inputs: expected a pair `\(inputs, targets\)`, got {name}"
+        with pytest.raises(TypeError, match=message):
+            lifted(key, bad)
 
 
 # ----------------------------------------------------------------------------- normalize
