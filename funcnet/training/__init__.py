@@ -20,14 +20,15 @@ metrics, data, distributed and persistence never import training):
   hooks between epochs, and the logs of a run.
 - :mod:`~funcnet.training.stacked`: N models on a leading axis, trained by one
   vmapped step (seeds, ensembles, sweeps).
-- :mod:`~funcnet.training.loop`: :func:`fit` / :func:`evaluate` / :func:`predict`,
-  one body each.
+- :mod:`~funcnet.training.loop`: :func:`fit`; :mod:`~funcnet.training.inference`:
+  :func:`evaluate` / :func:`predict`; one body each for every kind of data.
 """
 
 from funcnet.training import callbacks, keys
 from funcnet.training.fused import fused_runner, logs_add, logs_compute, logs_init
 from funcnet.training.history import History
-from funcnet.training.loop import evaluate, fit, predict
+from funcnet.training.inference import evaluate, predict
+from funcnet.training.loop import fit
 from funcnet.training.options import compose_optimizer, dynamic_loss_scale, loss_scale_of
 from funcnet.training.stacked import (
     ensemble_predict,
