@@ -9,6 +9,7 @@ against numpy written here, or against the same computation done another way
 import inspect
 import threading
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -241,3 +242,20 @@ def test_ensemble_vote_counts_a_zero_binary_logit_as_class_0():
     got = stacked.ensemble_predict(fn.Dense(1), params, ts.state, x, combine="vote")
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got, np.zeros(4, np.int32))
+
+
+def test_stacked_evaluate_leaves_the_callers_batches_usable(two_models):
+    """``donate_argnums=2``: only the accumulator is donated (XLA reuses it for the new one,
+    without a "donated buffers were not usable" warning); the batches of an iterable, the
+    caller's own device arrays, are still there after an evaluation."""
+    ts, x, y = two_models
+    batches = [(jnp.asarray(x[:4]), jnp.asarray(y[:4])), (jnp.asarray(x[4:]), jnp.asarray(y[4:]))]
+    loss = "sparse_categorical_cross_entropy"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*donated buffers were not usable")
+        first = stacked.stacked_evaluate(fn.Dense(2), ts.params, ts.state, batches, loss=loss)
+    np.testing.assert_array_equal(np.asarray(batches[0][0]), x[:4])  # not deleted
+    again = stacked.stacked_evaluate(fn.Dense(2), ts.params, ts.state, batches, loss=loss)
+    want = stacked.stacked_evaluate(fn.Dense(2), ts.params, ts.state, (x, y), loss=loss)
+    np.testing.assert_allclose(first["loss"], want["loss"], rtol=1e-5)
+    np.testing.assert_allclose(again["loss"], want["loss"], rtol=1e-5)
