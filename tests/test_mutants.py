@@ -242,6 +242,9 @@ def test_ensemble_vote_counts_a_zero_binary_logit_as_class_0():
     got = stacked.ensemble_predict(fn.Dense(1), params, ts.state, x, combine="vote")
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got, np.zeros(4, np.int32))
+    params = {"w": jnp.zeros((3, 2, 1)), "b": jnp.array([[0.5], [0.5], [-1.0]])}  # 0 < logit < 1
+    got = stacked.ensemble_predict(fn.Dense(1), params, ts.state, x, combine="vote")
+    np.testing.assert_array_equal(got, np.ones(4, np.int32))
 
 
 def test_stacked_evaluate_leaves_the_callers_batches_usable(two_models):
