@@ -702,3 +702,61 @@ def test_errors_inside_a_model_carry_the_path(key):
     model = fn.serial(fn.Dense(6), MultiHeadAttention(4))
     with pytest.raises(LayerError, match=r"^serial\[1\] MultiHeadAttention\(4\): `num_heads=4`"):
         model.init(key, jnp.ones((2, 3, 5)))
+
+
+# ----------------------------------------------------------------------------- kernel choice
+
+
+def _recording_sdpa(monkeypatch):
+    """jax.nn.dot_product_attention recording the `implementation` it is asked for (and
+    computing with XLA's, the only one this machine has)."""
+    seen, real = [], jax.nn.dot_product_attention
+
+    def sdpa(*args, implementation=None, **kwargs):
+        seen.append(implementation)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", sdpa)
+    return seen
+
+
+def test_implementation_is_passed_to_jax_and_xla_equals_the_default(monkeypatch, key):
+    x = jax.random.normal(key, (2, 5, 16))
+    default = fn.MultiHeadAttention(4, causal=True)
+    params, state = default.init(key, x)
+    seen = _recording_sdpa(monkeypatch)
+    xla = fn.MultiHeadAttention(4, causal=True, implementation="xla")
+    assert repr(xla) == "MultiHeadAttention(4, causal=True, implementation='xla')"
+    np.testing.assert_array_equal(
+        xla.apply(params, state, x)[0], default.apply(params, state, x)[0]
+    )
+    assert seen == ["xla", None]
+
+
+def test_cudnn_on_a_gpu_backend_asks_jax_for_cudnn_in_bfloat16(monkeypatch, key):
+    """With the backend reported as a GPU: bfloat16 computation reaches
+    jax.nn.dot_product_attention with implementation='cudnn' (through a block under a
+    policy); float32 computation (init's shape inference with float32 params) uses XLA's."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    seen = _recording_sdpa(monkeypatch)
+    x = jax.random.normal(key, (2, 5, 16))
+    block = fn.TransformerEncoderBlock(4, causal=True, attention_implementation="cudnn")
+    bf16 = fn.with_policy(block, "mixed_bfloat16")
+    params, state = bf16.init(key, x)
+    assert set(seen) == {None}
+    seen.clear()
+    assert bf16.apply(params, state, x)[0].dtype == jnp.float32
+    assert seen == ["cudnn"]
+
+
+def test_cudnn_errors(key):
+    x = jnp.ones((2, 5, 16))
+    with pytest.raises(ValueError, match=r"`implementation` must be None \(XLA\), 'xla' or"):
+        fn.MultiHeadAttention(4, implementation="flash")
+    with pytest.raises(ValueError, match=r"neither returns the attention weights"):
+        fn.MultiHeadAttention(4, implementation="cudnn", return_weights=True)
+    with pytest.raises(ValueError, match=r"neither returns the attention weights nor drops"):
+        fn.MultiHeadAttention(4, implementation="cudnn", drop_rate=0.1)
+    block = fn.TransformerDecoderBlock(4, attention_implementation="cudnn")
+    with pytest.raises(LayerError, match=r"MultiHeadAttention.*for NVIDIA GPUs; JAX's backend"):
+        block.init(key, {"x": x, "memory": x})

@@ -300,3 +300,13 @@ def test_bfloat16_policy_trains_the_example_lm_like_float32(key):
     _, h16 = fn.fit(model, optax.adam(3e-3), loss, data, policy="mixed_bfloat16", **kw)
     assert h32["loss"][-1] < h32["loss"][0] - 0.4  # it learned something
     np.testing.assert_allclose(h16["loss"], h32["loss"], rtol=0.02)
+
+
+def test_with_policy_around_a_block_with_residuals_inits():
+    """init infers shapes with the inputs as given (float32 params and inputs alike): casting
+    only the inputs to bfloat16 made a residual's branch float32 on a bfloat16 stream."""
+    x = jnp.ones((2, 5, 16))
+    block = fn.with_policy(fn.TransformerEncoderBlock(4), "mixed_bfloat16")
+    params, state = block.init(jax.random.key(0), x)
+    assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    assert block.apply(params, state, x)[0].dtype == jnp.float32

@@ -212,7 +212,10 @@ def with_policy(layer: Layer | Callable, policy: str | Policy) -> Layer:
         )
 
     def init(key, inputs):
-        params, state = layer.init(key, cast_floats(inputs, pol.compute_dtype))
+        # The inputs as they are: with float32 params made by the layer and bfloat16 inputs,
+        # the shapes a combinator's init infers would mix dtypes (a residual branch would
+        # give float32 for a bfloat16 stream); apply casts both alike.
+        params, state = layer.init(key, inputs)
         return cast_floats(params, pol.param_dtype), state
 
     label = repr(policy) if isinstance(policy, str) else repr(pol)

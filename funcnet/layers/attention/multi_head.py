@@ -45,6 +45,7 @@ class _Config(NamedTuple):
     b_init: Any
     dtype: Any
     param_dtype: Any
+    implementation: str | None  # jax.nn.dot_product_attention's: None/"xla", or "cudnn"
 
 
 class _Sizes(NamedTuple):
@@ -82,6 +83,18 @@ def _check_config(num_heads, num_kv_heads, key_size, value_size, out_features, *
         )
     if rest["rope"] and key_size is not None and key_size % 2:
         raise ValueError(f"{_OWNER}: `rope=True` needs an even `key_size`, got {key_size}.")
+    implementation = rest["implementation"]
+    if implementation not in (None, "xla", "cudnn"):
+        raise ValueError(
+            f"{_OWNER}: `implementation` must be None (XLA), 'xla' or 'cudnn' (cuDNN's fused "
+            f"flash attention on NVIDIA GPUs), got {implementation!r}."
+        )
+    if implementation == "cudnn" and (rest["return_weights"] or rest["drop_rate"]):
+        raise ValueError(
+            f"{_OWNER}: `implementation='cudnn'` runs a fused kernel that neither returns the "
+            "attention weights nor drops them; pass `return_weights=False` and "
+            "`drop_rate=0`, or leave `implementation=None`."
+        )
     return _Config(
         heads,
         kv_heads,
@@ -99,6 +112,7 @@ def _check_config(num_heads, num_kv_heads, key_size, value_size, out_features, *
         initializers.get(rest["b_init"]),
         rest["dtype"],
         rest["param_dtype"],
+        implementation,
     )
 
 
@@ -111,6 +125,7 @@ def _name(cfg: _Config) -> str:
         (cfg.rope, "rope=True"),
         (cfg.rate > 0, f"drop_rate={cfg.rate}"),
         (cfg.return_weights, "return_weights=True"),
+        (cfg.implementation is not None, f"implementation={cfg.implementation!r}"),
     ):
         if flag:
             args.append(text)
@@ -293,6 +308,7 @@ def _apply(cfg: _Config, params, state, inputs, *, key=None, train=False):
         drop_rate=cfg.rate if dropping else 0.0,
         key=key,
         need_weights=cfg.return_weights,
+        implementation=cfg.implementation,
     )
     y = jnp.einsum("nthv,hvo->nto", o, params["out"]["w"].astype(dt))
     if cfg.use_bias:
@@ -322,6 +338,7 @@ def MultiHeadAttention(
     b_init: str | initializers.Initializer = "zeros",
     dtype=None,
     param_dtype=jnp.float32,
+    implementation: str | None = None,
 ) -> Layer:
     """Multi-head scaled dot-product attention with separate q/k/v/output projections.
 
@@ -403,6 +420,16 @@ def MultiHeadAttention(
         dtype: computation dtype; default: the promotion of the inputs' and the
             params' dtypes. The softmax runs in at least float32.
         param_dtype: dtype of the params.
+        implementation: the kernel of :func:`jax.nn.dot_product_attention`:
+            ``None`` (its default, XLA's attention, on every backend), ``"xla"``,
+            or ``"cudnn"``: cuDNN's fused flash attention on NVIDIA GPUs, as
+            Flax's and PyTorch's SDPA backends: for bfloat16/float16
+            computation (a precision policy; float32 computation, e.g. the
+            shape inference of ``init``, uses XLA's kernel: cuDNN has no
+            float32 flash attention) and head sizes cuDNN supports; no
+            weights, no attention dropout; an error off a GPU. Chosen per
+            layer, not by a global switch, so a compiled function always
+            says which kernel it uses.
 
     Returns:
         A layer giving ``(N, Tq, D_out)``, or ``(y, weights)`` with
@@ -462,6 +489,7 @@ def MultiHeadAttention(
         b_init=b_init,
         dtype=dtype,
         param_dtype=param_dtype,
+        implementation=implementation,
     )
 
     def init(key, inputs):

@@ -206,13 +206,16 @@ def dot_product_attention(
     return out, weights.astype(value.dtype)
 
 
-def attend(q, k, v, mask, *, causal: bool, drop_rate: float, key, need_weights: bool):
+def attend(
+    q, k, v, mask, *, causal: bool, drop_rate: float, key, need_weights: bool, implementation=None
+):
     """Attention of ``q`` ``(N, Tq, H, K)`` over ``k``/``v`` ``(N, Tk, G, ·)``: ``(out, weights)``.
 
-    Calls :func:`jax.nn.dot_product_attention` (``weights`` ``None``) unless
-    the weights, attention dropout or float64 are needed, or the key and value
-    sizes differ; then the reference :func:`dot_product_attention`. Query
-    rows with every key masked give zeros on both paths.
+    Calls :func:`jax.nn.dot_product_attention` (``weights`` ``None``) with
+    ``implementation`` unless the weights, attention dropout or float64 are
+    needed, or the key and value sizes differ; then the reference
+    :func:`dot_product_attention` (and a LayerError for ``"cudnn"``, which has
+    no such path). Query rows with every key masked give zeros on both paths.
     """
     dt = q.dtype
     fast = (
@@ -222,15 +225,40 @@ def attend(q, k, v, mask, *, causal: bool, drop_rate: float, key, need_weights: 
         and jnp.dtype(dt).itemsize <= 4
     )
     scale = 1.0 / math.sqrt(q.shape[-1])
+    if implementation == "cudnn":
+        implementation = _cudnn_or_xla(fast, q.dtype)
     if not fast:
         return dot_product_attention(
             q, k, v, mask, causal=causal, scale=scale, drop_rate=drop_rate, dropout_key=key
         )
     with jax.numpy_dtype_promotion("standard"):  # jax.nn promotes bf16 with f32 inside
-        o = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, scale=scale)
+        o = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, is_causal=causal, scale=scale, implementation=implementation
+        )
     if mask is not None:  # rows with every key masked: zero, as the reference
         tq, tk = q.shape[1], k.shape[1]
         full = jnp.logical_and(mask, causal_mask(tq, tk)) if causal else mask
         valid = jnp.any(full, axis=-1)  # (N|1, H|1, Tq|1)
         o = o * jnp.transpose(valid, (0, 2, 1))[..., None].astype(dt)
     return o, None
+
+
+def _cudnn_or_xla(fast: bool, dtype) -> str | None:
+    """``"cudnn"`` for half-precision attention on a GPU backend; ``None`` (XLA's kernel) for
+    float32, which cuDNN's flash attention does not compute (e.g. the shape inference of
+    ``init`` with float32 params, before a precision policy casts them); a LayerError off a
+    GPU, or for keys and values of different sizes."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        raise LayerError(
+            f"implementation='cudnn' is cuDNN's flash attention, for NVIDIA GPUs; JAX's backend "
+            f"here is {backend!r}. Use implementation=None (XLA) on this machine."
+        )
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return None
+    if not fast:
+        raise LayerError(
+            "implementation='cudnn' needs keys and values of the same size; use "
+            "implementation=None."
+        )
+    return "cudnn"

@@ -234,6 +234,7 @@ def TransformerEncoderBlock(
     window: int | None = None,
     parallel: bool = False,
     remat: bool | str | Callable = False,
+    attention_implementation: str | None = None,
 ) -> Layer:
     """A Transformer encoder block: self-attention and an MLP, each with a residual.
 
@@ -293,6 +294,9 @@ def TransformerEncoderBlock(
             pre-norm (``"pre"`` or ``"rms"``) only.
         remat: ``True``, a policy name or function: recompute the block in
             the backward pass (:func:`funcnet.remat`); default off.
+        attention_implementation: the attention kernel, ``None`` (XLA) or
+            ``"cudnn"`` (flash attention on NVIDIA GPUs), see
+            :func:`~funcnet.layers.attention.MultiHeadAttention`'s ``implementation``.
 
     Raises:
         ValueError: in the constructor, for bad hyperparameters (also
@@ -339,6 +343,7 @@ def TransformerEncoderBlock(
             window=window,
             drop_rate=attention_drop_rate,
             rope=rope,
+            implementation=attention_implementation,
         )
         return {"attention": [mha, Dropout(drop_rate)]}
 
@@ -366,6 +371,7 @@ def TransformerDecoderBlock(
     rope: bool = False,
     window: int | None = None,
     remat: bool | str | Callable = False,
+    attention_implementation: str | None = None,
 ) -> Layer:
     """A Transformer decoder block: causal self-attention, cross-attention to a memory, an MLP.
 
@@ -441,9 +447,13 @@ def TransformerDecoderBlock(
             window=window,
             drop_rate=attention_drop_rate,
             rope=rope,
+            implementation=attention_implementation,
         )
         cross_attention = MultiHeadAttention(
-            opts.heads, num_kv_heads=opts.kv_heads, drop_rate=attention_drop_rate
+            opts.heads,
+            num_kv_heads=opts.kv_heads,
+            drop_rate=attention_drop_rate,
+            implementation=attention_implementation,
         )
         return {
             "self_attention": [select_keys("x", "mask"), self_attention, Dropout(drop_rate)],
