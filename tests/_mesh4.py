@@ -14,7 +14,8 @@ def run_mesh_tests(test_file: str, devices: int = 4, timeout: int = 300) -> None
     """``pytest -k mesh<devices> tests/<test_file>`` with
     ``--xla_force_host_platform_device_count=<devices>``; fails the calling test (with the
     child's output) unless every one passed."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     env.pop("JAX_NUM_CPU_DEVICES", None)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", f"mesh{devices}"]
     cmd += ["-o", "addopts=", os.path.join(HERE, test_file)]
