@@ -208,7 +208,8 @@ def test_fit_killed_mid_epoch_resumes_at_the_same_example(shard_dir, tmp_path, m
         ShardedArrays, "_read", lambda self, rows: reads.append(1) or read(self, rows)
     )
     resumed, _ = fn.fit(model, optax.adam(1e-2), loss, data, checkpoint=run, **kw)
-    assert len(reads) == 1 + 4  # the shapes from a first batch, then epoch 2's last 4 (none to skip)
+    # the shapes from a first batch, then epoch 2's last 4 (none read to skip)
+    assert len(reads) == 1 + 4
     assert int(resumed.step) == int(reference.step) == 12
     for a, b in zip(jax.tree.leaves(reference.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
