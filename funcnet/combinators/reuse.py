@@ -79,15 +79,7 @@ def shared(layer: Layer | Callable, build: Callable[[Layer], Layer | Callable]) 
         if slot.params is None:
             slot.params, slot.state = layer.init(slot.key, inputs)
         else:
-            # a fresh function: a cached trace of `init` may come from `declaring_axes`
-            want = jax.eval_shape(lambda k, x: layer.init(k, x), slot.key, spec_of(inputs))
-            if not _same_spec(want, (slot.params, slot.state)):
-                raise LayerError(
-                    f"used with inputs {fmt_spec(inputs)} here, which need parameters "
-                    f"{fmt_spec(want[0])}, but its parameters were created at its first use as "
-                    f"{fmt_spec(slot.params)}. A shared layer must see compatible inputs "
-                    "everywhere.",
-                )
+            _check_reuse(layer, slot, inputs)
         return (), ()
 
     def ref_apply(params, state, inputs, *, key=None, train=False):
@@ -118,13 +110,7 @@ def shared(layer: Layer | Callable, build: Callable[[Layer], Layer | Callable]) 
         }
 
     def apply(params, state, inputs, *, key=None, train=False):
-        for what, tree in (("params", params), ("state", state)):
-            if not isinstance(tree, Mapping) or set(tree) != {"shared", "body"}:
-                raise LayerError(
-                    f"expected {what} as a dict with keys ['body', 'shared'], got "
-                    f"{type(tree).__name__}. Pass the {what} returned by this model's `init`.",
-                    path=["shared"],
-                )
+        _check_shared_trees(params, state)
         slot = _SharedSlot(params["shared"], state["shared"])
         push(slot)
         try:
@@ -136,6 +122,28 @@ def shared(layer: Layer | Callable, build: Callable[[Layer], Layer | Callable]) 
         return y, {"shared": slot.state, "body": body_state}
 
     return Layer(init, apply, "shared", (body,))
+
+
+def _check_reuse(layer: Layer, slot, inputs) -> None:
+    """A later use of a shared layer must need the params its first use created."""
+    # a fresh function: a cached trace of `init` may come from `declaring_axes`
+    want = jax.eval_shape(lambda k, x: layer.init(k, x), slot.key, spec_of(inputs))
+    if not _same_spec(want, (slot.params, slot.state)):
+        raise LayerError(
+            f"used with inputs {fmt_spec(inputs)} here, which need parameters "
+            f"{fmt_spec(want[0])}, but its parameters were created at its first use as "
+            f"{fmt_spec(slot.params)}. A shared layer must see compatible inputs everywhere.",
+        )
+
+
+def _check_shared_trees(params, state) -> None:
+    for what, tree in (("params", params), ("state", state)):
+        if not isinstance(tree, Mapping) or set(tree) != {"shared", "body"}:
+            raise LayerError(
+                f"expected {what} as a dict with keys ['body', 'shared'], got "
+                f"{type(tree).__name__}. Pass the {what} returned by this model's `init`.",
+                path=["shared"],
+            )
 
 
 def repeat(
