@@ -277,8 +277,10 @@ def _funcnet_parts(workload: Workload, data: Data, step_options: dict, variant: 
     return ts, make_step
 
 
-def build_funcnet(workload: Workload, data: Data, **step_options) -> Runner:
-    ts, make_step = _funcnet_parts(workload, data, step_options)
+def build_funcnet(
+    workload: Workload, data: Data, *, variant: str = "funcnet", note: str = "", **step_options
+) -> Runner:
+    ts, make_step = _funcnet_parts(workload, data, step_options, variant)
 
     def fresh():
         return jax.jit(make_step(), donate_argnums=0)
@@ -297,26 +299,13 @@ def build_funcnet(workload: Workload, data: Data, **step_options) -> Runner:
         flops=lambda: _xla_flops(jstep, specs),
         memory=lambda: _xla_memory(jstep, specs),
         recompile=lambda: _aot_time(fresh(), specs),
+        note=note,
     )
 
 
 def build_funcnet_unrolled(workload: Workload, data: Data) -> Runner:
     """``build_funcnet`` of the workload's tuned ``funcnet_unrolled`` model."""
-    ts, make_step = _funcnet_parts(workload, data, {}, "funcnet_unrolled")
-    jstep = jax.jit(make_step(), donate_argnums=0)
-    state = [ts]
-    specs = _specs((ts, data.batches[0]))
-    batches = itertools.cycle(data.batches)
-
-    def call():
-        state[0], _ = jstep(state[0], next(batches))
-
-    return Runner(
-        call,
-        lambda: jax.block_until_ready(state),
-        flops=lambda: _xla_flops(jstep, specs),
-        note="tuned variant",
-    )
+    return build_funcnet(workload, data, variant="funcnet_unrolled", note="tuned variant")
 
 
 def build_funcnet_fused(workload: Workload, data: Data, **step_options) -> Runner:
