@@ -31,8 +31,6 @@ IMPLS = {
     "jax_fused": "pure JAX, `fused_steps` steps in one `lax.scan` call (batches gathered inside)",
     "funcnet": "funcnet `train_step` under `jax.jit` (donated), default options",
     "funcnet_fused": "funcnet's `fit` fused path (`steps_per_execution`, `training.fused_runner`)",
-    "funcnet_unrolled": "tuned, not a default: `funcnet` with the model's loops unrolled "
-    "(`transformer_encoder(..., unroll=True)`)",
     "flax_linen": "Flax Linen + `flax.training.train_state`, `jax.jit` (donated)",
     "flax_nnx": "Flax NNX idiomatic: `nnx.Optimizer`, `nnx.jit`",
     "haiku": "Haiku `hk.transform` + optax, `jax.jit` (donated)",
@@ -264,10 +262,10 @@ def funcnet_loss_name(workload: Workload) -> str:
     return {"xent": "sparse_categorical_cross_entropy", "mse": "mean_squared_error"}[workload.loss]
 
 
-def _funcnet_parts(workload: Workload, data: Data, step_options: dict, variant: str = "funcnet"):
+def _funcnet_parts(workload: Workload, data: Data, step_options: dict):
     import funcnet as fn
 
-    model = _need(workload, variant)()
+    model = workload.funcnet()
     opt = optax.adam(LEARNING_RATE)
     ts = fn.TrainState.create(model, opt, jax.random.key(0), data.example())
 
@@ -277,10 +275,8 @@ def _funcnet_parts(workload: Workload, data: Data, step_options: dict, variant: 
     return ts, make_step
 
 
-def build_funcnet(
-    workload: Workload, data: Data, *, variant: str = "funcnet", note: str = "", **step_options
-) -> Runner:
-    ts, make_step = _funcnet_parts(workload, data, step_options, variant)
+def build_funcnet(workload: Workload, data: Data, **step_options) -> Runner:
+    ts, make_step = _funcnet_parts(workload, data, step_options)
 
     def fresh():
         return jax.jit(make_step(), donate_argnums=0)
@@ -299,13 +295,7 @@ def build_funcnet(
         flops=lambda: _xla_flops(jstep, specs),
         memory=lambda: _xla_memory(jstep, specs),
         recompile=lambda: _aot_time(fresh(), specs),
-        note=note,
     )
-
-
-def build_funcnet_unrolled(workload: Workload, data: Data) -> Runner:
-    """``build_funcnet`` of the workload's tuned ``funcnet_unrolled`` model."""
-    return build_funcnet(workload, data, variant="funcnet_unrolled", note="tuned variant")
 
 
 def build_funcnet_fused(workload: Workload, data: Data, **step_options) -> Runner:
@@ -495,7 +485,6 @@ BUILDERS: dict[str, Callable[[Workload, Data], Runner]] = {
     "jax_fused": build_jax_fused,
     "funcnet": build_funcnet,
     "funcnet_fused": build_funcnet_fused,
-    "funcnet_unrolled": build_funcnet_unrolled,
     "flax_linen": build_flax_linen,
     "flax_nnx": build_flax_nnx,
     "haiku": build_haiku,

@@ -192,10 +192,11 @@ def markdown(rows: list, config: dict = CONFIG) -> list:
     return [*lines, ""]
 
 
-def write_section(path: Path, lines: list) -> None:
-    """Replace this script's section of ``path`` (or append it): other sections untouched."""
+def write_section(path: Path, lines: list, section: str = SECTION) -> None:
+    """Replace the section of ``path`` whose heading starts with ``section`` (or append it):
+    other sections untouched."""
     text = path.read_text() if path.exists() else ""
-    start = text.find(SECTION)
+    start = text.find(section)
     block = "\n".join(lines)
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + block

@@ -115,12 +115,13 @@ def test_workload_funcnet_equals_reference(name):
 
 
 def test_workload_transformer_is_the_readme_stack():
-    """The bench's transformer is ``fn.transformer_encoder`` with its defaults (one scan)."""
+    """The bench's transformer is ``fn.transformer_encoder`` with its defaults (2 blocks: the
+    scan over the stacked blocks unrolled)."""
     workload = get_workload("transformer")
     x, _ = workload.make_data(np.random.default_rng(0), 1)
     params, _ = jax.eval_shape(workload.funcnet().init, jax.random.key(0), x)
     (stacked, norm), _, head = params
-    assert stacked["mlp"][1]["w"].shape == (2, 128, 512)  # 2 blocks stacked: repeat's scan
+    assert stacked["mlp"][1]["w"].shape == (2, 128, 512)  # 2 blocks stacked: repeat's params
     assert norm["scale"].shape == (128,) and head["w"].shape == (128, 10)
 
 
@@ -196,3 +197,21 @@ def test_profile_bad_impl():
 
     with pytest.raises(ValueError, match="unknown implementation 'flax'; choose from jax"):
         profile.xla_profile("tiny_mlp", "flax")
+
+
+def test_unroll_table_and_its_section(tmp_path):
+    """``bench/unroll.py`` at depth 1: three builds, ratios to ``unrolled``, and ``--write``
+    replaces only its own section of a results file."""
+    from bench import unroll
+
+    with jax.numpy_dtype_promotion("standard"):  # as users run it (optax's Adam needs it)
+        rows = unroll.measure([1], rounds=1, calls=1, log=lambda *_: None)
+    assert [r["build"] for r in rows] == list(unroll.BUILDS)
+    assert [r["vs_unrolled"] for r in rows if r["build"] == "unrolled"] == [1.0]
+    assert all(r["step_ms"] > 0 and r["compile_s"] > 0 for r in rows)
+    path = tmp_path / "RESULTS.md"
+    path.write_text(f"# r\n\n{unroll.SECTION}, old)\n\nstale\n\n## Other (x)\n\nkept\n")
+    unroll.write_section(path, unroll.markdown(rows), unroll.SECTION)
+    text = path.read_text()
+    assert "stale" not in text and "| 1 | serial |" in text
+    assert text.endswith("## Other (x)\n\nkept\n")

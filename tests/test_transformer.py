@@ -1,6 +1,7 @@
 """Transformer blocks vs numpy and vs the public layers; stacks; a tiny language model trains."""
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -225,6 +226,26 @@ def test_transformer_encoder_has_a_final_norm_for_pre_ln(key):
     blocks_only = transformer_encoder(2, 2, norm="post")
     params, _ = blocks_only.init(key, x)
     assert isinstance(params, dict)  # repeat's params only, no final norm
+
+
+def test_default_unroll_is_full_up_to_three_blocks_and_changes_no_number(key):
+    """``unroll=None``: no while loop up to 3 blocks, one rolled loop beyond; the same params,
+    outputs and gradients as ``unroll=1``."""
+    x = rand(2, 4, 8)
+    for n, rolled in ((3, False), (4, True)):
+        default, scanned = transformer_encoder(n, 2), transformer_encoder(n, 2, unroll=1)
+        params, state = default.init(key, x)
+        jax.tree.map(np.testing.assert_array_equal, params, scanned.init(key, x)[0])
+
+        def loss(enc, p, state=state):
+            return jnp.sum(jnp.sin(enc.apply(p, state, x)[0]))
+
+        for enc, want in ((default, 2 if rolled else 0), (scanned, 2)):  # forward and backward
+            hlo = jax.jit(jax.grad(partial(loss, enc))).lower(params).as_text()
+            assert hlo.count("stablehlo.while") == want, (n, enc)
+        close(default.apply(params, state, x)[0], scanned.apply(params, state, x)[0], tol=1e-6)
+        g1, g2 = (jax.grad(partial(loss, enc))(params) for enc in (default, scanned))
+        jax.tree.map(lambda a, b: close(a, b, tol=1e-5), g1, g2)
 
 
 def test_dropout_in_blocks_needs_a_key_and_is_deterministic_given_one(key):

@@ -44,8 +44,6 @@ class Workload:
         torch_layout: numpy ``x -> x`` in PyTorch's layout (e.g. NHWC -> NCHW).
         flops_apply: ``jax_apply`` with its loops unrolled, used only to count
             FLOPs (XLA's cost analysis counts a loop body once, not per trip).
-        funcnet_unrolled: ``() -> Layer``: a tuned funcnet variant (loops
-            unrolled), reported as ``funcnet_unrolled``, never as ``funcnet``.
         from_funcnet: ``(funcnet params) -> reference params``: the same
             weights in the pure-JAX layout, so a test can check that both
             compute the same loss and gradients (what makes the ratio fair).
@@ -68,7 +66,6 @@ class Workload:
     torch: Callable[[], Any] | None = None
     torch_layout: Callable[[np.ndarray], np.ndarray] = lambda x: x
     flops_apply: Callable[[Any, Any], Any] | None = None
-    funcnet_unrolled: Callable[[], Any] | None = None
     from_funcnet: Callable[[Any], Any] | None = None
 
 

@@ -4,15 +4,14 @@ Inputs ``(16, 128, 128)`` float32 (batch 16, length 128, width 128), no mask,
 no dropout; a final LayerNorm (what ``fn.transformer_encoder`` adds after
 pre-LN blocks), mean over time -> Dense 10; cross-entropy. LayerNorm epsilon
 1e-5 everywhere. funcnet's model is the README's:
-``fn.transformer_encoder(2, num_heads=4)`` with its defaults (the blocks run
-in one ``lax.scan`` over stacked params, ``unroll=1``); the reference is a
-Python loop over the blocks. The pure-JAX reference attends with ``jax.nn.dot_product_attention``
-(as funcnet's ``MultiHeadAttention`` does); the peers with their own attention.
+``fn.transformer_encoder(2, num_heads=4)`` with its defaults (the blocks'
+params stacked, their ``lax.scan`` unrolled at 2 blocks, see
+``bench/unroll.py``); the reference is a Python loop over the blocks. The
+pure-JAX reference attends with ``jax.nn.dot_product_attention`` (as
+funcnet's ``MultiHeadAttention`` does); the peers with their own attention.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -82,14 +81,14 @@ def jax_apply(params, x):
     return x @ params["head"]["w"] + params["head"]["b"]
 
 
-def funcnet_model(**options):
+def funcnet_model():
     """As the README builds it: ``fn.transformer_encoder(2, num_heads=4)``, defaults
-    (MLP ratio 4, exact GELU, epsilon 1e-5, final LayerNorm, ``unroll=1``)."""
+    (MLP ratio 4, exact GELU, epsilon 1e-5, final LayerNorm; 2 blocks: the scan unrolled)."""
     import funcnet as fn
 
     assert MLP == 4 * WIDTH and EPS == 1e-5  # transformer_encoder's defaults
     return fn.serial(
-        fn.transformer_encoder(BLOCKS, num_heads=HEADS, **options),
+        fn.transformer_encoder(BLOCKS, num_heads=HEADS),
         fn.GlobalAvgPool(),
         fn.Dense(10),
     )
@@ -277,6 +276,5 @@ WORKLOAD = Workload(
     haiku=haiku_forward,
     equinox=equinox_model,
     torch=torch_model,
-    funcnet_unrolled=partial(funcnet_model, unroll=True),
     from_funcnet=from_funcnet,
 )

@@ -90,6 +90,12 @@ def _repeat_blocks(block: Layer, n: int, unroll, remat_policy) -> Layer:
     return Layer(init, apply, stacked.name, stacked.children)
 
 
+# Up to this many blocks, ``unroll=None`` unrolls the scan over the blocks fully. Measured on
+# XLA:CPU (2 cores, width 128, length 128, batch 16; ``python bench/unroll.py``), one scan's step
+# time over the unrolled one: 1.13x at 2 blocks, 1.08x at 3, 1.02x at 4, 0.76x at 8.
+UNROLL_MAX_BLOCKS = 3
+
+
 def _stack(
     block: Layer, num_layers: int, final_norm, unroll, remat_policy, block_kwargs: dict
 ) -> Layer:
@@ -97,6 +103,8 @@ def _stack(
     norm = block_kwargs.get("norm", "pre")
     if final_norm is None:
         final_norm = norm in ("pre", "rms")
+    if unroll is None:
+        unroll = True if num_layers <= UNROLL_MAX_BLOCKS else 1
     blocks = _repeat_blocks(block, num_layers, unroll, remat_policy)
     if not final_norm:
         return blocks
@@ -108,7 +116,7 @@ def transformer_encoder(
     num_heads: int,
     *,
     final_norm: bool | None = None,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     remat: bool | str | Callable = False,
     **block_kwargs,
 ) -> Layer:
@@ -121,6 +129,12 @@ def transformer_encoder(
     outputs as the block's. ``remat`` (``True``, a policy name or function,
     see :func:`funcnet.remat`) recomputes each block in the backward pass:
     same gradients, less memory; decoding with a KV cache works as without.
+
+    ``unroll`` is ``lax.scan``'s: the default ``None`` unrolls the scan fully
+    for up to 3 blocks and keeps one rolled loop beyond (``unroll=1``), where
+    it runs faster and compiles in a time that does not grow with depth
+    (measured on XLA:CPU, see ``bench/unroll.py``). The params are stacked
+    either way, so the choice never changes a checkpoint.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -141,7 +155,7 @@ def transformer_decoder(
     num_heads: int,
     *,
     final_norm: bool | None = None,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     remat: bool | str | Callable = False,
     **block_kwargs,
 ) -> Layer:
