@@ -28,6 +28,8 @@ Examples:
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,6 +65,8 @@ from funcnet.training.step import (
 )
 
 __all__ = ["evaluate", "fit", "make_evaluator", "predict"]
+
+LOSS_EVERY_S = 0.5  # how often a live progress bar reads the running loss
 
 
 # ----------------------------------------------------------------------------- fit's pieces
@@ -161,7 +165,7 @@ class _Progress:
 
     def __init__(self, verbose: int, steps: int | None, epoch: int, epochs: int, done: int):
         self.verbose, self.epoch, self.epochs = verbose, epoch, epochs
-        self.bar = None
+        self.bar, self.shown = None, -math.inf
         if verbose == 1:
             from tqdm.auto import tqdm
 
@@ -171,8 +175,12 @@ class _Progress:
             self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False, initial=done)
 
     def update(self, k: int, acc: dict) -> None:
-        if self.bar is not None:
-            self.bar.update(k)
+        if self.bar is None:
+            return
+        self.bar.update(k)
+        now = time.monotonic()
+        if now - self.shown >= LOSS_EVERY_S:  # reading the loss waits for the device
+            self.shown = now
             self.bar.set_postfix_str(f"loss {float(acc['loss_total'] / acc['loss_count']):.4g}")
 
     def close(self, logs: dict) -> None:
@@ -388,17 +396,21 @@ class _Run:
     def _epochs(self, ts, key, shuffle, metrics, placement, validate):
         history = History()
         ts = call_hooks(self.callbacks, "on_train_begin", ts)
-        if int(ts.step) > 0 and self.feed.steps is None:  # resuming: where does it restart?
+        # the step counted on the host: reading ts.step after every call would wait for the
+        # device each time and stop JAX from queueing the next call meanwhile
+        step = int(ts.step)
+        if step > 0 and self.feed.steps is None:  # resuming: where does it restart?
             self.feed.count_steps()
         steps = self.feed.steps
-        start_epoch, skip = divmod(int(ts.step), steps) if steps else (0, 0)
+        start_epoch, skip = divmod(step, steps) if steps else (0, 0)
         for epoch in range(start_epoch, self.n_epochs):
             first = skip if epoch == start_epoch else 0
             progress = _Progress(self.verbose, steps, epoch, self.n_epochs, first)
             acc = placement.put(logs_init(metrics), placement.replicated)
             steps_run = self.feed.epoch(ts, acc, key, epoch, first, shuffle)
             for ts, acc, k, last in steps_run:
-                self._after_steps(ts, acc, epoch, last)
+                step += k
+                self._after_steps(ts, acc, epoch, last, step)
                 progress.update(k, acc)
             _check_finite(acc, epoch, self.skipping)
             logs = logs_compute(metrics, acc)
@@ -421,11 +433,11 @@ class _Run:
                 break
         return call_hooks(self.callbacks, "on_train_end", ts), history
 
-    def _after_steps(self, ts, acc, epoch: int, last: bool) -> None:
-        call_hooks(self.callbacks, "on_steps_end", ts, int(ts.step))
-        if self.manager is None or not self.every or int(ts.step) % self.every:
+    def _after_steps(self, ts, acc, epoch: int, last: bool, step: int) -> None:
+        call_hooks(self.callbacks, "on_steps_end", ts, step)
+        if self.manager is None or not self.every or step % self.every:
             return
         if last:  # the epoch-end save (with its logs) follows
             return
         _check_finite(acc, epoch, self.skipping)  # never save a diverged model
-        self.manager.save(int(ts.step), ts)
+        self.manager.save(step, ts)

@@ -346,7 +346,7 @@ class _Loop:
         active = self.put(jnp.asarray(self.tracker.arrays["active"]))
         for begin in range(first, self.steps, self.k):
             k = min(self.k, self.steps - begin)
-            ts, acc, active = self.run(ts, acc, active, self.data, order, jnp.int32(begin), k)
+            ts, acc, active = self.run(ts, acc, active, self.data, order, begin, k)
         self.tracker.halted(epoch, np.asarray(active))
         acc = jax.device_get(acc)
         return ts, [logs_compute(self.metrics, model_at(acc, i)) for i in range(self.n)]
