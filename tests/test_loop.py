@@ -801,3 +801,25 @@ def test_list_instead_of_tuple_and_forgotten_labels_name_fit_and_the_fix(key):
     # A list of batches is still a list of batches.
     _, h = fn.fit(*args, [(x[:20], y[:20]), (x[20:], y[20:])], verbose=0)
     assert len(h.epoch) == 1
+
+
+def test_steps_end_gets_the_train_states_step_counted_on_the_host(key):
+    """``on_steps_end`` gets the step after each call (counted on the host, not read from the
+    device): with 3 steps per call over 7 steps an epoch, and from a resumed state."""
+
+    class Steps:
+        def __init__(self):
+            self.seen = []
+
+        def on_steps_end(self, step, train_state):
+            self.seen.append((step, int(train_state.step)))
+
+    x, y = blobs(70)
+    kw = dict(batch_size=10, steps_per_execution=3, key=key, verbose=0)
+    first, second = Steps(), Steps()
+    ts, _ = fn.fit(mlp(), optax.sgd(0.1), "sparse_categorical_cross_entropy", (x, y),
+                   epochs=1, callbacks=[first], **kw)  # fmt: skip
+    fn.fit(mlp(), optax.sgd(0.1), "sparse_categorical_cross_entropy", (x, y),
+           epochs=2, initial_state=ts, callbacks=[second], **kw)  # fmt: skip
+    assert first.seen == [(3, 3), (6, 6), (7, 7)]
+    assert second.seen == [(10, 10), (13, 13), (14, 14)]
