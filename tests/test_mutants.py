@@ -6,6 +6,7 @@ against numpy written here, or against the same computation done another way
 (a single model vs. a stack, an explicit argument vs. its default).
 """
 
+import dataclasses
 import inspect
 import threading
 import time
@@ -262,3 +263,148 @@ def test_stacked_evaluate_leaves_the_callers_batches_usable(two_models):
     want = stacked.stacked_evaluate(fn.Dense(2), ts.params, ts.state, (x, y), loss=loss)
     np.testing.assert_allclose(first["loss"], want["loss"], rtol=1e-5)
     np.testing.assert_allclose(again["loss"], want["loss"], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- data checks
+
+
+class _ShapeOnly:
+    """Has a ``shape`` but no ``dtype``: not an array."""
+
+    shape = (3,)
+
+
+def test_leaf_with_a_shape_but_no_dtype_is_refused():
+    """``not hasattr(leaf, "shape") or not hasattr(leaf, "dtype")``: a leaf needs both; one
+    with only a ``shape`` is refused as not an array, in every function that reads leaves."""
+    x = np.zeros((3, 2), np.float32)
+    message = r"every leaf must be a numpy or jax array, got _ShapeOnly at \[1\]"
+    with pytest.raises(TypeError, match=message):
+        data.take((x, _ShapeOnly()), np.arange(2))
+    with pytest.raises(TypeError, match=message):
+        data.train_val_test_split((x, _ShapeOnly()), val_size=1, test_size=1)
+
+
+# ----------------------------------------------------------------------------- describe
+
+
+def test_description_is_frozen_and_prints_a_six_wide_name_column():
+    """``@dataclass(frozen=True)`` and ``width = max([6, ...])``: a ``Description`` cannot be
+    changed, and its name column is as wide as ``"column"`` (6) for short names, one space
+    before ``missing``."""
+    d = data.describe(np.array([[1.0, 2.0], [3.0, 4.0]]), names=["a", "bb"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.rows = 3
+    lines = str(d).splitlines()
+    assert lines[1].startswith("column missing ")
+    assert lines[2].startswith("a" + " " * 12 + "0 ")  # "a" padded to 6, a space, 7 wide "0"
+    assert lines[3].startswith("bb" + " " * 11 + "0 ")
+    wide = str(data.describe(np.ones((2, 1)), names=["feature"])).splitlines()
+    assert wide[1].startswith("column  missing ") and wide[2].startswith("feature       0 ")
+
+
+def test_describe_takes_a_one_dimensional_x_as_one_column():
+    """``x.ndim == 0 or x.shape[0] == 0``: only a scalar or an empty ``x`` is refused; a 1-D
+    ``x`` of N rows is one column."""
+    x = np.array([1.0, 2.0, 4.0, np.nan])
+    d = data.describe(x)
+    assert d.rows == 4 and d.columns == ("0",)
+    np.testing.assert_array_equal(d.missing, [1])
+    np.testing.assert_allclose(d.mean, [np.mean([1.0, 2.0, 4.0])])
+    np.testing.assert_allclose(d.std, [np.std([1.0, 2.0, 4.0])])
+    for bad in (np.float64(1.0), np.zeros((0, 2))):
+        with pytest.raises(ValueError, match="describe: `x` needs at least one row"):
+            data.describe(bad)
+
+
+# ----------------------------------------------------------------------------- outliers
+
+
+def test_outlier_mask_excludes_the_fences():
+    """``(x < low) | (x > high)``: a value exactly at a fence is not an outlier, so whatever
+    ``apply`` clipped is never masked."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(size=(40, 2)), [[9.0, -9.0]]]).astype(np.float32)
+    clipper = data.OutlierClipper.fit(x)
+    at_fences = np.concatenate([clipper.low, clipper.high])
+    np.testing.assert_array_equal(clipper.mask(at_fences), np.zeros((2, 2), bool))
+    assert not clipper.mask(clipper.apply(x)).any()
+    want = (x < clipper.low) | (x > clipper.high)  # numpy, on the data
+    np.testing.assert_array_equal(clipper.mask(x), want)
+    assert want[-1].all()
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def test_sharded_arrays_iterate_epoch_0_and_keep_weights(tmp_path):
+    """``write_shards``' ``len(arrays) in (2, 3)`` takes ``(x, y, weights)``; iterating a
+    ``ShardedArrays`` (``for_epoch(0)``) and ``order()`` (default epoch 0) give epoch 0's
+    shuffle, which differs from epoch 1's."""
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    y, w = np.arange(10), np.linspace(0.1, 1.0, 10).astype(np.float32)
+    data.write_shards(tmp_path, (x, y, w), rows_per_shard=4)
+    sharded = data.ShardedArrays(tmp_path, batch_size=3, seed=7)
+    np.testing.assert_array_equal(sharded.order(), sharded.order(0))
+    assert not np.array_equal(sharded.order(0), sharded.order(1))
+    batches = list(sharded)
+    assert [len(b) for b in batches] == [3] * len(batches)  # (x, y, weights)
+    for got, want in zip(batches, sharded.for_epoch(0)):
+        for u, v in zip(got, want):
+            np.testing.assert_array_equal(u, v)
+    rows = np.concatenate([b[1] for b in batches])
+    np.testing.assert_array_equal(rows, sharded.order(0))  # y holds the row index
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in batches]), w[rows])
+    with pytest.raises(TypeError, match=r"`arrays` must be a tuple `\(x, y\)`"):
+        data.write_shards(tmp_path / "four", (x, y, w, w), rows_per_shard=4)
+
+
+# ----------------------------------------------------------------------------- grain
+
+
+class _Stream:
+    """An iterable of batches with no length, slicing or ``get_state``."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_grain_batches_length_is_epoch_0s_and_a_plain_iterable_resumes_by_reading():
+    """``len(self.pipeline(0))``: the length is epoch 0's pipeline's; ``isinstance(state, dict)
+    and "next_index" in state``: an iterator without Grain's state (``None``) is moved to
+    batch ``start`` by reading and dropping."""
+    pairs = [(np.full((2, 1), float(i)), np.arange(2)) for i in range(5)]
+    asked = []
+
+    def pipeline(epoch):
+        asked.append(epoch)
+        return pairs[: 3 + epoch]  # epoch e has 3 + e batches
+
+    assert len(data.from_grain(pipeline)) == 3 and asked == [0]
+    stream = data.from_grain(_Stream(pairs))
+    got = [float(b[0][0, 0]) for b in stream.for_epoch(0, start=2)]
+    assert got == [2.0, 3.0, 4.0]
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def test_stratified_split_has_the_requested_sizes_when_the_rounding_must_reroute():
+    """``augment`` ``return False``: a dead end of the rounding's path search is reported, not
+    taken for a path (which would leave a class short in a part): with classes of 7, 3, 2, 3
+    and parts of 3, 7, 5 every part has its size and each class its share, rounded."""
+    labels = np.repeat([0, 1, 2, 3], [7, 3, 2, 3])
+    sizes, parts = np.array([7, 3, 2, 3]), np.array([3, 7, 5])
+    split = data.train_val_test_split(
+        np.arange(15), val_size=7, test_size=5, stratify=labels, shuffle=False
+    )
+    got = [np.asarray(p) for p in split]
+    assert [len(p) for p in got] == parts.tolist()
+    np.testing.assert_array_equal(np.sort(np.concatenate(got)), np.arange(15))
+    share = np.outer(sizes, parts) / 15  # class c's exact share of part p
+    counts = np.array([[np.sum(labels[p] == c) for p in got] for c in range(4)])
+    assert (np.floor(share) <= counts).all() and (counts <= np.ceil(share)).all()
+    np.testing.assert_array_equal(counts.sum(axis=1), sizes)
