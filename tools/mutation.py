@@ -11,7 +11,8 @@ that touches these modules::
 
 Results persist in ``tools/mutation_results.json`` (committed): a mutant once
 killed is not run again while its line is unchanged; survivors run every time
-until a test kills them. Mutants run in a fixed random order, so a run that
+until a test kills them or they are triaged (then again when their line
+changes; ``--all`` runs every mutant). Mutants run in a fixed random order, so a run that
 stops early has run a random sample.
 
 How it works, in four steps:
@@ -396,7 +397,23 @@ def tests_for(m: Mutant, lines: dict) -> list[str]:
 # --- step 4: report --------------------------------------------------------------------------
 
 
-def write_report(mutants: list[Mutant], triage: dict, total_mutants: int) -> None:
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a proportion seen in a random sample.
+
+    Examples:
+        >>> [round(v, 3) for v in wilson(90, 100)]
+        [0.826, 0.945]
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p, z2 = successes / n, z * z
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    return center - half, center + half
+
+
+def write_report(mutants: list[Mutant], triage: dict, totals: dict[str, int]) -> None:
+    """``tools/MUTATION.md`` from the mutants run (``totals``: every module's mutant count)."""
     by_file: dict[str, list[Mutant]] = {}
     for m in (m for m in mutants if m.status in ("killed", "timeout", "survived", "uncovered")):
         by_file.setdefault(m.path, []).append(m)
@@ -411,13 +428,22 @@ def write_report(mutants: list[Mutant], triage: dict, total_mutants: int) -> Non
         total += len(ms)
         dead += k + e
         rows.append(
-            f"| `{path}` | {len(ms)} | {k} | {e} | {len(ms) - k - e} | {(k + e) / len(ms):.1%} |"
+            f"| `{path}` | {len(ms)} of {totals.get(path, len(ms))} | {k} | {e} | "
+            f"{len(ms) - k - e} | {(k + e) / len(ms):.1%} |"
         )
         for m in alive:
             line = f"- `{m.key}` (line {m.line}, {m.status})"
             note = f": {triage[m.key]}" if m.key in triage else ": not triaged yet"
             kind = equivalent if m.key in equivalent_to else by_hand if m.key in killed_by else None
             (survivors if kind is None else kind).append(line + note)
+    total_mutants = sum(totals.values())
+    low, high = wilson(dead, total)
+    sampled = (
+        f" The mutants run are a random sample: the score over all {total_mutants} lies in "
+        f"[{low:.1%}, {high:.1%}] with 95% confidence (Wilson interval)."
+        if total < total_mutants
+        else ""
+    )
     text = [
         "# Mutation testing: training wing, data, callbacks, augmentation",
         "",
@@ -427,9 +453,9 @@ def write_report(mutants: list[Mutant], triage: dict, total_mutants: int) -> Non
         f"**Score: {dead / max(total, 1):.1%}** ({dead} of {total} mutants run were killed or "
         f"triaged as equivalent; {total} of the {total_mutants} mutants of the code as it is "
         "have been run, in random order). Killed counts those that subprocess tests kill "
-        "(listed below, checked by hand).",
+        f"(listed below, checked by hand).{sampled}",
         "",
-        "| module | mutants | killed | equivalent | survived | score |",
+        "| module | mutants run | killed | equivalent | survived | score |",
         "|---|---:|---:|---:|---:|---:|",
         *rows,
         "",
@@ -460,6 +486,16 @@ def _save_results(results: dict) -> None:
     RESULTS.write_text(json.dumps(rows, indent=0))
 
 
+def _pending(m: Mutant, results: dict, triage: dict) -> bool:
+    """Whether ``m`` runs: not when killed before, nor when it survived and is triaged (as
+    equivalent or killed by a subprocess test) while its line is unchanged."""
+    status = results.get(m.id, {}).get("status")
+    if status in ("killed", "timeout"):
+        return False
+    note = triage.get(m.key)
+    return status is None or note is None or note.startswith(OPEN)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", nargs="*", help="target modules (default: all)")
@@ -476,9 +512,8 @@ def main() -> None:
 
     files = args.files or target_files()
     results = _load_results()
-    done = ("killed", "timeout")
-    mutants = [m for f in files for m in mutants_of(f)
-               if args.all or results.get(m.id, {}).get("status") not in done]  # fmt: skip
+    triage = json.loads(TRIAGE.read_text()) if TRIAGE.exists() else {}
+    mutants = [m for f in files for m in mutants_of(f) if args.all or _pending(m, results, triage)]
     random.Random(0).shuffle(mutants)  # stopped early, the mutants run are a random sample
     # last run's survivors first (new tests may kill them), in their random order
     mutants.sort(key=lambda m: m.id not in results)
@@ -517,12 +552,10 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(job, range(args.jobs)))
     shutil.rmtree(work, ignore_errors=True)
-    triage = json.loads(TRIAGE.read_text()) if TRIAGE.exists() else {}
     everything = [
         Mutant(**{k: v for k, v in r.items() if k != "id"}) for r in _load_results().values()
     ]
-    total = sum(len(mutants_of(f)) for f in target_files())
-    write_report(everything, triage, total)
+    write_report(everything, triage, {f: len(mutants_of(f)) for f in target_files()})
     print(REPORT.read_text().split("## Survivors")[0])
 
 
