@@ -11,12 +11,11 @@ LayerNorm statistics and the softmax in float32, logits returned as float32).
 - ``funcnet``: built as the README teaches, ``fn.serial(fn.Embedding,
   fn.PositionalEmbedding, fn.transformer_encoder(L, H, causal=True),
   fn.Dense(vocab))``, trained by ``jax.jit(fn.train_step(...),
-  donate_argnums=0)``. Its attention is ``jax.nn.dot_product_attention``
-  with no ``implementation``: XLA's attention, on GPU too (funcnet has no
-  switch for cuDNN's flash attention).
+  donate_argnums=0)``, with the README's switch for the attention kernel:
+  ``transformer_encoder(..., attention_implementation="cudnn")`` when cuDNN
+  can run it (``--attention auto``, the default), else XLA's.
 - ``jax``: the same model by hand (params dict, a Python loop over blocks),
-  attention ``jax.nn.dot_product_attention(implementation="cudnn")`` when
-  cuDNN can run it (``--attention auto``, the default), else ``"xla"``.
+  attention ``jax.nn.dot_product_attention(implementation=...)`` as funcnet's.
 - ``jax_xla``: ``jax`` with XLA's attention (isolates the attention kernel).
 - ``flax_linen``: Linen modules (``dtype=bfloat16``), attention as ``jax``.
 
@@ -90,8 +89,8 @@ CONFIGS = {
 
 IMPLS = {
     "funcnet": "README model, `jax.jit(fn.train_step(..., policy='mixed_bfloat16'))` (donated)",
-    "jax": "hand-written pure JAX, attention cuDNN when available else XLA",
-    "jax_xla": "hand-written pure JAX, XLA attention (as funcnet's)",
+    "jax": "hand-written pure JAX, attention cuDNN when available else XLA (as funcnet's)",
+    "jax_xla": "hand-written pure JAX, XLA attention",
     "flax_linen": "Flax Linen (`dtype=bfloat16`), attention as `jax`",
 }
 
@@ -171,7 +170,7 @@ def build(name: str, cfg: GPTConfig, attention: str, batches) -> Runner:
     """The training loop of one implementation, from funcnet's initial weights."""
     import funcnet as fn
 
-    model = gpt_models.funcnet_gpt(cfg)
+    model = gpt_models.funcnet_gpt(cfg, attention)
     opt = _optimizer(cfg)
     ts = fn.TrainState.create(model, opt, jax.random.key(0), batches[0][0])
     if name == "funcnet":
@@ -179,7 +178,7 @@ def build(name: str, cfg: GPTConfig, attention: str, batches) -> Runner:
             model, "sparse_categorical_cross_entropy", opt, policy="mixed_bfloat16"
         )
         jstep = jax.jit(lambda ts, b: (step(ts, b)[0],), donate_argnums=0)
-        return _cycle_runner(jstep, [ts], batches, "XLA attention")
+        return _cycle_runner(jstep, [ts], batches, f"{attention} attention")
     impl = "xla" if name == "jax_xla" else attention
     if name in ("jax", "jax_xla"):
         params = gpt_models.jax_params_from_funcnet(ts.params)
@@ -207,7 +206,7 @@ def initial_losses(cfg: GPTConfig, attention: str = "xla", impls=tuple(IMPLS)) -
 
     batches = _batches(cfg, 1)
     x, y = batches[0]
-    model = gpt_models.funcnet_gpt(cfg)
+    model = gpt_models.funcnet_gpt(cfg, attention)
     params, state = model.init(jax.random.key(0), x)
     policy_model = fn.with_policy(model, "mixed_bfloat16")
     out = {}
@@ -309,7 +308,7 @@ def render(report: dict) -> str:
         f"{cfg['vocab']}, sequence {cfg['seq']}, batch {cfg['batch']}; "
         f"{report['params'] / 1e6:.1f} M params; bfloat16 compute, float32 params, AdamW",
         f"device {report['device']} ({report['backend']}), jax {report['jax']}, attention "
-        f"for jax/flax: {report['attention']}, peak {peak or 'unknown'} TFLOP/s, "
+        f"for funcnet/jax/flax: {report['attention']}, peak {peak or 'unknown'} TFLOP/s, "
         f"{report['rounds']} interleaved rounds (median)",
         "",
         "| impl | ms/step | tokens/s | model TFLOP/s | MFU | compile s | note |",

@@ -34,8 +34,9 @@ EPS = 1e-5  # funcnet's LayerNorm default, used by all three
 BF16 = jnp.bfloat16
 
 
-def funcnet_gpt(cfg):
-    """The README's language model (``examples/transformer_lm.py``) at ``cfg``'s size.
+def funcnet_gpt(cfg, attention: str = "xla"):
+    """The README's language model (``examples/transformer_lm.py``) at ``cfg``'s size, its
+    attention kernel ``attention`` (``"xla"`` or ``"cudnn"``, the README's switch).
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -50,7 +51,12 @@ def funcnet_gpt(cfg):
     return fn.serial(
         fn.Embedding(cfg.vocab, cfg.width),
         fn.PositionalEmbedding(cfg.seq),
-        fn.transformer_encoder(cfg.layers, num_heads=cfg.heads, causal=True),
+        fn.transformer_encoder(
+            cfg.layers,
+            num_heads=cfg.heads,
+            causal=True,
+            attention_implementation=None if attention == "xla" else attention,
+        ),
         fn.Dense(cfg.vocab),
     )
 
