@@ -320,6 +320,16 @@ def test_describe_takes_a_one_dimensional_x_as_one_column():
 # ----------------------------------------------------------------------------- outliers
 
 
+def test_describe_counts_no_outlier_at_a_fence():
+    """``(vals < low) | (vals > high)``: a value exactly at one of Tukey's fences is not an
+    outlier. 0..8 has q1 = 2, q3 = 6, so k = 0.5 puts the fences at 0 and 8 and k = 0.25 at
+    1 and 7."""
+    x = np.arange(9.0)[:, None]
+    np.testing.assert_array_equal(np.quantile(x, [0.25, 0.75]), [2.0, 6.0])  # numpy's fences
+    np.testing.assert_array_equal(data.describe(x, outlier_threshold=0.5).outliers, [0])
+    np.testing.assert_array_equal(data.describe(x, outlier_threshold=0.25).outliers, [2])
+
+
 def test_outlier_mask_excludes_the_fences():
     """``(x < low) | (x > high)``: a value exactly at a fence is not an outlier, so whatever
     ``apply`` clipped is never masked."""
@@ -389,6 +399,17 @@ def test_grain_batches_length_is_epoch_0s_and_a_plain_iterable_resumes_by_readin
     assert got == [2.0, 3.0, 4.0]
 
 
+def test_grain_batches_take_weighted_triples():
+    """``_as_tuple``'s ``len(batch) in (2, 3)``: a batch ``(x, y, weights)`` is a triple; a
+    batch of 4 is refused."""
+    x, y, w = np.ones((2, 1)), np.arange(2), np.array([0.5, 2.0])
+    (batch,) = list(data.from_grain([(x, y, w)]))
+    assert len(batch) == 3
+    np.testing.assert_array_equal(batch[2], w)
+    with pytest.raises(TypeError, match="from_grain: batch 0 is a tuple of length 4"):
+        list(data.from_grain([(x, y, w, w)]))
+
+
 # ----------------------------------------------------------------------------- split
 
 
@@ -408,3 +429,103 @@ def test_stratified_split_has_the_requested_sizes_when_the_rounding_must_reroute
     counts = np.array([[np.sum(labels[p] == c) for p in got] for c in range(4)])
     assert (np.floor(share) <= counts).all() and (counts <= np.ceil(share)).all()
     np.testing.assert_array_equal(counts.sum(axis=1), sizes)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_train_step_refuses_a_batch_of_four():
+    """``unpack_batch``: ``isinstance(batch, (tuple, list)) and len(batch) in (2, 3)``: a batch
+    of four arrays is an error, not ``(x, y, weights)`` with the fourth ignored."""
+    x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+    opt = optax.sgd(0.1)
+    ts = fn.TrainState.create(fn.Dense(1), opt, jax.random.key(0), x)
+    step = fn.train_step(fn.Dense(1), "mse", opt)
+    with pytest.raises(TypeError, match=r"train_step: expected a batch .* got tuple of length 4"):
+        step(ts, (x, y, jnp.ones(4), jnp.ones(4)))
+    with pytest.raises(TypeError, match=r"got dict\."):
+        step(ts, {"x": x, "y": y})
+
+
+def test_jsonl_logger_thread_is_a_daemon(tmp_path):
+    """``threading.Thread(..., daemon=True)``: the writing thread never keeps the interpreter
+    alive (a run that never reaches ``on_train_end`` still exits); it ends at ``on_train_end``
+    with every line written."""
+    from funcnet.training.callbacks import JSONLLogger
+
+    log = JSONLLogger(tmp_path / "log.jsonl")
+    log.on_train_begin(None)
+    (thread,) = [t for t in threading.enumerate() if t.name == "JSONLLogger"]
+    assert thread.daemon
+    log.on_epoch_end(0, {"loss": 0.25}, None)
+    log.on_train_end(None)
+    assert not thread.is_alive()
+    assert (tmp_path / "log.jsonl").read_text() == '{"epoch": 0, "loss": 0.25}\n'
+
+
+def test_tensorboard_histograms_every_third_epoch(tmp_path):
+    """``(epoch + 1) % self.histogram_every == 0``: ``histograms=3`` writes after epochs 3, 6,
+    ... (one-based), here the third of four."""
+    pytest.importorskip("tensorboardX")
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from funcnet.training.callbacks import TensorBoard
+
+    ts = fn.TrainState.create(fn.Dense(1), optax.sgd(0.1), jax.random.key(0), jnp.ones((1, 2)))
+    board = TensorBoard(tmp_path, histograms=3, summary=False)
+    board.on_train_begin(ts)
+    for epoch in range(4):
+        board.on_epoch_end(epoch, {"loss": 1.0}, ts)
+    board.on_train_end(ts)
+    size = {accumulator.HISTOGRAMS: 0}
+    acc = accumulator.EventAccumulator(str(tmp_path), size_guidance=size).Reload()
+    assert [e.step for e in acc.Histograms("params/w")] == [3]
+
+
+def test_stacked_fit_best_model_and_epochs_from_the_first_epoch():
+    """``batch_size > rows`` (a batch of every row is allowed), ``best_epoch >= 0`` (epoch 0 is
+    a best epoch) and ``best_epoch`` starting at ``-1`` (never a finite value): with one epoch
+    the best model is the one with the lowest loss; with a NaN validation loss no model has a best
+    epoch (and the best model is 0)."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = (np.arange(8) % 2).astype(np.int32)
+    loss = "sparse_categorical_cross_entropy"
+    kwargs = dict(keys=[0, 1, 2], epochs=1, batch_size=8)
+    _, history = fn.stacked_fit(fn.Dense(2), optax.sgd(0.1), loss, (x, y), **kwargs)
+    losses = np.asarray(history["loss"][0])
+    assert int(np.argmin(losses)) != 0  # the keys are chosen so
+    assert history.best_model == int(np.argmin(losses))
+    np.testing.assert_array_equal(history.best_epoch, [0, 0, 0])
+    np.testing.assert_allclose(history.best_value, losses)
+
+    def loss_nan_on_sevens(outputs, targets, weights=None):  # finite in training
+        mse = jnp.mean((outputs - targets) ** 2)
+        return mse + jnp.where(jnp.all(targets == 7.0), jnp.nan, 0.0)
+
+    t = rng.normal(size=(8, 1)).astype(np.float32)
+    sevens = (x[:2], np.full((2, 1), 7.0, np.float32))
+    _, history = fn.stacked_fit(
+        fn.Dense(1), optax.sgd(0.1), loss_nan_on_sevens, (x, t), validation_data=sevens, **kwargs
+    )
+    assert history.monitor == "val_loss" and np.isnan(history["val_loss"][0]).all()
+    np.testing.assert_array_equal(history.best_epoch, [-1, -1, -1])
+    np.testing.assert_array_equal(history.best_value, [np.inf] * 3)
+    assert history.best_model == 0
+
+
+def test_stacked_predict_maps_each_models_state():
+    """``jax.vmap(predict_step(model), in_axes=(0, 0, None))``: the model state (here batch
+    norm's running statistics) is stacked on axis 0 like the params; each model predicts as
+    alone."""
+    model = fn.serial(fn.Dense(3), fn.BatchNorm(), fn.Dense(2))
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    y = (np.arange(5) % 2).astype(np.int32)
+    loss = "sparse_categorical_cross_entropy"
+    ts, _ = fn.stacked_fit(model, optax.sgd(0.1), loss, (x, y), num_models=2, batch_size=5)
+    assert all(leaf.shape[0] == 2 for leaf in jax.tree.leaves(ts.state))
+    got = stacked.stacked_predict(model, ts.params, ts.state, x)
+    for i in range(2):
+        one = fn.model_at(ts, i)
+        want = fn.predict(model, one.params, one.state, x)
+        np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
