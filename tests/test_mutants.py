@@ -399,6 +399,21 @@ def test_grain_batches_length_is_epoch_0s_and_a_plain_iterable_resumes_by_readin
     assert got == [2.0, 3.0, 4.0]
 
 
+def test_grain_batches_default_to_no_prefetch_and_iterate_epoch_0():
+    """``GrainBatches(..., prefetch=0)``: made directly, the batches come as they are (no
+    device prefetch thread); iterating (``for_epoch(0)``) builds epoch 0's pipeline."""
+    pairs = [(np.full((2, 1), float(i)), np.arange(2)) for i in range(3)]
+    asked = []
+
+    def pipeline(epoch):
+        asked.append(epoch)
+        return pairs
+
+    got = list(iter(data.GrainBatches(pipeline, None)))  # iter: list() would ask for len too
+    assert asked == [0]
+    assert all(g[0] is p[0] and g[1] is p[1] for g, p in zip(got, pairs))  # the host arrays
+
+
 def test_grain_batches_take_weighted_triples():
     """``_as_tuple``'s ``len(batch) in (2, 3)``: a batch ``(x, y, weights)`` is a triple; a
     batch of 4 is refused."""
@@ -529,3 +544,94 @@ def test_stacked_predict_maps_each_models_state():
         one = fn.model_at(ts, i)
         want = fn.predict(model, one.params, one.state, x)
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_clean_integer_labels_are_never_bad_rows():
+    """``bad_rows``: ``np.zeros(a.shape[0], bool)`` for an integer array (no NaN possible):
+    1-D integer labels keep every row their ``x`` keeps."""
+    x = np.array([[1.0, 2.0], [np.nan, 4.0], [3.0, 5.0]])
+    y = np.array([0, 1, 2])
+    xc, yc, report = data.clean(x, y)
+    np.testing.assert_array_equal(xc, [[1.0, 2.0], [3.0, 5.0]])
+    np.testing.assert_array_equal(yc, [0, 2])
+    assert report.rows_dropped == 1
+    xi, yi, _ = data.clean(np.arange(6).reshape(3, 2), y, strategy="mean")
+    np.testing.assert_array_equal(xi, np.arange(6).reshape(3, 2))
+    np.testing.assert_array_equal(yi, y)
+
+
+def test_validation_split_that_rounds_to_no_example_is_refused():
+    """``0 < n_val < n``: a ``validation_split`` that leaves no validation example (10 rows *
+    0.04 rounds to 0) is an error, as is one that leaves no training example."""
+    x, y = np.ones((10, 2), np.float32), np.zeros((10, 1), np.float32)
+    for fraction in (0.04, 0.96):
+        with pytest.raises(ValueError, match=rf"`validation_split={fraction}` of 10 examples"):
+            fn.fit(fn.Dense(1), optax.sgd(0.1), "mse", (x, y), validation_split=fraction)
+
+
+def test_predict_over_batches_pads_the_last_to_the_first_batchs_rows():
+    """``pad = size - n``: a smaller last batch is padded to the first batch's rows, so the
+    model is traced for one shape only; the outputs are the unpadded rows."""
+    shapes = []
+
+    def spy(x):
+        shapes.append(x.shape)  # runs when traced
+        return x
+
+    model = fn.serial(spy, fn.Dense(2))
+    x = np.random.default_rng(8).normal(size=(11, 3)).astype(np.float32)
+    ts = fn.TrainState.create(model, optax.sgd(0.1), jax.random.key(0), x[:1])
+    shapes.clear()
+    batches = iter([x[:4], x[4:8], x[8:]])  # an iterator of batches (a list is a pytree)
+    got = fn.predict(model, ts.params, ts.state, batches)
+    assert set(shapes) == {(4, 3)}
+    want = x @ np.asarray(ts.params[1]["w"]) + np.asarray(ts.params[1]["b"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_loss_scale_may_start_at_its_minimum():
+    """``initial_scale >= min_scale``: starting at the minimum scale is allowed; below it is
+    not."""
+    opt = fn.dynamic_loss_scale(optax.sgd(0.1), initial_scale=2.0, min_scale=2.0)
+    state = opt.init({"w": jnp.zeros(2)})
+    assert float(state.scale) == 2.0
+    with pytest.raises(ValueError, match="need 0 < min_scale <= initial_scale"):
+        fn.dynamic_loss_scale(optax.sgd(0.1), initial_scale=1.0, min_scale=2.0)
+
+
+def test_stacked_fit_verbose_prints_mean_and_std_per_log(capsys):
+    """``_print``: ``if f"{k}_mean" in logs``: with ``verbose=1`` each epoch prints every log's
+    mean ± std over the models and how many are active."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = (np.arange(8) % 2).astype(np.int32)
+    loss = "sparse_categorical_cross_entropy"
+    _, history = fn.stacked_fit(
+        fn.Dense(2), optax.sgd(0.1), loss, (x, y), num_models=2, batch_size=4, verbose=1
+    )
+    out = capsys.readouterr().out.strip()
+    mean, std = history["loss_mean"][0], history["loss_std"][0]
+    assert out == f"epoch 1/1  loss {mean:.4g}±{std:.2g}  active 2/2"
+    np.testing.assert_allclose(mean, np.mean(history["loss"][0]), rtol=1e-6)
+
+
+def test_train_step_on_a_one_device_mesh_equals_no_mesh():
+    """``_on_mesh``: ``mode = param_sharding or "replicated"`` and ``constrain``'s
+    ``ts._replace(step=done[0], ...)``: a step made with a (one-device) mesh and no rules
+    trains as the plain step and counts its steps."""
+    from funcnet import distributed
+
+    mesh = distributed.make_mesh()
+    x = np.random.default_rng(10).normal(size=(8, 3)).astype(np.float32)
+    y = (np.arange(8) % 2).astype(np.int32)
+    opt, loss = optax.sgd(0.1), "sparse_categorical_cross_entropy"
+    ts = fn.TrainState.create(fn.Dense(2), opt, jax.random.key(0), x)
+    plain = jax.jit(fn.train_step(fn.Dense(2), loss, opt))
+    on_mesh = jax.jit(fn.train_step(fn.Dense(2), loss, opt, mesh=mesh))
+    a, _ = plain(ts, (x, y))
+    b, _ = on_mesh(ts, (x, y))
+    b, _ = on_mesh(b, (x, y))
+    a, _ = plain(a, (x, y))
+    assert int(a.step) == int(b.step) == 2
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
