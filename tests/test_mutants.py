@@ -635,3 +635,23 @@ def test_train_step_on_a_one_device_mesh_equals_no_mesh():
     assert int(a.step) == int(b.step) == 2
     for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+
+
+class _Epochs:
+    """Batches by ``for_epoch`` only (not iterable itself), as ``iterate`` accepts."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def for_epoch(self, epoch):
+        return iter(self.batches)
+
+
+def test_predict_takes_an_object_with_only_for_epoch_as_batches():
+    """``is_batches``: ``hasattr(x, "for_epoch") or isinstance(x, Iterator)``: an object with
+    ``for_epoch`` is batches even when it is not iterable itself."""
+    x = np.random.default_rng(11).normal(size=(6, 3)).astype(np.float32)
+    ts = fn.TrainState.create(fn.Dense(2), optax.sgd(0.1), jax.random.key(0), x)
+    got = fn.predict(fn.Dense(2), ts.params, ts.state, _Epochs([x[:4], x[4:]]))
+    want = x @ np.asarray(ts.params["w"]) + np.asarray(ts.params["b"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
