@@ -1,0 +1,69 @@
+"""Tests written to kill the survivors of ``tools/mutation.py`` (see ``tools/MUTATION.md``).
+
+A second file next to ``tests/test_mutants.py``, in the same style: each test
+pins one behaviour that a surviving mutant changed and no other test noticed;
+its docstring names the mutated line. Numbers are checked against numpy
+written here, or against the same computation done another way.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from funcnet.data import OutlierClipper, ShardedArrays, from_grain, write_shards
+from funcnet.training.callbacks.tensorboard import _params_table
+
+STRICT_DTYPES = False
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_from_grain_takes_weighted_triples_and_refuses_quadruples():
+    """``len(batch) in (2, 3)`` in ``grain._as_tuple``: an ``(x, y, weights)`` batch is a
+    triple used as it is; a 4-tuple is refused."""
+    x, y, w = np.ones((2, 3), np.float32), np.zeros(2, np.float32), np.full(2, 0.5, np.float32)
+    got = list(from_grain([(x, y, w), [x, y]]))
+    assert [len(b) for b in got] == [3, 2]
+    np.testing.assert_array_equal(got[0][2], w)
+    with pytest.raises(TypeError, match="tuple of length 4"):
+        list(from_grain([(x, y, w, w)]))
+
+
+def test_outlier_mask_bounds_are_inside():
+    """``(x < low) | (x > high)`` in ``OutlierClipper.mask``: values equal to a bound are
+    inside ``[low, high]``, not outliers (as ``apply`` leaves them unchanged)."""
+    clipper = OutlierClipper(np.array([[0.0, -1.0]]), np.array([[1.0, 2.0]]))
+    x = np.array([[0.0, 2.0], [1.0, -1.0], [-0.5, 2.5], [0.5, 0.0]])
+    expected = (x < clipper.low) | (x > clipper.high)  # numpy, strict on both sides
+    np.testing.assert_array_equal(clipper.mask(x), expected)
+    assert clipper.mask(x).sum(0).tolist() == [1, 1]  # only the row -0.5, 2.5
+    np.testing.assert_array_equal(clipper.apply(x[:2]), x[:2])
+
+
+def test_shard_index_with_a_missing_key_is_refused(tmp_path):
+    """``... or index.get("format") != _FORMAT or any(k not in index for k in keys)`` in
+    ``shards._read_index``: an index with the right format but without ``"shards"`` is
+    refused as not a funcnet shard index (not read until a KeyError)."""
+    d = tmp_path / "shards"
+    write_shards(d, (np.ones((4, 2), np.float32), np.zeros(4, np.float32)), 2)
+    assert len(list(ShardedArrays(d, batch_size=2))) == 2  # the real index is read
+    index = json.loads((d / "index.json").read_text())
+    del index["shards"]
+    (d / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="is not a funcnet shard index"):
+        ShardedArrays(d, batch_size=2)
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def test_params_table_header_comes_first():
+    """``rows.insert(0, ("path", "shape", "dtype", "size"))`` in ``_params_table``: the header
+    is the first line of the TensorBoard summary table, above every parameter."""
+    params = {"a": np.zeros((3, 1), np.float32), "b": np.zeros((1,), np.float32)}
+    lines = _params_table(params).splitlines()
+    assert lines[0].split() == ["path", "shape", "dtype", "size"]
+    assert [line.split()[-2:] for line in lines[1:3]] == [["float32", "3"], ["float32", "1"]]
+    assert "(3, 1)" in lines[1] and "(1,)" in lines[2]
+    assert lines[-1] == "params: 4"
