@@ -8,9 +8,12 @@ written here, or against the same computation done another way.
 
 import json
 
+import jax
 import numpy as np
+import optax
 import pytest
 
+import funcnet as fn
 from funcnet.data import OutlierClipper, ShardedArrays, from_grain, write_shards
 from funcnet.training.callbacks.tensorboard import _params_table
 
@@ -67,3 +70,53 @@ def test_params_table_header_comes_first():
     assert [line.split()[-2:] for line in lines[1:3]] == [["float32", "3"], ["float32", "1"]]
     assert "(3, 1)" in lines[1] and "(1,)" in lines[2]
     assert lines[-1] == "params: 4"
+
+
+# ----------------------------------------------------------------------------- feed
+
+
+class _ByEpoch:
+    """Epoch ``e``'s batches are the inputs times ``e + 1`` (so each epoch is told apart)."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.epochs = x, y, []
+
+    def for_epoch(self, epoch):
+        self.epochs.append(epoch)
+        return iter([(self.x * (epoch + 1), self.y)])
+
+
+def test_predict_and_evaluate_read_epoch_0_of_for_epoch():
+    """``def iterate(data, where, epoch: int = 0, ...)``: ``predict`` and ``evaluate`` call
+    ``iterate`` without an epoch, so an object with ``for_epoch`` gives epoch 0's batches."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    y = rng.normal(size=(5, 2)).astype(np.float32)
+    model = fn.Dense(2)
+    ts = fn.TrainState.create(model, optax.sgd(0.1), jax.random.key(0), x)
+    want = x @ np.asarray(ts.params["w"]) + np.asarray(ts.params["b"])  # epoch 0: x itself
+    data = _ByEpoch(x, y)
+    got = fn.predict(model, ts.params, ts.state, data)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    logs = fn.evaluate(model, ts.params, ts.state, data, loss="mse")
+    np.testing.assert_allclose(logs["loss"], np.mean((want - y) ** 2), rtol=1e-5)
+    assert data.epochs == [0, 0]
+
+
+def test_predict_pads_the_last_batch_to_the_first_batch_size():
+    """``np.repeat(a[-1:], pad, 0)`` in ``_predict_batches``: a smaller last batch is padded
+    with copies of its last row up to the first batch's rows, so the model is traced for one
+    batch shape only; the outputs are those of the real rows."""
+    shapes = []
+
+    def model(x):
+        shapes.append(x.shape)  # runs at trace time: one entry per compiled shape
+        return x * 2.0
+
+    x = np.arange(27, dtype=np.float32).reshape(9, 3)
+    for batches in ([x[:4], x[4:8], x[8:]], [x[:4], x[4:7]]):
+        shapes.clear()
+        got = fn.predict(model, (), (), iter(batches))  # an iterator: batches, not inputs
+        n = sum(len(b) for b in batches)
+        np.testing.assert_array_equal(got, x[:n] * 2.0)
+        assert shapes == [(4, 3)]
