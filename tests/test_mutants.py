@@ -480,13 +480,14 @@ def test_jsonl_logger_thread_is_a_daemon(tmp_path):
 
 def test_tensorboard_histograms_every_third_epoch(tmp_path):
     """``(epoch + 1) % self.histogram_every == 0``: ``histograms=3`` writes after epochs 3, 6,
-    ... (one-based), here the third of four."""
+    ... (one-based), here the third of four; the summary text's parameter table starts with
+    its header."""
     pytest.importorskip("tensorboardX")
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     from funcnet.training.callbacks import TensorBoard
 
     ts = fn.TrainState.create(fn.Dense(1), optax.sgd(0.1), jax.random.key(0), jnp.ones((1, 2)))
-    board = TensorBoard(tmp_path, histograms=3, summary=False)
+    board = TensorBoard(tmp_path, histograms=3)
     board.on_train_begin(ts)
     for epoch in range(4):
         board.on_epoch_end(epoch, {"loss": 1.0}, ts)
@@ -494,6 +495,14 @@ def test_tensorboard_histograms_every_third_epoch(tmp_path):
     size = {accumulator.HISTOGRAMS: 0}
     acc = accumulator.EventAccumulator(str(tmp_path), size_guidance=size).Reload()
     assert [e.step for e in acc.Histograms("params/w")] == [3]
+    # _params_table's ``rows.insert(0, header)``: the header is the table's first line
+    (event,) = acc.Tensors("model/summary/text_summary")
+    table = [line.split() for line in event.tensor_proto.string_val[0].decode().splitlines()]
+    assert table[:3] == [
+        ["path", "shape", "dtype", "size"],
+        ["b", "(1,)", "float32", "1"],
+        ["w", "(2,", "1)", "float32", "2"],
+    ]
 
 
 def test_stacked_fit_best_model_and_epochs_from_the_first_epoch():
@@ -525,6 +534,7 @@ def test_stacked_fit_best_model_and_epochs_from_the_first_epoch():
     assert history.monitor == "val_loss" and np.isnan(history["val_loss"][0]).all()
     np.testing.assert_array_equal(history.best_epoch, [-1, -1, -1])
     np.testing.assert_array_equal(history.best_value, [np.inf] * 3)
+    assert history.best_model == 0
     assert history.best_model == 0
 
 
@@ -641,9 +651,10 @@ class _Epochs:
     """Batches by ``for_epoch`` only (not iterable itself), as ``iterate`` accepts."""
 
     def __init__(self, batches):
-        self.batches = batches
+        self.batches, self.asked = batches, []
 
     def for_epoch(self, epoch):
+        self.asked.append(epoch)
         return iter(self.batches)
 
 
@@ -652,6 +663,41 @@ def test_predict_takes_an_object_with_only_for_epoch_as_batches():
     ``for_epoch`` is batches even when it is not iterable itself."""
     x = np.random.default_rng(11).normal(size=(6, 3)).astype(np.float32)
     ts = fn.TrainState.create(fn.Dense(2), optax.sgd(0.1), jax.random.key(0), x)
-    got = fn.predict(fn.Dense(2), ts.params, ts.state, _Epochs([x[:4], x[4:]]))
+    batches = _Epochs([x[:4], x[4:]])
+    got = fn.predict(fn.Dense(2), ts.params, ts.state, batches)
+    assert batches.asked == [0]  # ``iterate(data, where, epoch=0)``: epoch 0's batches, as iter
     want = x @ np.asarray(ts.params["w"]) + np.asarray(ts.params["b"])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_arrays_refuse_an_index_of_another_format_or_without_a_key(tmp_path):
+    """``_read_index``: ``not isinstance(index, dict) or format != _FORMAT or any(key
+    missing)``: each condition alone makes the index invalid."""
+    import json
+
+    x, y = np.zeros((4, 2), np.float32), np.arange(4)
+    index_path = data.write_shards(tmp_path, (x, y), rows_per_shard=2)
+    index = json.loads(index_path.read_text())
+    assert len(data.ShardedArrays(tmp_path, batch_size=2)) == 2
+    message = "is not a funcnet shard index"
+    for bad in ({**index, "format": "other"}, {k: v for k, v in index.items() if k != "dtypes"}):
+        index_path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            data.ShardedArrays(tmp_path, batch_size=2)
+
+
+def test_loss_scale_under_an_axis_name_gives_the_unscaled_gradient():
+    """``_global_gradients``: under ``axis_name`` the loss is multiplied by ``share * scale``
+    and the gradient divided by ``scale``: a ``loss_scale=4`` step over two parts (``vmap``
+    with an axis name, the one-device stand-in for ``pmap``) trains as the plain step."""
+    x = np.random.default_rng(12).normal(size=(8, 3)).astype(np.float32)
+    y = (np.arange(8) % 2).astype(np.int32)
+    opt, loss = optax.sgd(0.1), "sparse_categorical_cross_entropy"
+    ts = fn.TrainState.create(fn.Dense(2), opt, jax.random.key(0), x)
+    want, want_logs = jax.jit(fn.train_step(fn.Dense(2), loss, opt))(ts, (x, y))
+    step = fn.train_step(fn.Dense(2), loss, opt, axis_name="d", loss_scale=4.0)
+    split = jax.tree.map(lambda a: a.reshape(2, 4, *a.shape[1:]), (x, y))  # two parts
+    got, logs = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="d"))(ts, split)
+    np.testing.assert_allclose(logs["loss"][0], want_logs["loss"], rtol=1e-6)  # unscaled
+    for u, v in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_allclose(u[0], v, rtol=1e-5, atol=1e-6)
