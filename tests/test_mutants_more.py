@@ -120,3 +120,29 @@ def test_predict_pads_the_last_batch_to_the_first_batch_size():
         n = sum(len(b) for b in batches)
         np.testing.assert_array_equal(got, x[:n] * 2.0)
         assert shapes == [(4, 3)]
+
+
+# ----------------------------------------------------------------------------- step
+
+
+def test_train_step_axis_name_with_loss_scale_matches_whole_batch():
+    """``share * scale`` in ``step._global_gradients``: with an axis name each device
+    differentiates its share of the loss times the loss scale, and the gradient is divided
+    by the scale again, so a loss-scaled step split over 4 parts (vmap with an axis name, the
+    one-device stand-in for pmap) equals the unscaled step on the whole batch."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = rng.normal(size=(8, 2)).astype(np.float32)
+    model, opt = fn.Dense(2), optax.sgd(0.1)
+    ts = fn.TrainState.create(model, opt, jax.random.key(0), x)
+    ref_ts, ref_logs = jax.jit(fn.train_step(model, "mse", opt))(ts, (x, y))
+    step = fn.train_step(model, "mse", opt, loss_scale=8.0, axis_name="i")
+    split = jax.tree.map(lambda a: a.reshape(4, 2, *a.shape[1:]), (x, y))
+    got_ts, logs = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="i"))(ts, split)
+    for got, want in zip(jax.tree.leaves(got_ts.params), jax.tree.leaves(ref_ts.params)):
+        np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logs["loss"][0], ref_logs["loss"], rtol=1e-6)
+    # the whole-batch gradient by hand: d mean((xW + b - y)^2) / dW = 2 x^T (xW + b - y) / y.size
+    w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])
+    grad_w = 2.0 * x.T @ (x @ w + b - y) / y.size
+    np.testing.assert_allclose(got_ts.params["w"][0], w - 0.1 * grad_w, rtol=1e-5, atol=1e-6)
