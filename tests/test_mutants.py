@@ -540,15 +540,16 @@ def test_stacked_fit_best_model_and_epochs_from_the_first_epoch():
 
 def test_stacked_predict_maps_each_models_state():
     """``jax.vmap(predict_step(model), in_axes=(0, 0, None))``: the model state (here batch
-    norm's running statistics) is stacked on axis 0 like the params; each model predicts as
-    alone."""
+    norm's running statistics, different per model) is stacked on axis 0 like the params;
+    each model predicts as alone."""
     model = fn.serial(fn.Dense(3), fn.BatchNorm(), fn.Dense(2))
     rng = np.random.default_rng(7)
     x = rng.normal(size=(5, 4)).astype(np.float32)
-    y = (np.arange(5) % 2).astype(np.int32)
-    loss = "sparse_categorical_cross_entropy"
-    ts, _ = fn.stacked_fit(model, optax.sgd(0.1), loss, (x, y), num_models=2, batch_size=5)
-    assert all(leaf.shape[0] == 2 for leaf in jax.tree.leaves(ts.state))
+    ts = fn.stack_init(model, optax.sgd(0.1), 2, x)
+    stats = {"mean": rng.normal(size=(2, 3)), "var": rng.uniform(0.5, 2.0, size=(2, 3))}
+    state = (ts.state[0], jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), stats), ())
+    assert jax.tree.structure(state) == jax.tree.structure(ts.state)
+    ts = ts._replace(state=state)  # running statistics that differ per model
     got = stacked.stacked_predict(model, ts.params, ts.state, x)
     for i in range(2):
         one = fn.model_at(ts, i)
