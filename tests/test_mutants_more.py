@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import funcnet as fn
-from funcnet.data import OutlierClipper, ShardedArrays, from_grain, write_shards
+from funcnet.data import OutlierClipper, ShardedArrays, describe, from_grain, write_shards
 from funcnet.training.callbacks.tensorboard import _params_table
 
 STRICT_DTYPES = False
@@ -56,6 +56,19 @@ def test_shard_index_with_a_missing_key_is_refused(tmp_path):
     (d / "index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="is not a funcnet shard index"):
         ShardedArrays(d, batch_size=2)
+
+
+def test_describe_names_each_column_of_a_continuous_2d_y():
+    """``[f"y[{i}]" for i in range(extra.shape[1])]`` in ``describe``: a continuous ``y`` with
+    two columns adds the columns ``y[0]`` and ``y[1]`` (one column adds ``y``), with their
+    statistics."""
+    x = np.arange(12.0).reshape(4, 3)
+    y = np.array([[0.5, 1.0], [2.0, 3.0], [4.0, 5.5], [6.0, 7.0]])
+    d = describe(x, y)
+    assert d.columns == ("0", "1", "2", "y[0]", "y[1]")
+    np.testing.assert_allclose(d.mean[3:], y.mean(0))
+    np.testing.assert_allclose(d.maximum[3:], y.max(0))
+    assert describe(x, y[:, :1]).columns == ("0", "1", "2", "y")
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -120,6 +133,26 @@ def test_predict_pads_the_last_batch_to_the_first_batch_size():
         n = sum(len(b) for b in batches)
         np.testing.assert_array_equal(got, x[:n] * 2.0)
         assert shapes == [(4, 3)]
+
+
+def test_without_a_mesh_batches_keep_an_odd_batch_size():
+    """``self.parts = 1`` in ``Placement.__init__``: without a mesh a batch is split over one
+    device, so ``batch_size`` is not rounded up: ``predict(batch_size=3)`` runs the model on
+    3 rows at a time and ``fit`` on 9 rows takes 3 steps of 3."""
+    shapes = []
+
+    def centered(x):  # each row minus its batch's mean: the batch's rows show
+        shapes.append(x.shape)
+        return x - x.mean(0)
+
+    x = np.arange(14.0, dtype=np.float32).reshape(7, 2)
+    got = fn.predict(centered, (), (), x, batch_size=3)
+    assert shapes == [(3, 2)]
+    want = np.concatenate([b - b.mean(0) for b in (x[0:3], x[3:6])])
+    np.testing.assert_allclose(got[:6], want)
+    ones = np.ones((9, 2), np.float32)
+    ts, _ = fn.fit(fn.Dense(1), optax.sgd(0.1), "mse", (ones, ones[:, :1]), batch_size=3)
+    assert int(ts.step) == 3
 
 
 # ----------------------------------------------------------------------------- step
