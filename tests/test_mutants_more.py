@@ -155,6 +155,65 @@ def test_without_a_mesh_batches_keep_an_odd_batch_size():
     assert int(ts.step) == 3
 
 
+def test_evaluate_places_params_by_rules_from_the_first_chunk():
+    """``if i == 0 and by_rules:`` in ``make_evaluator.run``: with sharding rules the params
+    are placed by them before the first chunk (arrays make one chunk), so rules naming an
+    axis the mesh lacks are refused; rules that fit give the loss of the run without a mesh."""
+    from funcnet.distributed.rules import Rules
+
+    mesh = jax.make_mesh((1,), ("data",))
+    model = fn.Dense(2)
+    x = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    y = np.ones((4, 2), np.float32)
+    params, state = model.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="maps to mesh axis 'model', but the mesh has axes"):
+        fn.evaluate(
+            model,
+            params,
+            state,
+            (x, y),
+            loss="mse",
+            mesh=mesh,
+            param_sharding=Rules({"mlp": "model"}),
+        )
+    logs = fn.evaluate(
+        model, params, state, (x, y), loss="mse", mesh=mesh, param_sharding=Rules({"mlp": "data"})
+    )
+    want = np.mean((x @ np.asarray(params["w"]) + np.asarray(params["b"]) - y) ** 2)
+    np.testing.assert_allclose(logs["loss"], want, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- stacked
+
+
+def test_stacked_fit_validates_on_an_iterable_every_epoch():
+    """``if current is None:`` in ``stacked_fit``'s ``_validator.validate``: validation data
+    given as batches (a function returning an iterator) is read afresh each epoch and gives
+    the val_loss of the same rows given as arrays."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = rng.normal(size=(8, 1)).astype(np.float32)
+    xv, yv = x[:5] + 1.0, y[:5]
+    kw = dict(keys=[0, 1], epochs=2, batch_size=4)
+    _, by_arrays = fn.stacked_fit(
+        fn.Dense(1), optax.sgd(0.1), "mse", (x, y), validation_data=(xv, yv), **kw
+    )
+    calls = []
+
+    def batches():
+        calls.append(1)
+        return iter([(xv[:3], yv[:3]), (xv[3:], yv[3:])])
+
+    ts, by_batches = fn.stacked_fit(
+        fn.Dense(1), optax.sgd(0.1), "mse", (x, y), validation_data=batches, **kw
+    )
+    assert len(calls) >= 2  # read again for the second epoch
+    np.testing.assert_allclose(by_batches["val_loss"], by_arrays["val_loss"], rtol=1e-5)
+    w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])  # (2, 3, 1), (2, 1)
+    last = [np.mean((xv @ w[i] + b[i] - yv) ** 2) for i in range(2)]
+    np.testing.assert_allclose(np.asarray(by_batches["val_loss"])[-1], last, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- step
 
 
@@ -179,3 +238,14 @@ def test_train_step_axis_name_with_loss_scale_matches_whole_batch():
     w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])
     grad_w = 2.0 * x.T @ (x @ w + b - y) / y.size
     np.testing.assert_allclose(got_ts.params["w"][0], w - 0.1 * grad_w, rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_fit_trains_one_epoch_by_default():
+    """``epochs: int = 1`` in ``stacked_fit``: without ``epochs`` every model trains one
+    epoch (``n // batch_size`` steps) and the history has one row."""
+    x = np.ones((8, 2), np.float32)
+    ts, history = fn.stacked_fit(
+        fn.Dense(1), optax.sgd(0.1), "mse", (x, x[:, :1]), keys=[0, 1], batch_size=4
+    )
+    np.testing.assert_array_equal(np.asarray(ts.step), [2, 2])
+    assert np.asarray(history["loss"]).shape == (1, 2)
