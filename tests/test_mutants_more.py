@@ -14,7 +14,14 @@ import optax
 import pytest
 
 import funcnet as fn
-from funcnet.data import OutlierClipper, ShardedArrays, describe, from_grain, write_shards
+from funcnet.data import (
+    OutlierClipper,
+    ShardedArrays,
+    describe,
+    from_grain,
+    k_fold,
+    write_shards,
+)
 from funcnet.training.callbacks.tensorboard import _params_table
 
 STRICT_DTYPES = False
@@ -42,6 +49,38 @@ def test_outlier_mask_bounds_are_inside():
     np.testing.assert_array_equal(clipper.mask(x), expected)
     assert clipper.mask(x).sum(0).tolist() == [1, 1]  # only the row -0.5, 2.5
     np.testing.assert_array_equal(clipper.apply(x[:2]), x[:2])
+
+
+def test_from_grain_refuses_an_array_batch_of_two_rows():
+    """``isinstance(batch, (tuple, list)) and len(batch) in (2, 3)`` in ``grain._as_tuple``:
+    an array with 2 rows is not an ``(x, y)`` pair (only a tuple or list is)."""
+    with pytest.raises(TypeError, match="batch 0 is a ndarray; expected a tuple"):
+        list(from_grain([np.ones((2, 3), np.float32)]))
+
+
+def test_outlier_quantile_pair_may_start_at_0():
+    """``0.0 <= pair[0] < pair[1] <= 1.0`` in ``_quantile_pair``: a quantile pair from 0 (the
+    minimum) or up to 1 (the maximum) is accepted; below 0 or above 1 is refused."""
+    x = np.arange(11.0).reshape(11, 1)
+    clipper = OutlierClipper.fit(x, method="quantile", threshold=(0.0, 0.9))
+    np.testing.assert_allclose(clipper.low, [[0.0]])
+    np.testing.assert_allclose(clipper.high, np.quantile(x, 0.9, axis=0, keepdims=True))
+    clipper = OutlierClipper.fit(x, method="quantile", threshold=(0.1, 1.0))
+    np.testing.assert_allclose(clipper.low, np.quantile(x, 0.1, axis=0, keepdims=True))
+    np.testing.assert_allclose(clipper.high, [[10.0]])
+    for bad in ((-0.1, 0.9), (0.1, 1.1)):
+        with pytest.raises(ValueError, match="0 <= low < high <= 1"):
+            OutlierClipper.fit(x, method="quantile", threshold=bad)
+
+
+def test_stratified_k_fold_deals_classes_round_robin_from_fold_0():
+    """``offset = 0`` in ``k_fold``: with ``stratify`` the first class is dealt to folds
+    0, 1, 2, ... and each next class goes on where the previous stopped."""
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    folds = k_fold(7, 3, stratify=labels, shuffle=False)
+    # class 0 (rows 0-2) -> folds 0, 1, 2; class 1 (rows 3-6) -> folds 0, 1, 2, 0
+    assert [v.tolist() for _, v in folds] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert [t.tolist() for t, _ in folds] == [[1, 2, 4, 5], [0, 2, 3, 5, 6], [0, 1, 3, 4, 6]]
 
 
 def test_shard_index_with_a_missing_key_is_refused(tmp_path):
