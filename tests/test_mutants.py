@@ -702,3 +702,54 @@ def test_loss_scale_under_an_axis_name_gives_the_unscaled_gradient():
     np.testing.assert_allclose(logs["loss"][0], want_logs["loss"], rtol=1e-6)  # unscaled
     for u, v in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
         np.testing.assert_allclose(u[0], v, rtol=1e-5, atol=1e-6)
+
+
+def test_has_conv_finds_a_nested_convolution():
+    """``has_conv``'s ``return True``: a convolution anywhere in the model (here inside a
+    nested ``serial``) is found, so convolutional models unroll on CPU; a dense model has none."""
+    from funcnet.training.fused import has_conv
+
+    assert has_conv(fn.Conv(4, (3, 3)))
+    assert has_conv(fn.serial(fn.Dense(2), fn.serial(jax.nn.relu, fn.Conv(4, (3, 3)))))
+    assert not has_conv(fn.serial(fn.Dense(2), jax.nn.relu, fn.Dense(1)))
+
+
+def test_predict_over_weighted_batches_reads_their_inputs():
+    """``_batch_inputs``: ``len(batch) in (2, 3)``: a batch ``(x, y, weights)`` of an iterable
+    gives its ``x`` to the model."""
+    x = np.random.default_rng(13).normal(size=(6, 3)).astype(np.float32)
+    ts = fn.TrainState.create(fn.Dense(2), optax.sgd(0.1), jax.random.key(0), x)
+    triples = iter([(x[:3], np.zeros(3), np.ones(3)), (x[3:], np.zeros(3), np.ones(3))])
+    got = fn.predict(fn.Dense(2), ts.params, ts.state, triples)
+    want = x @ np.asarray(ts.params["w"]) + np.asarray(ts.params["b"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_loss_scale_starts_with_the_last_update_finite():
+    """``init``'s ``last_finite=jnp.asarray(True)``: before any update nothing was skipped."""
+    opt = fn.dynamic_loss_scale(optax.sgd(0.1), initial_scale=8.0)
+    state = opt.init({"w": jnp.zeros(2)})
+    assert bool(state.last_finite) and int(state.skipped) == 0 and float(state.scale) == 8.0
+
+
+def test_quantile_clipper_takes_a_low_quantile_of_zero():
+    """``_quantile_pair``: ``0.0 <= low < high <= 1.0``: ``threshold=(0.0, 0.75)`` clips below at
+    the minimum (nothing) and above at numpy's 0.75 quantile."""
+    x = np.arange(9.0, dtype=np.float32)[:, None]
+    clipper = data.OutlierClipper.fit(x, method="quantile", threshold=(0.0, 0.75))
+    np.testing.assert_allclose(clipper.low, [[0.0]])
+    np.testing.assert_allclose(clipper.high, [[np.quantile(np.arange(9.0), 0.75)]])
+    np.testing.assert_array_equal(clipper.mask(x)[:, 0], np.arange(9) > 6)
+    with pytest.raises(ValueError, match="method='quantile' takes `threshold`"):
+        data.OutlierClipper.fit(x, method="quantile", threshold=(-0.1, 0.75))
+
+
+def test_stratified_k_fold_deals_from_the_first_fold():
+    """``k_fold``'s ``offset = 0``: the round-robin over the classes starts at fold 0, so the
+    first folds take the extra examples, as without ``stratify`` (``np.array_split``)."""
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    plain = [len(v) for _, v in data.k_fold(7, 3, shuffle=False)]
+    strat = data.k_fold(7, 3, shuffle=False, stratify=labels)
+    assert plain == [len(v) for _, v in strat] == [3, 2, 2]
+    # class 0 (rows 0-3) to folds 0, 1, 2, 0; class 1 (rows 4-6) goes on: folds 1, 2, 0
+    assert [v.tolist() for _, v in strat] == [[0, 3, 6], [1, 4], [2, 5]]
