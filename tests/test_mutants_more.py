@@ -23,6 +23,8 @@ from funcnet.data import (
     write_shards,
 )
 from funcnet.training.callbacks.tensorboard import _params_table
+from funcnet.training.fused import has_conv
+from funcnet.training.options import update_was_finite
 
 STRICT_DTYPES = False
 
@@ -220,6 +222,33 @@ def test_evaluate_places_params_by_rules_from_the_first_chunk():
     )
     want = np.mean((x @ np.asarray(params["w"]) + np.asarray(params["b"]) - y) ** 2)
     np.testing.assert_allclose(logs["loss"], want, rtol=1e-5)
+
+
+def test_predict_reads_the_inputs_of_weighted_batches():
+    """``len(batch) in (2, 3)`` in ``inference._batch_inputs``: an ``(x, y, weights)`` batch
+    of an iterable gives ``predict`` its inputs ``x`` (as an ``(x, y)`` batch does)."""
+    x = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    y, w = np.zeros((4, 1), np.float32), np.ones(4, np.float32)
+    got = fn.predict(lambda a: a * 2.0, (), (), iter([(x[:2], y[:2], w[:2]), (x[2:], y[2:])]))
+    np.testing.assert_array_equal(got, x * 2.0)
+
+
+def test_has_conv_finds_convolutions_at_any_depth():
+    """``return True`` in ``fused.has_conv``: a convolution, alone or inside a combinator, is
+    found (it picks the unrolled loop on CPU); a dense model has none."""
+    assert has_conv(fn.Conv(4, (3, 3)))
+    assert has_conv(fn.serial(fn.Conv(4, (3, 3)), fn.relu, fn.Dense(2)))
+    assert not has_conv(fn.serial(fn.Dense(4), fn.relu, fn.Dense(2)))
+
+
+def test_dynamic_loss_scale_starts_with_last_update_finite():
+    """``last_finite=jnp.asarray(True)`` in ``dynamic_loss_scale``'s ``init``: a fresh state
+    reports no skipped update, as ``optax.apply_if_finite``'s does."""
+    params = {"w": np.zeros(2, np.float32)}
+    state = fn.dynamic_loss_scale(optax.sgd(0.1)).init(params)
+    assert bool(update_was_finite(state)) is True
+    reference = optax.apply_if_finite(optax.sgd(0.1), 3).init(params)
+    assert bool(update_was_finite(reference)) is True
 
 
 # ----------------------------------------------------------------------------- stacked
