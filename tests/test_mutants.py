@@ -753,3 +753,15 @@ def test_stratified_k_fold_deals_from_the_first_fold():
     assert plain == [len(v) for _, v in strat] == [3, 2, 2]
     # class 0 (rows 0-3) to folds 0, 1, 2, 0; class 1 (rows 4-6) goes on: folds 1, 2, 0
     assert [v.tolist() for _, v in strat] == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+def test_out_of_range_labels_in_a_jax_array_are_refused():
+    """``batch_check``: ``isinstance(y, jax.Array) and not y.is_fully_addressable``: only a
+    global array of several processes skips the label check; labels given as a (local) jax
+    array are checked like numpy ones."""
+    x = np.ones((2, 3), np.float32)
+    params, state = fn.Dense(2).init(jax.random.key(0), x)
+    loss = "sparse_categorical_cross_entropy"
+    for y in (np.array([0, 5]), jnp.array([0, 5])):
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
+            fn.evaluate(fn.Dense(2), params, state, (x, y), loss=loss)
