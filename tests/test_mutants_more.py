@@ -320,3 +320,21 @@ def test_stacked_fit_trains_one_epoch_by_default():
     )
     np.testing.assert_array_equal(np.asarray(ts.step), [2, 2])
     assert np.asarray(history["loss"]).shape == (1, 2)
+
+
+def test_label_range_is_checked_for_jax_array_labels():
+    """``if isinstance(y, jax.Array) and not y.is_fully_addressable: return`` in
+    ``batch_check``: only labels spread over several processes skip the check; labels held
+    here as a jax array are checked against the model's outputs like numpy labels."""
+    import jax.numpy as jnp
+
+    x = np.ones((4, 3), np.float32)
+    model = fn.Dense(3)
+    params, state = model.init(jax.random.key(0), x)
+    loss = "sparse_categorical_cross_entropy"
+    message = r"labels must be in \[0, 3\) .* got labels in \[0, 5\]"
+    for y in (np.array([0, 1, 2, 5]), jnp.array([0, 1, 2, 5])):
+        with pytest.raises(ValueError, match=message):
+            fn.evaluate(model, params, state, (x, y), loss=loss)
+    logs = fn.evaluate(model, params, state, (x, jnp.array([0, 1, 2, 2])), loss=loss)
+    assert np.isfinite(logs["loss"])
