@@ -75,6 +75,51 @@ def test_outlier_quantile_pair_may_start_at_0():
             OutlierClipper.fit(x, method="quantile", threshold=bad)
 
 
+def test_outlier_zscore_threshold_below_one_is_allowed():
+    """``if not k > 0 or math.isinf(k)`` in ``outliers._bounds``: any threshold above 0 works,
+    also below 1 (mean -/+ 0.5 std); 0 and inf are refused."""
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    clipper = OutlierClipper.fit(x, "zscore", threshold=0.5)
+    np.testing.assert_allclose(clipper.low, [x.mean(0) - 0.5 * x.std(0)], rtol=1e-6)
+    np.testing.assert_allclose(clipper.high, [x.mean(0) + 0.5 * x.std(0)], rtol=1e-6)
+    for bad in (0.0, float("inf")):
+        with pytest.raises(ValueError, match="takes a `threshold` > 0"):
+            OutlierClipper.fit(x, "zscore", threshold=bad)
+
+
+class _StateOnly:
+    """Batches whose iterator has Grain's ``get_state`` but no ``set_state``."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return _GetStateIterator(self.batches)
+
+
+class _GetStateIterator:
+    def __init__(self, batches):
+        self.it = iter(batches)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.it)
+
+    def get_state(self):
+        return {"next_index": 0}
+
+
+def test_from_grain_without_set_state_reads_and_drops_to_start():
+    """``hasattr(it, "get_state") and hasattr(it, "set_state")`` in ``grain._positioned``: an
+    iterator that cannot be moved (no ``set_state``) is read and the batches before ``start``
+    dropped."""
+    batches = [(np.full((2, 1), float(i), np.float32), np.zeros(2, np.float32)) for i in range(4)]
+    got = [float(b[0][0, 0]) for b in from_grain(_StateOnly(batches)).for_epoch(0, start=2)]
+    assert got == [2.0, 3.0]
+
+
 def test_stratified_k_fold_deals_classes_round_robin_from_fold_0():
     """``offset = 0`` in ``k_fold``: with ``stratify`` the first class is dealt to folds
     0, 1, 2, ... and each next class goes on where the previous stopped."""
@@ -338,3 +383,22 @@ def test_label_range_is_checked_for_jax_array_labels():
             fn.evaluate(model, params, state, (x, y), loss=loss)
     logs = fn.evaluate(model, params, state, (x, jnp.array([0, 1, 2, 2])), loss=loss)
     assert np.isfinite(logs["loss"])
+
+
+def test_stacked_fit_default_batch_size_is_32():
+    """``batch_size: int = 32`` in ``stacked_fit``: 64 rows without ``batch_size`` make 2 steps
+    per epoch (64 // 32)."""
+    x = np.ones((64, 2), np.float32)
+    ts, _ = fn.stacked_fit(fn.Dense(1), optax.sgd(0.1), "mse", (x, x[:, :1]), keys=[0])
+    np.testing.assert_array_equal(np.asarray(ts.step), [2])
+
+
+def test_stacked_fit_keys_list_must_be_nonempty_ints():
+    """``isinstance(keys, (range, list, tuple)) and len(keys) and all(is_int(s) ...)`` in
+    ``_model_keys``: an empty list or a list of non-ints is refused with the ``keys`` message
+    (not handed on to ``jax.random.key``)."""
+    x = np.ones((8, 2), np.float32)
+    data = (x, x[:, :1])
+    for keys in ([], ["a"], [0.5]):
+        with pytest.raises(TypeError, match="`keys` must be a number of models N"):
+            fn.stacked_fit(fn.Dense(1), optax.sgd(0.1), "mse", data, keys=keys, batch_size=4)
