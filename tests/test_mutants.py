@@ -765,3 +765,84 @@ def test_out_of_range_labels_in_a_jax_array_are_refused():
     for y in (np.array([0, 5]), jnp.array([0, 5])):
         with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
             fn.evaluate(fn.Dense(2), params, state, (x, y), loss=loss)
+
+
+class _GetStateOnly:
+    """An iterator with Grain's ``get_state`` but no ``set_state``: it cannot be moved."""
+
+    def __init__(self, batches):
+        self.it = iter(batches)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.it)
+
+    def get_state(self):
+        return {"next_index": 0}
+
+
+def test_grain_iterator_without_set_state_is_read_to_the_start():
+    """``hasattr(it, "get_state") and hasattr(it, "set_state")``: an iterator that cannot set
+    its state is read and the skipped batches dropped."""
+    pairs = [(np.full((2, 1), float(i)), np.arange(2)) for i in range(4)]
+    batches = data.from_grain(lambda epoch: _GetStateOnly(pairs))
+    assert [float(b[0][0, 0]) for b in batches.for_epoch(0, start=1)] == [1.0, 2.0, 3.0]
+
+
+def test_outlier_clipper_takes_a_threshold_below_one():
+    """``_bounds``: ``not k > 0``: any positive threshold works, 0.5 interquartile ranges too;
+    0 does not."""
+    x = np.arange(9.0, dtype=np.float32)[:, None]  # q1 = 2, q3 = 6
+    clipper = data.OutlierClipper.fit(x, threshold=0.5)
+    np.testing.assert_allclose([clipper.low[0, 0], clipper.high[0, 0]], [0.0, 8.0])
+    with pytest.raises(ValueError, match="takes a `threshold` > 0"):
+        data.OutlierClipper.fit(x, threshold=0.0)
+
+
+def test_tensorboard_steps_count_from_zero_without_a_train_state(tmp_path):
+    """``on_train_begin``: ``int(train_state.step) if train_state is not None else 0``: begun
+    without a train state, ``update_every=2`` writes at step 2."""
+    pytest.importorskip("tensorboardX")
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from funcnet.training.callbacks import TensorBoard
+
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.25)
+    ts = fn.TrainState.create(fn.Dense(1), opt, jax.random.key(0), jnp.ones((1, 2)))
+    board = TensorBoard(tmp_path, update_every=2, summary=False)
+    board.on_train_begin(None)
+    board.on_steps_end(2, ts)
+    board.on_train_end(ts)
+    acc = accumulator.EventAccumulator(str(tmp_path)).Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("step/learning_rate")] == [(2, 0.25)]
+
+
+def test_one_batch_spec_of_unstacked_batches_keeps_the_batch_axis():
+    """``one_batch_spec``: ``cut = 1 if stacked else 0``: a plain batch's spec is its shape."""
+    from funcnet.training.feed import one_batch_spec
+
+    spec = one_batch_spec({"a": np.zeros((4, 2), np.float32)}, False)
+    assert spec["a"].shape == (4, 2) and spec["a"].dtype == np.float32
+    assert one_batch_spec(np.zeros((3, 4, 2), np.float32), True).shape == (4, 2)
+
+
+def test_stacked_fit_defaults_to_fits_batch_size():
+    """``stacked_fit(..., batch_size=32)``: the default batch size is ``fit``'s, so 64 rows
+    make 2 steps per epoch."""
+    assert inspect.signature(fn.fit).parameters["batch_size"].default == 32
+    x = np.random.default_rng(14).normal(size=(64, 3)).astype(np.float32)
+    y = (np.arange(64) % 2).astype(np.int32)
+    loss = "sparse_categorical_cross_entropy"
+    ts, _ = fn.stacked_fit(fn.Dense(2), optax.sgd(0.1), loss, (x, y), num_models=2)
+    np.testing.assert_array_equal(ts.step, [2, 2])
+
+
+def test_stack_init_refuses_no_seeds_and_an_array_of_ints():
+    """``_model_keys``: ``isinstance(keys, (range, list, tuple)) and len(keys) and ...``: an
+    empty list and a numpy array of ints are not seeds (an array must hold typed keys)."""
+    message = r"`keys` must be a number of models N"
+    x = np.ones((1, 2), np.float32)
+    for keys in ([], np.array([0, 1])):
+        with pytest.raises(TypeError, match=message):
+            fn.stack_init(fn.Dense(1), optax.sgd(0.1), keys, x)
