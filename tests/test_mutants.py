@@ -846,3 +846,16 @@ def test_stack_init_refuses_no_seeds_and_an_array_of_ints():
     for keys in ([], np.array([0, 1])):
         with pytest.raises(TypeError, match=message):
             fn.stack_init(fn.Dense(1), optax.sgd(0.1), keys, x)
+
+
+def test_ensemble_vote_over_sequence_outputs_counts_per_position():
+    """``_combine``: ``jnp.argmax(counts, axis=-1)``: for outputs ``(rows, T, classes)`` the
+    vote is taken per row and position over the classes (numpy's majority, ties to the lower
+    class)."""
+    x = np.random.default_rng(15).normal(size=(4, 2, 5)).astype(np.float32)
+    ts = fn.stack_init(fn.Dense(3), optax.sgd(0.1), 5, x)
+    outputs = np.asarray(stacked.stacked_predict(fn.Dense(3), ts.params, ts.state, x))
+    assert outputs.shape == (5, 4, 2, 3)
+    counts = np.eye(3, dtype=int)[outputs.argmax(-1)].sum(axis=0)  # (rows, T, classes)
+    got = stacked.ensemble_predict(fn.Dense(3), ts.params, ts.state, x, combine="vote")
+    np.testing.assert_array_equal(got, counts.argmax(-1))
