@@ -402,3 +402,27 @@ def test_stacked_fit_keys_list_must_be_nonempty_ints():
     for keys in ([], ["a"], [0.5]):
         with pytest.raises(TypeError, match="`keys` must be a number of models N"):
             fn.stacked_fit(fn.Dense(1), optax.sgd(0.1), "mse", data, keys=keys, batch_size=4)
+
+
+def test_tensorboard_counts_steps_from_0_without_a_train_state(tmp_path):
+    """``int(train_state.step) if train_state is not None else 0`` in
+    ``TensorBoard.on_train_begin``: begun without a train state, the step count starts at 0,
+    so with ``update_every=2`` the learning rate is written at step 2 (then 4, not 3)."""
+    pytest.importorskip("tensorboardX")
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
+    from funcnet.training.callbacks import TensorBoard
+
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.5)
+    x = np.ones((2, 3), np.float32)
+    ts = fn.TrainState.create(fn.Dense(1), opt, jax.random.key(0), x)
+    tb = TensorBoard(tmp_path, update_every=2, summary=False)
+    tb.on_train_begin(None)
+    for step in (1, 2, 3, 4):
+        tb.on_steps_end(step, ts)
+    tb.on_train_end(ts)
+    acc = event_accumulator.EventAccumulator(str(tmp_path)).Reload()
+    events = acc.Scalars("step/learning_rate")
+    assert [e.step for e in events] == [2, 4]
+    np.testing.assert_allclose([e.value for e in events], [0.5, 0.5])
