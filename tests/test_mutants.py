@@ -497,6 +497,7 @@ def test_tensorboard_histograms_every_third_epoch(tmp_path):
     assert [e.step for e in acc.Histograms("params/w")] == [3]
     # _params_table's ``rows.insert(0, header)``: the header is the table's first line
     (event,) = acc.Tensors("model/summary/text_summary")
+    assert event.step == 0  # ``add_text("model/summary", indented, 0)``: before any epoch
     table = [line.split() for line in event.tensor_proto.string_val[0].decode().splitlines()]
     assert table[:3] == [
         ["path", "shape", "dtype", "size"],
