@@ -426,3 +426,19 @@ def test_tensorboard_counts_steps_from_0_without_a_train_state(tmp_path):
     events = acc.Scalars("step/learning_rate")
     assert [e.step for e in events] == [2, 4]
     np.testing.assert_allclose([e.value for e in events], [0.5, 0.5])
+
+
+def test_ensemble_vote_per_position_of_sequence_outputs():
+    """``jnp.argmax(counts, axis=-1)`` in ``stacked.infer._combine``: the vote counts each
+    class on the last axis, so outputs ``(rows, positions, classes)`` give one voted class
+    per row and position (numpy majority vote, ties to the smallest class)."""
+    from funcnet.training.stacked import stack_init, stacked_predict
+
+    model = fn.Dense(3)
+    ts = stack_init(model, optax.sgd(0.1), 5, np.zeros((1, 4, 2), np.float32))
+    x = np.random.default_rng(0).normal(size=(6, 4, 2)).astype(np.float32)
+    got = np.asarray(fn.ensemble_predict(model, ts.params, ts.state, x, combine="vote"))
+    votes = np.asarray(stacked_predict(model, ts.params, ts.state, x)).argmax(-1)  # (5, 6, 4)
+    counts = np.stack([(votes == c).sum(0) for c in range(3)], -1)
+    assert got.shape == (6, 4)
+    np.testing.assert_array_equal(got, counts.argmax(-1))
