@@ -860,3 +860,14 @@ def test_ensemble_vote_over_sequence_outputs_counts_per_position():
     counts = np.eye(3, dtype=int)[outputs.argmax(-1)].sum(axis=0)  # (rows, T, classes)
     got = stacked.ensemble_predict(fn.Dense(3), ts.params, ts.state, x, combine="vote")
     np.testing.assert_array_equal(got, counts.argmax(-1))
+
+
+def test_from_grain_keys_must_be_a_tuple_or_list_of_two_or_three():
+    """``not isinstance(keys, (tuple, list)) or len(keys) not in (2, 3)``: either fault alone
+    is refused: four names, or a string of two letters."""
+    for keys in (("a", "b", "c", "d"), "xy"):
+        with pytest.raises(TypeError, match="from_grain: `keys` must name 2 or 3 entries"):
+            data.from_grain([], keys=keys)
+    records = [{"x": np.ones((2, 1)), "y": np.arange(2)}]
+    (batch,) = list(iter(data.from_grain(records, keys=["x", "y"])))
+    np.testing.assert_array_equal(batch[1], [0, 1])
