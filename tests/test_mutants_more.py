@@ -120,6 +120,17 @@ def test_from_grain_without_set_state_reads_and_drops_to_start():
     assert got == [2.0, 3.0]
 
 
+def test_outlier_zscore_over_a_later_axis_keeps_the_shape():
+    """``x64.mean(axis=axes, keepdims=True)`` in ``outliers._bounds``: fitted over axis 1 of
+    ``(rows, features)``, the bounds are one pair per row, shaped ``(rows, 1)``."""
+    x = np.array([[0.0, 1.0, 2.0, 3.0], [10.0, 10.0, 14.0, 14.0], [-1.0, 1.0, -1.0, 1.0]])
+    clipper = OutlierClipper.fit(x, "zscore", threshold=2.0, axis=1)
+    mean, std = x.mean(1, keepdims=True), x.std(1, keepdims=True)
+    assert clipper.low.shape == (3, 1)
+    np.testing.assert_allclose(clipper.low, mean - 2.0 * std)
+    np.testing.assert_allclose(clipper.high, mean + 2.0 * std)
+
+
 def test_stratified_k_fold_deals_classes_round_robin_from_fold_0():
     """``offset = 0`` in ``k_fold``: with ``stratify`` the first class is dealt to folds
     0, 1, 2, ... and each next class goes on where the previous stopped."""
@@ -155,6 +166,18 @@ def test_describe_names_each_column_of_a_continuous_2d_y():
     np.testing.assert_allclose(d.mean[3:], y.mean(0))
     np.testing.assert_allclose(d.maximum[3:], y.max(0))
     assert describe(x, y[:, :1]).columns == ("0", "1", "2", "y")
+
+
+def test_sharded_arrays_read_a_single_shard(tmp_path):
+    """``first = self.shards[0][name]`` in ``ShardedArrays._read``: the batch's shape and
+    dtype come from shard 0, the one shard there is when every row fits in it."""
+    x = np.arange(10, dtype=np.int16).reshape(5, 2)
+    y = np.arange(5, dtype=np.float32)
+    write_shards(tmp_path / "one", (x, y), 8)
+    batches = list(ShardedArrays(tmp_path / "one", batch_size=2))
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)
+    assert batches[0][0].dtype == np.int16 and batches[0][1].dtype == np.float32
 
 
 # ----------------------------------------------------------------------------- callbacks
