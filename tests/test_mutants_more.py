@@ -465,3 +465,20 @@ def test_ensemble_vote_per_position_of_sequence_outputs():
     counts = np.stack([(votes == c).sum(0) for c in range(3)], -1)
     assert got.shape == (6, 4)
     np.testing.assert_array_equal(got, counts.argmax(-1))
+
+
+def test_tensorboard_model_summary_has_no_flops_and_update_every_1_is_allowed(tmp_path):
+    """``summary(self.model, self.inputs, print_fn=None, flops=False)`` in
+    ``TensorBoard._summary_text``: the summary text of a given model has no FLOPs column;
+    and ``update_every < 1`` in ``__init__``: ``update_every=1`` (every step) is allowed, 0
+    is refused."""
+    pytest.importorskip("tensorboardX")
+    from funcnet.training.callbacks import TensorBoard
+
+    x = np.ones((8, 3), np.float32)
+    tb = TensorBoard(tmp_path, model=fn.Dense(1), inputs=x, update_every=1)
+    text = tb._summary_text(None)
+    assert text.splitlines()[0].split() == ["path", "layer", "output", "params", "state"]
+    assert "FLOPs" not in text and "params: 4" in text
+    with pytest.raises(ValueError, match="`update_every` must be a number of steps >= 1"):
+        TensorBoard(tmp_path, update_every=0)
