@@ -871,3 +871,44 @@ def test_from_grain_keys_must_be_a_tuple_or_list_of_two_or_three():
     records = [{"x": np.ones((2, 1)), "y": np.arange(2)}]
     (batch,) = list(iter(data.from_grain(records, keys=["x", "y"])))
     np.testing.assert_array_equal(batch[1], [0, 1])
+
+
+def test_zscore_clipper_over_a_later_axis_keeps_the_statistics_shape():
+    """``_bounds``' ``x64.mean(axis=axes, keepdims=True)``: reduced over axis 1 the bounds are
+    ``(N, 1)``, numpy's mean -/+ 3 standard deviations of each row."""
+    x = np.random.default_rng(16).normal(size=(4, 6)).astype(np.float32)
+    clipper = data.OutlierClipper.fit(x, method="zscore", axis=1)
+    x64 = x.astype(np.float64)
+    mean, std = x64.mean(axis=1, keepdims=True), x64.std(axis=1, keepdims=True)
+    assert clipper.low.shape == clipper.high.shape == (4, 1)
+    np.testing.assert_allclose(clipper.low, mean - 3 * std, rtol=1e-6)
+    np.testing.assert_allclose(clipper.high, mean + 3 * std, rtol=1e-6)
+
+
+def test_sharded_arrays_read_a_single_shard(tmp_path):
+    """``_read``: ``first = self.shards[0][name]``: the dtype and shape come from the first
+    shard, so data written as one shard reads back."""
+    x, y = np.arange(6, dtype=np.float32).reshape(3, 2), np.arange(3)
+    data.write_shards(tmp_path, (x, y), rows_per_shard=10)
+    ((bx, by),) = list(data.ShardedArrays(tmp_path, batch_size=3))
+    np.testing.assert_array_equal(bx, x)
+    np.testing.assert_array_equal(by, y)
+
+
+def test_tensorboard_update_every_one_and_a_summary_without_flops(tmp_path):
+    """``update_every < 1`` is refused, 1 (every step) is not; the model summary is written
+    ``flops=False`` (no FLOP column: no extra compilation per layer)."""
+    pytest.importorskip("tensorboardX")
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from funcnet.training.callbacks import TensorBoard
+
+    with pytest.raises(ValueError, match="update_every"):
+        TensorBoard(tmp_path, update_every=0)
+    board = TensorBoard(tmp_path, update_every=1, model=fn.Dense(1), inputs=jnp.ones((4, 2)))
+    board.on_train_begin(None)
+    board.on_train_end(None)
+    (event,) = (
+        accumulator.EventAccumulator(str(tmp_path)).Reload().Tensors("model/summary/text_summary")
+    )
+    text = event.tensor_proto.string_val[0].decode()
+    assert "Dense(1)" in text and "FLOPs" not in text
