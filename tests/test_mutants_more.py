@@ -482,3 +482,15 @@ def test_tensorboard_model_summary_has_no_flops_and_update_every_1_is_allowed(tm
     assert "FLOPs" not in text and "params: 4" in text
     with pytest.raises(ValueError, match="`update_every` must be a number of steps >= 1"):
         TensorBoard(tmp_path, update_every=0)
+
+
+def test_from_grain_takes_keys_as_a_tuple_or_list():
+    """``not isinstance(keys, (tuple, list)) or len(keys) not in (2, 3)`` in ``from_grain``:
+    2 or 3 names as a tuple or list are taken; a string is refused."""
+    x, y = np.ones((2, 3), np.float32), np.zeros(2, np.float32)
+    for keys in (("x", "y"), ["x", "y"]):
+        (got,) = list(from_grain([{"x": x, "y": y, "z": y}], keys=keys))
+        np.testing.assert_array_equal(got[0], x)
+        np.testing.assert_array_equal(got[1], y)
+    with pytest.raises(TypeError, match="`keys` must name 2 or 3 entries"):
+        from_grain([], keys="xy")
