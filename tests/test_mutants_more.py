@@ -494,3 +494,18 @@ def test_from_grain_takes_keys_as_a_tuple_or_list():
         np.testing.assert_array_equal(got[1], y)
     with pytest.raises(TypeError, match="`keys` must name 2 or 3 entries"):
         from_grain([], keys="xy")
+
+
+def test_dynamic_loss_scale_floor_defaults_to_1():
+    """``min_scale: float = 1.0`` in ``dynamic_loss_scale``: by default the scale halves on
+    non-finite updates down to 1, not below; an initial scale of 1 is allowed."""
+    params = {"w": np.zeros(2, np.float32)}
+    opt = fn.dynamic_loss_scale(optax.sgd(0.1), initial_scale=4.0)
+    state = opt.init(params)
+    bad = {"w": np.array([np.nan, 0.0], np.float32)}
+    scales = []
+    for _ in range(4):
+        _, state = opt.update(bad, state, params)
+        scales.append(float(state.scale))
+    assert scales == [2.0, 1.0, 1.0, 1.0]
+    assert float(fn.dynamic_loss_scale(optax.sgd(0.1), initial_scale=1.0).init(params).scale) == 1.0
