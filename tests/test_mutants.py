@@ -912,3 +912,15 @@ def test_tensorboard_update_every_one_and_a_summary_without_flops(tmp_path):
     )
     text = event.tensor_proto.string_val[0].decode()
     assert "Dense(1)" in text and "FLOPs" not in text
+
+
+def test_dynamic_loss_scale_halves_down_to_a_minimum_of_one_by_default():
+    """``min_scale: float = 1.0``: from ``initial_scale=2`` a non-finite gradient halves the
+    scale to 1 (the default minimum), and it stays there."""
+    opt = fn.dynamic_loss_scale(optax.sgd(0.1), initial_scale=2.0)
+    state = opt.init({"w": jnp.zeros(2)})
+    scales = []
+    for _ in range(2):
+        _, state = opt.update({"w": jnp.array([jnp.inf, 1.0])}, state)
+        scales.append(float(state.scale))
+    assert scales == [1.0, 1.0]
