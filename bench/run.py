@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     scaling_rows = []
     if device_counts:
         print(f"[scaling] data-parallel step vs device count {device_counts}")
-        names, rounds = (["mlp"], 1) if args.quick else (["mlp", "cnn"], 3)
+        names, rounds = (["mlp"], 1) if args.quick else (["mlp", "cnn", "lstm", "transformer"], 3)
         scaling_rows = scaling.measure(names, device_counts, rounds=rounds)
 
     harness.write_results(args.out, info, peak, rows, depth_rows, settings)
