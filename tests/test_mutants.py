@@ -924,3 +924,98 @@ def test_dynamic_loss_scale_halves_down_to_a_minimum_of_one_by_default():
         _, state = opt.update({"w": jnp.array([jnp.inf, 1.0])}, state)
         scales.append(float(state.scale))
     assert scales == [1.0, 1.0]
+
+
+# ----------------------------------------------------------------------------- more survivors
+
+
+def test_describe_names_each_column_of_a_continuous_2d_y():
+    """``[f"y[{i}]" for i in range(extra.shape[1])]`` in ``describe``: a continuous ``y`` with
+    two columns adds the columns ``y[0]`` and ``y[1]`` (one column adds ``y``), with their
+    statistics."""
+    x = np.arange(12.0).reshape(4, 3)
+    y = np.array([[0.5, 1.0], [2.0, 3.0], [4.0, 5.5], [6.0, 7.0]])
+    d = data.describe(x, y)
+    assert d.columns == ("0", "1", "2", "y[0]", "y[1]")
+    np.testing.assert_allclose(d.mean[3:], y.mean(0))
+    np.testing.assert_allclose(d.maximum[3:], y.max(0))
+    assert data.describe(x, y[:, :1]).columns == ("0", "1", "2", "y")
+
+
+def test_without_a_mesh_batches_keep_an_odd_batch_size():
+    """``self.parts = 1`` in ``Placement.__init__``: without a mesh a batch is split over one
+    device, so ``batch_size`` is not rounded up: ``predict(batch_size=3)`` runs the model on
+    3 rows at a time and ``fit`` on 9 rows takes 3 steps of 3."""
+    shapes = []
+
+    def centered(x):  # each row minus its batch's mean: the batch's rows show
+        shapes.append(x.shape)
+        return x - x.mean(0)
+
+    x = np.arange(14.0, dtype=np.float32).reshape(7, 2)
+    got = fn.predict(centered, (), (), x, batch_size=3)
+    assert shapes == [(3, 2)]
+    want = np.concatenate([b - b.mean(0) for b in (x[0:3], x[3:6])])
+    np.testing.assert_allclose(got[:6], want)
+    ones = np.ones((9, 2), np.float32)
+    ts, _ = fn.fit(fn.Dense(1), optax.sgd(0.1), "mse", (ones, ones[:, :1]), batch_size=3)
+    assert int(ts.step) == 3
+
+
+def test_evaluate_places_params_by_rules_from_the_first_chunk():
+    """``if i == 0 and by_rules:`` in ``make_evaluator.run``: with sharding rules the params
+    are placed by them before the first chunk (arrays make one chunk), so rules naming an
+    axis the mesh lacks are refused; rules that fit give the loss of the run without a mesh."""
+    from funcnet.distributed.rules import Rules
+
+    mesh = jax.make_mesh((1,), ("data",))
+    model = fn.Dense(2)
+    x = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    y = np.ones((4, 2), np.float32)
+    params, state = model.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="maps to mesh axis 'model', but the mesh has axes"):
+        fn.evaluate(
+            model,
+            params,
+            state,
+            (x, y),
+            loss="mse",
+            mesh=mesh,
+            param_sharding=Rules({"mlp": "model"}),
+        )
+    logs = fn.evaluate(
+        model, params, state, (x, y), loss="mse", mesh=mesh, param_sharding=Rules({"mlp": "data"})
+    )
+    want = np.mean((x @ np.asarray(params["w"]) + np.asarray(params["b"]) - y) ** 2)
+    np.testing.assert_allclose(logs["loss"], want, rtol=1e-5)
+
+
+def test_stacked_fit_validates_on_an_iterable_every_epoch():
+    """``if current is None:`` in ``stacked_fit``'s ``_validator.validate``: validation data
+    given as batches (a function returning an iterator) is read afresh each epoch; the last
+    val_loss is each final model's mse on those rows (numpy)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = rng.normal(size=(8, 1)).astype(np.float32)
+    xv, yv = x[:5] + 1.0, y[:5]
+    calls = []
+
+    def batches():
+        calls.append(1)
+        return iter([(xv[:3], yv[:3]), (xv[3:], yv[3:])])
+
+    ts, by_batches = fn.stacked_fit(
+        fn.Dense(1),
+        optax.sgd(0.1),
+        "mse",
+        (x, y),
+        validation_data=batches,
+        keys=[0, 1],
+        epochs=2,
+        batch_size=4,
+    )
+    assert len(calls) >= 2  # read again for the second epoch
+    assert np.isfinite(by_batches["val_loss"]).all()
+    w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])  # (2, 3, 1), (2, 1)
+    last = [np.mean((xv @ w[i] + b[i] - yv) ** 2) for i in range(2)]
+    np.testing.assert_allclose(np.asarray(by_batches["val_loss"])[-1], last, rtol=1e-5)

@@ -90,7 +90,6 @@ TESTS = [
     "tests/test_uint8_warning.py",
     "tests/test_tensorboard.py",
     "tests/test_mutants.py",
-    "tests/test_mutants_more.py",
     "funcnet/training",
     "funcnet/data",
     "funcnet/augment.py",
