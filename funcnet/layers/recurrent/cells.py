@@ -147,10 +147,10 @@ def _build_cell(
     ``step(params, carry, z) -> (carry, y_t)`` and gets the gates'
     pre-activations ``z = x_t @ wi + h @ wh + b``, computed as one matmul
     ``[x_t, h] @ [wi; wh]`` (on XLA:CPU one larger matmul per step made the
-    ``lstm`` workload of ``bench/run.py`` train in 0.88x the time of two). With ``two_biases`` (the GRU,
-    whose hidden projection is gated apart) it is ``step(params, carry, xp,
-    hp)`` with ``xp = x_t @ wi + bi`` and ``hp = h @ wh`` (no bias). All in the
-    computation dtype.
+    ``lstm`` workload of ``bench/run.py`` train in 0.88x the time of two).
+    With ``two_biases`` (the GRU, whose hidden projection is gated apart) it
+    is ``step(params, carry, xp, hp)`` with ``xp = x_t @ wi + bi`` and
+    ``hp = h @ wh`` (no bias). All in the computation dtype.
     """
     wi_init, wh_init, bias_init = inits
     b_key = "bi" if two_biases else "b"
