@@ -20,12 +20,17 @@ def test_plot_x_axis_starts_at_epoch_one(tmp_path, monkeypatch):
     monkeypatch.setattr(Figure, "savefig", savefig)
     h = History()
     for epoch, (loss, val) in enumerate([(1.0, 1.2), (0.5, 0.9), (0.25, 0.8)]):
-        h.append(epoch, {"loss": loss, "val_loss": val, "accuracy": 0.5 + epoch / 10})
+        per_class = np.array([0.5, 0.25])  # not a scalar: no curve
+        logs = {"loss": loss, "val_loss": val, "accuracy": 0.5 + epoch / 10, "recall": per_class}
+        h.append(epoch, logs)
     path = h.plot(str(tmp_path / "curves.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     (fig,) = saved
     assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
+    labels = [[line.get_label() for line in ax.get_lines()] for ax in fig.axes]
+    assert labels == [["loss", "val_loss"], ["accuracy"]]  # val_ on its quantity's axis
+    np.testing.assert_array_equal(fig.axes[0].get_lines()[1].get_ydata(), [1.2, 0.9, 0.8])
     for ax in fig.axes:
         for line in ax.get_lines():
             np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3])

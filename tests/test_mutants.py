@@ -536,7 +536,6 @@ def test_stacked_fit_best_model_and_epochs_from_the_first_epoch():
     np.testing.assert_array_equal(history.best_epoch, [-1, -1, -1])
     np.testing.assert_array_equal(history.best_value, [np.inf] * 3)
     assert history.best_model == 0
-    assert history.best_model == 0
 
 
 def test_stacked_predict_maps_each_models_state():
@@ -1019,3 +1018,171 @@ def test_stacked_fit_validates_on_an_iterable_every_epoch():
     w, b = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])  # (2, 3, 1), (2, 1)
     last = [np.mean((xv @ w[i] + b[i] - yv) ** 2) for i in range(2)]
     np.testing.assert_allclose(np.asarray(by_batches["val_loss"])[-1], last, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- open survivors
+
+
+def test_describe_counts_classes_of_float_labels_with_integer_values():
+    """``_classes``: ``(y == np.round(y)).all()``: float labels that are all whole numbers are
+    classes (counted), not a continuous target; one fraction makes them continuous."""
+    x = np.arange(10.0).reshape(5, 2)
+    d = data.describe(x, np.array([0.0, 2.0, 1.0, 2.0, 2.0]))
+    np.testing.assert_array_equal(d.classes, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(d.class_counts, [1, 1, 3])
+    assert d.columns == ("0", "1")
+    d = data.describe(x, np.array([0.0, 2.0, 1.5, 2.0, 2.0]))
+    assert d.classes is None and d.columns == ("0", "1", "y")
+
+
+def test_quantile_clipper_takes_a_high_quantile_of_one():
+    """``_quantile_pair``: ``pair[1] <= 1.0``: ``threshold=(0.25, 1.0)`` clips below at numpy's
+    0.25 quantile and above at the maximum (nothing)."""
+    x = np.arange(9.0, dtype=np.float32)[:, None]
+    clipper = data.OutlierClipper.fit(x, method="quantile", threshold=(0.25, 1.0))
+    np.testing.assert_allclose(clipper.low, [[np.quantile(np.arange(9.0), 0.25)]])
+    np.testing.assert_allclose(clipper.high, [[8.0]])
+    np.testing.assert_array_equal(clipper.mask(x)[:, 0], np.arange(9) < 2)
+    with pytest.raises(ValueError, match="method='quantile' takes `threshold`"):
+        data.OutlierClipper.fit(x, method="quantile", threshold=(0.25, 1.01))
+
+
+def test_stratified_split_rounds_up_the_largest_remainders_first():
+    """``_controlled_round``: ``np.argsort(-remainder[c])``: a class's extra examples go to the
+    parts where its exact share has the largest fraction. 7 + 3 examples into parts of 5, 3
+    and 2: class 0's shares are 3.5, 2.1 and 1.4, so it gets 4, 2, 1 (not 3, 3, 1); class 1's
+    1.5, 0.9, 0.6 then take the parts' remaining places: 1, 1, 1."""
+    labels = np.repeat([0, 1], [7, 3])
+    split = data.train_val_test_split(
+        np.arange(10), val_size=3, test_size=2, stratify=labels, shuffle=False
+    )
+    counts = [[int(np.sum(labels[np.asarray(p)] == c)) for p in split] for c in (0, 1)]
+    assert counts == [[4, 2, 1], [1, 1, 1]]
+    # shuffle=False: each class's first examples go to train, then val, then test
+    assert [np.asarray(p).tolist() for p in split] == [[0, 1, 2, 3, 7], [4, 5, 8], [6, 9]]
+
+
+def test_path_mask_of_no_pattern_is_all_false():
+    """``path_mask``: ``None`` (and an empty list of patterns) marks no leaf: nothing is
+    regularized or frozen."""
+    from funcnet.training.options import path_mask
+
+    params = ({"w": jnp.ones(2), "b": jnp.ones(1)}, {"w": jnp.ones(1)})
+    for pattern in (None, ()):
+        assert jax.tree.leaves(path_mask(params, pattern)) == [False, False, False]
+    assert jax.tree.leaves(path_mask(params, r"/w$")) == [False, True, True]
+
+
+class _DuckArray:
+    """An array that is neither numpy nor jax: a shape, a dtype and ``__array__``."""
+
+    def __init__(self, a):
+        self.a, self.shape, self.dtype = a, a.shape, a.dtype
+
+    def __array__(self, dtype=None, copy=None):
+        return self.a if dtype is None else self.a.astype(dtype)
+
+    def __len__(self):
+        return len(self.a)
+
+    def __getitem__(self, i):
+        return self.a[i]
+
+
+def test_fit_reads_duck_typed_arrays_as_arrays():
+    """``_is_array``: an object with ``shape``, ``dtype`` and ``__array__`` is an array (as
+    numpy reads it), not an iterable of batches: fit on it equals fit on the numpy arrays."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(12, 3)).astype(np.float32)
+    y = (np.arange(12) % 2).astype(np.int32)
+    kwargs = dict(epochs=2, batch_size=4, verbose=0, key=jax.random.key(2))
+    loss = "sparse_categorical_cross_entropy"
+    ref, _ = fn.fit(fn.Dense(2), optax.sgd(0.1), loss, (x, y), **kwargs)
+    got, _ = fn.fit(fn.Dense(2), optax.sgd(0.1), loss, (_DuckArray(x), _DuckArray(y)), **kwargs)
+    assert int(got.step) == int(ref.step) == 6
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def test_sparse_labels_of_a_one_dimensional_output_get_the_losss_shape_error():
+    """``batch_check``: ``isinstance(out, ShapeDtypeStruct) and out.ndim > 1``: a model whose
+    output has no class axis ``(batch,)`` has no class count to check labels against; the
+    loss then names the shape mismatch (the label check would call the batch axis 1 class)."""
+    model = fn.serial(fn.Dense(1), fn.Reshape(()))
+    x = np.ones((2, 3), np.float32)
+    params, state = model.init(jax.random.key(0), x)
+    assert model.apply(params, state, x)[0].shape == (2,)
+    loss = "sparse_categorical_cross_entropy"
+    with pytest.raises(ValueError, match=r"expected integer `targets` of shape outputs.shape"):
+        fn.evaluate(model, params, state, (x, np.array([0, 5])), loss=loss)
+
+
+def test_a_nan_loss_at_the_first_step_is_reported():
+    """``_check_finite``: ``bad_step >= 0``: a loss that is NaN from step 0 on stops fit with
+    the error naming step 0 (not only a NaN that appears later)."""
+    x = np.ones((8, 3), np.float32)
+    y = np.zeros((8, 1), np.float32)
+
+    def nan_loss(outputs, targets, weights=None):
+        return jnp.mean((outputs - targets) ** 2) * jnp.nan
+
+    with pytest.raises(FloatingPointError, match=r"NaN/Inf at step 0 \(epoch 1\)"):
+        fn.fit(fn.Dense(1), optax.sgd(0.1), nan_loss, (x, y), epochs=1, batch_size=4, verbose=0)
+
+
+def test_stacked_early_stopping_min_delta_as_fits():
+    """``_Tracker.update``: ``values < best - min_delta``: an epoch improves only by more than
+    ``min_delta``, as fit's ``EarlyStopping``: each stacked model stops when its fit run
+    stops, and keeps the same parameters."""
+    x, y = _stop_data()
+    lrs, stop = [0.05, 0.3], dict(monitor="loss", patience=0, min_delta=0.02)
+    ts, history = fn.stacked_fit(
+        fn.Dense(2), optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+        "sparse_categorical_cross_entropy", (x, y), keys=[0, 0], epochs=6, batch_size=8,
+        hparams={"learning_rate": lrs}, early_stopping=stop,
+    )  # fmt: skip
+    stopped = []
+    for i, lr in enumerate(lrs):
+        callback = fn.callbacks.EarlyStopping(**stop)
+        ref, ref_history = fn.fit(
+            fn.Dense(2), optax.sgd(lr), "sparse_categorical_cross_entropy", (x, y), epochs=6,
+            batch_size=8, key=jax.random.key(0), verbose=0, callbacks=[callback],
+        )  # fmt: skip
+        stopped.append(-1 if callback.stopped_epoch is None else callback.stopped_epoch)
+        epochs = len(ref_history["loss"])
+        np.testing.assert_allclose(
+            [float(v[i]) for v in history["loss"][:epochs]], ref_history["loss"], rtol=1e-5
+        )
+        for a, b in zip(jax.tree.leaves(fn.model_at(ts.params, i)), jax.tree.leaves(ref.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert stopped[0] != -1, "min_delta stops model 0 early (the data are chosen so)"
+    np.testing.assert_array_equal(history.stopped_epoch, stopped)
+
+
+def _stop_data():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 3)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int32)
+
+
+def test_stacked_fit_resumed_with_another_batch_size_continues_as_fit(tmp_path):
+    """``_Loop.fit``: ``skip if epoch == start``: a checkpoint resumed with a batch size that
+    gives another number of steps per epoch restarts at ``divmod(step, steps)`` and skips only
+    in that first epoch, as ``fit`` does: 9 rows, an epoch of 4 steps at batch size 2, then
+    3 steps per epoch at 3 (epoch 1 skips 1 step, epoch 2 none)."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(9, 3)).astype(np.float32)
+    y = (np.arange(9) % 2).astype(np.int32)
+    loss, opt = "sparse_categorical_cross_entropy", optax.sgd(0.1)
+    for batch_size, epochs in ((2, 1), (3, 3)):
+        ts, _ = fn.stacked_fit(
+            fn.Dense(2), opt, loss, (x, y), keys=[0], epochs=epochs, batch_size=batch_size,
+            checkpoint=str(tmp_path / "stacked"),
+        )  # fmt: skip
+        ref, _ = fn.fit(
+            fn.Dense(2), opt, loss, (x, y), epochs=epochs, batch_size=batch_size,
+            key=jax.random.key(0), verbose=0, checkpoint=str(tmp_path / "fit"),
+        )  # fmt: skip
+    assert int(ts.step[0]) == int(ref.step) == 4 + 2 + 3
+    for a, b in zip(jax.tree.leaves(fn.model_at(ts.params, 0)), jax.tree.leaves(ref.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -218,6 +218,10 @@ def _is_array(a) -> bool:
     )
 
 
+def _as_numpy(a):
+    return a if isinstance(a, (np.ndarray, jax.Array)) or not _is_array(a) else np.asarray(a)
+
+
 def _call(where: str) -> str:
     """How the user passes the data to the function named by ``where``."""
     if where.startswith("fit ("):  # fit's validation_data
@@ -286,8 +290,10 @@ def is_arrays(data, where: str = "fit") -> bool:
 
 
 def check_arrays(data, where: str):
-    """``data`` as ``(x, y, w_or_None, n)``; clear errors for bad input (NaN/Inf included)."""
-    x, y, *rest = data
+    """``data`` as ``(x, y, w_or_None, n)``; clear errors for bad input (NaN/Inf included).
+    Arrays that are neither numpy nor jax (a pandas Series, a torch tensor: anything with
+    ``__array__``) come back as numpy arrays."""
+    x, y, *rest = jax.tree.map(_as_numpy, tuple(data))
     w = rest[0] if rest else None
     check_dtypes((x, y, w), where)
     leaves = jax.tree_util.tree_flatten_with_path({"x": x, "y": y, "weights": w})[0]
