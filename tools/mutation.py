@@ -10,7 +10,8 @@ that touches these modules::
     python tools/mutation.py --reuse-coverage --add-coverage tests/test_mutants.py  # a new test
 
 Results persist in ``tools/mutation_results.json`` (committed): a mutant once
-killed is not run again while its line is unchanged; survivors run every time
+killed is not run again while its line is unchanged (lines added or removed
+elsewhere in the module leave it as it is); survivors run every time
 until a test kills them or they are triaged (then again when their line
 changes; ``--all`` runs every mutant). Mutants run in a fixed random order, so a run that
 stops early has run a random sample.
@@ -124,11 +125,13 @@ class Mutant:
     source_line: str
     status: str = "pending"  # killed | timeout | survived | uncovered
     tests: int = 0
+    nth: int = 0  # how many mutants of the file with the same key come before it
 
     @property
     def id(self) -> str:
-        """The key and the line: unique within the code as it is."""
-        return f"{self.key}@{self.line}:{self.col}"
+        """The key and its occurrence: unique within the code as it is, and unchanged when
+        lines above it are added or removed (so their results stay valid)."""
+        return f"{self.key}#{self.nth}"
 
     @property
     def key(self) -> str:
@@ -265,6 +268,9 @@ def mutants_of(path: str) -> list[Mutant]:
                 path, pos[0], pos[1], tok.string, new, _enclosing(pos, functions), lines[pos[0] - 1]
             )
         )
+    seen: dict[str, int] = {}
+    for m in out:  # in source order
+        m.nth = seen[m.key] = seen.get(m.key, -1) + 1
     return out
 
 
@@ -478,6 +484,12 @@ def write_report(mutants: list[Mutant], triage: dict, totals: dict[str, int]) ->
 
 def _load_results() -> dict:
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    if any("nth" not in r for r in rows):  # written when ids held line numbers: renumber
+        seen: dict[str, int] = {}
+        for r in sorted(rows, key=lambda r: (r["path"], r["line"], r["col"])):
+            m = Mutant(**{k: v for k, v in r.items() if k != "id"})
+            m.nth = seen[m.key] = seen.get(m.key, -1) + 1
+            r.update(nth=m.nth, id=m.id)
     return {r["id"]: r for r in rows}
 
 
