@@ -424,9 +424,88 @@ def test_mesh4_evaluate_and_predict_match_one_device(reference):
         for k in want:
             np.testing.assert_allclose(logs[k], want[k], rtol=1e-5)
     out = fn.predict(worker.model(), ts.params, ts.state, x, batch_size=10, mesh=mesh)
-    np.testing.assert_allclose(
-        np.asarray(out), fn.predict(worker.model(), ts.params, ts.state, x), rtol=1e-5, atol=1e-6
+    one = fn.predict(worker.model(), ts.params, ts.state, x)
+    np.testing.assert_allclose(np.asarray(out), one, rtol=1e-5, atol=1e-6)
+    # params and state committed to one device are moved onto the mesh, next to the batches
+    params, state = jax.device_put((ts.params, ts.state), jax.devices()[1])
+    out = fn.predict(worker.model(), params, state, x, batch_size=10, mesh=mesh)
+    np.testing.assert_allclose(np.asarray(out), one, rtol=1e-5, atol=1e-6)
+
+
+def _keep_last_rows():
+    """A layer whose state is the last training batch's rows (the compiler would split it)."""
+
+    def init(key, x):
+        return {}, {"last": jnp.zeros(x.shape, x.dtype)}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return x, ({"last": x} if train else state)
+
+    return fn.Layer(init, apply, "KeepLast")
+
+
+@needs4
+def test_mesh4_fit_on_batches_returns_the_state_replicated():
+    """``param_sharding="replicated"``: the whole state on every device, even a state of rows."""
+    model = fn.serial(_keep_last_rows(), fn.Dense(2))
+    x, y = worker.data()
+    batches = list(fn.data.batches((x, y), 16))
+    ref, _ = fn.fit(model, optax.sgd(0.1), LOSS, batches, verbose=0)
+    ts, _ = fn.fit(model, optax.sgd(0.1), LOSS, batches, mesh=distributed.make_mesh(), verbose=0)
+    assert_trees_close((ts.params, ts.state), (ref.params, ref.state))
+    last = ts.state[0]["last"]
+    np.testing.assert_array_equal(np.asarray(last), batches[-1][0])
+    assert len(last.sharding.device_set) == 4 and last.sharding.is_fully_replicated
+    for shard in last.addressable_shards:
+        assert shard.data.shape == (16, 6)
+
+
+@needs4
+def test_mesh4_training_arrays_are_split_over_the_devices():
+    """fit's arrays are placed once, padded to a multiple of the mesh: a quarter per device."""
+    from funcnet.training.feed import ArrayEpochs, Placement, check_arrays
+
+    x, y = worker.data()
+    mesh = distributed.make_mesh(axis_types="explicit")
+    feed = ArrayEpochs(check_arrays((x[:37], y[:37]), "fit"), 8, Placement(mesh, "fit"))
+    data = jax.tree.leaves(feed.data)
+    assert len(data) == 2
+    for a, want in zip(data, (x[:37], y[:37])):
+        assert a.shape[0] == 40  # 37 rows padded to a multiple of 4
+        assert {s.device for s in a.addressable_shards} == set(mesh.devices.flat)
+        assert [s.data.shape[0] for s in a.addressable_shards] == [10] * 4
+        np.testing.assert_array_equal(np.asarray(a)[:37], want)
+
+
+@needs4
+def test_mesh4_fit_continues_from_a_state_on_another_device(reference):
+    """``initial_state`` committed to one device is placed on the mesh: the second epoch of the
+    one-device run."""
+    x, y = worker.data()
+    kw = dict(batch_size=16, steps_per_execution=2, verbose=0)
+    half, _ = fn.fit(worker.model(), optax.sgd(0.1), LOSS, (x, y), epochs=1, **kw)
+    half = jax.device_put(half, jax.devices()[1])
+    mesh = distributed.make_mesh()
+    ts, history = fn.fit(
+        worker.model(), optax.sgd(0.1), LOSS, (x, y), epochs=2, initial_state=half, mesh=mesh, **kw
     )
+    assert len(history["loss"]) == 1 and int(ts.step) == 12
+    ref = reference["memory"]
+    assert_trees_close((ts.params, ts.state), (ref.params, ref.state))
+    assert ts.params[0]["w"].sharding.mesh == mesh
+
+
+@needs4
+def test_mesh4_fit_restore_best_returns_the_best_state(reference):
+    """EarlyStopping(restore_best=True) on a mesh: the best epoch's state (here the last)."""
+    stop = fn.callbacks.EarlyStopping("loss", restore_best=True)
+    ts, history = fn.fit(
+        worker.model(), optax.sgd(0.1), LOSS, worker.data(), epochs=2, batch_size=16,
+        steps_per_execution=2, mesh=distributed.make_mesh(), callbacks=[stop], verbose=0,
+    )  # fmt: skip
+    assert stop.best_epoch == 1 and stop.best == history["loss"][1]
+    ref = reference["memory"]
+    assert_trees_close((ts.params, ts.state), (ref.params, ref.state))
 
 
 @needs4
