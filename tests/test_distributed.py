@@ -496,16 +496,21 @@ def test_mesh4_fit_continues_from_a_state_on_another_device(reference):
 
 
 @needs4
-def test_mesh4_fit_restore_best_returns_the_best_state(reference):
-    """EarlyStopping(restore_best=True) on a mesh: the best epoch's state (here the last)."""
+@pytest.mark.parametrize("axis_types", ["auto", "explicit"])
+def test_mesh4_fit_restore_best_returns_the_best_state(reference, axis_types):
+    """EarlyStopping(restore_best=True) on a mesh: the best epoch's state (here the last),
+    which the callback kept on the host, comes back on the caller's mesh."""
     stop = fn.callbacks.EarlyStopping("loss", restore_best=True)
+    mesh = distributed.make_mesh(axis_types=axis_types)
     ts, history = fn.fit(
         worker.model(), optax.sgd(0.1), LOSS, worker.data(), epochs=2, batch_size=16,
-        steps_per_execution=2, mesh=distributed.make_mesh(), callbacks=[stop], verbose=0,
+        steps_per_execution=2, mesh=mesh, callbacks=[stop], verbose=0,
     )  # fmt: skip
     assert stop.best_epoch == 1 and stop.best == history["loss"][1]
     ref = reference["memory"]
     assert_trees_close((ts.params, ts.state), (ref.params, ref.state))
+    for leaf in jax.tree.leaves(ts):
+        assert leaf.sharding.mesh == mesh and leaf.sharding.is_fully_replicated
 
 
 @needs4

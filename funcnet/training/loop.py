@@ -356,7 +356,7 @@ def fit(
         )
     skipping = update_was_finite(ts.opt_state) is not None  # the optimizer skips NaN/Inf steps
     run = _Run(feed, manager, checkpoint_every, callbacks, verbose, epochs, skipping)
-    ts, history = run.epochs(ts, key, shuffle, metrics, placement, validate)
+    ts, history = run.epochs(ts, key, shuffle, metrics, placement, ts_shardings, validate)
     return placement.to_user(ts), history
 
 
@@ -386,16 +386,20 @@ class _Run:
         self.callbacks, self.verbose, self.n_epochs = callbacks, verbose, epochs
         self.skipping = skipping  # nan_guard="skip", loss scaling: non-finite steps are skipped
 
-    def epochs(self, ts, key, shuffle, metrics, placement, validate):
+    def epochs(self, ts, key, shuffle, metrics, placement, shardings, validate):
         try:
-            return self._epochs(ts, key, shuffle, metrics, placement, validate)
+            return self._epochs(ts, key, shuffle, metrics, placement, shardings, validate)
         except BaseException as err:  # KeyboardInterrupt too: callbacks close their files
             call_exception_hooks(self.callbacks, err)
             raise
 
-    def _epochs(self, ts, key, shuffle, metrics, placement, validate):
+    def _epochs(self, ts, key, shuffle, metrics, placement, shardings, validate):
+        def hooks(name, ts, *args):  # a state a callback returns goes where the loop keeps its
+            out = call_hooks(self.callbacks, name, ts, *args)  # own (EarlyStopping's: the host)
+            return out if out is ts else placement.put(out, shardings)
+
         history = History()
-        ts = call_hooks(self.callbacks, "on_train_begin", ts)
+        ts = hooks("on_train_begin", ts)
         # the step counted on the host: reading ts.step after every call would wait for the
         # device each time and stop JAX from queueing the next call meanwhile
         step = int(ts.step)
@@ -428,10 +432,10 @@ class _Run:
             if self.manager is not None:
                 self.manager.save(int(ts.step), ts, metrics=logs)
             progress.close(logs)
-            ts = call_hooks(self.callbacks, "on_epoch_end", ts, epoch, logs)
+            ts = hooks("on_epoch_end", ts, epoch, logs)
             if any(getattr(cb, "stop_training", False) for cb in self.callbacks):
                 break
-        return call_hooks(self.callbacks, "on_train_end", ts), history
+        return hooks("on_train_end", ts), history
 
     def _after_steps(self, ts, acc, epoch: int, last: bool, step: int) -> None:
         call_hooks(self.callbacks, "on_steps_end", ts, step)
