@@ -226,9 +226,11 @@ def fit(
         optimizer: an optax ``GradientTransformation``.
         loss: a loss function or name (:func:`funcnet.losses.get`).
         train_data: a tuple ``(x, y)`` or ``(x, y, weights)`` of arrays (``x``
-            may be a pytree), or an iterable of such batches (a list, or a
-            function returning a fresh iterator each epoch). A tuple is always
-            read as arrays, a list always as batches.
+            may be a pytree; numpy, jax, or anything numpy reads through
+            ``__array__``, such as a pandas Series or a torch tensor), or an
+            iterable of such batches (a list, or a function returning a fresh
+            iterator each epoch). A tuple is always read as arrays, a list
+            always as batches.
         epochs: number of passes over the data.
         batch_size: examples per step (arrays only). Each epoch runs
             ``n // batch_size`` steps over a fresh permutation; the few
