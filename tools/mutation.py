@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import ast
 import bisect
+import hashlib
 import io
 import itertools
 import json
@@ -99,6 +100,7 @@ REPORT = ROOT / "tools" / "MUTATION.md"
 RESULTS = ROOT / "tools" / "mutation_results.json"
 TRIAGE = ROOT / "tools" / "mutation_triage.json"
 COVERAGE = ROOT / "tools" / ".mutation_coverage.json"
+CODE = ROOT  # the tree the mutants come from: main() points it at a snapshot of HEAD
 OPEN = "open:"  # a triage note for a survivor that is not equivalent (a test is still owed)
 SUBPROCESS = "subprocess:"  # a survivor killed by a subprocess test, which coverage cannot see
 
@@ -116,7 +118,7 @@ SILENT_CALLS = {"warn", "print", "write", "log", "debug", "info", "warning"}
 
 @dataclass
 class Mutant:
-    path: str  # relative to ROOT
+    path: str  # relative to CODE
     line: int
     col: int
     old: str
@@ -236,7 +238,7 @@ def _number(text: str) -> str | None:
 
 
 def mutants_of(path: str) -> list[Mutant]:
-    source = (ROOT / path).read_text()
+    source = (CODE / path).read_text()
     lines = source.splitlines()
     excluded, functions = _spans(ast.parse(source))
     out = []
@@ -285,9 +287,9 @@ def apply(source: str, m: Mutant) -> str:
 def target_files() -> list[str]:
     files = []
     for t in TARGETS:
-        p = ROOT / t
+        p = CODE / t
         found = sorted(p.rglob("*.py")) if p.is_dir() else [p]
-        files += [str(f.relative_to(ROOT)) for f in found]
+        files += [str(f.relative_to(CODE)) for f in found]
     return files
 
 
@@ -356,11 +358,25 @@ def _durations(junit: Path) -> tuple[dict, set]:
 # --- step 3: runs ----------------------------------------------------------------------------
 
 
-def _copy_repo(dest: Path) -> None:
-    """The committed tree (``git archive HEAD``): work in progress never reaches a run."""
+def _snapshot_head(dest: Path) -> None:
+    """The committed tree (``git archive HEAD``): work in progress never reaches a run, and
+    commits made while it runs neither (every copy is of this one snapshot)."""
     dest.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+
+
+def _copy_repo(dest: Path) -> None:
+    shutil.copytree(CODE, dest)
+
+
+def _code_hash() -> str:
+    """A hash of the target modules as they are in ``CODE`` (saved with the coverage, whose
+    line numbers hold for that code only)."""
+    digest = hashlib.sha256()
+    for f in target_files():
+        digest.update(f.encode() + (CODE / f).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def run_one(m: Mutant, tests: list[str], durations: dict, copy: Path, cache: str) -> str:
@@ -523,6 +539,11 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
 
+    global CODE
+    start = time.time()
+    work = Path(tempfile.mkdtemp(prefix="funcnet-mutation-"))
+    CODE = work / "head"
+    _snapshot_head(CODE)
     files = args.files or target_files()
     results = _load_results()
     triage = json.loads(TRIAGE.read_text()) if TRIAGE.exists() else {}
@@ -532,10 +553,14 @@ def main() -> None:
     mutants.sort(key=lambda m: m.id not in results)
     print(f"{len(mutants)} mutants to run in {len(files)} files", flush=True)
 
-    start = time.time()
-    work = Path(tempfile.mkdtemp(prefix="funcnet-mutation-"))
     if args.reuse_coverage and COVERAGE.exists():
         saved = json.loads(COVERAGE.read_text())
+        if saved.get("code") != _code_hash():
+            print(
+                "warning: the target modules changed since the saved coverage was measured, so "
+                "its line numbers may name other tests: run without --reuse-coverage",
+                flush=True,
+            )
         lines = {(p, int(n)): set(ids) for p, n, ids in saved["lines"]}
         durations = saved["durations"]
         if args.add_coverage:
@@ -544,7 +569,9 @@ def main() -> None:
         lines, durations = coverage_map(work)
     if not args.reuse_coverage or args.add_coverage:
         saved = [(p, n, sorted(ids)) for (p, n), ids in lines.items()]
-        COVERAGE.write_text(json.dumps({"lines": saved, "durations": durations}))
+        COVERAGE.write_text(
+            json.dumps({"code": _code_hash(), "lines": saved, "durations": durations})
+        )
     lock = threading.Lock()
 
     def job(j: int) -> None:
@@ -564,11 +591,11 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(job, range(args.jobs)))
-    shutil.rmtree(work, ignore_errors=True)
     everything = [
         Mutant(**{k: v for k, v in r.items() if k != "id"}) for r in _load_results().values()
     ]
     write_report(everything, triage, {f: len(mutants_of(f)) for f in target_files()})
+    shutil.rmtree(work, ignore_errors=True)
     print(REPORT.read_text().split("## Survivors")[0])
 
 
