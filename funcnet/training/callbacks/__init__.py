@@ -6,8 +6,10 @@ A callback is any object with some of these methods (all optional):
 - ``on_epoch_end(epoch, logs, train_state) -> TrainState | None``: ``logs`` is
   the epoch's dict of floats (``loss``, metrics, ``val_*``, ``learning_rate``);
   returning a ``TrainState`` replaces the one training continues from (this is
-  how a learning rate is changed or best weights restored). This is also the
-  hook for checkpointing: it sees the whole ``TrainState``.
+  how a learning rate is changed or best weights restored), wherever its
+  arrays live: ``fit`` places it as it keeps its own (on the mesh, with the
+  state's shardings). This is also the hook for checkpointing: it sees the
+  whole ``TrainState``.
 - ``on_steps_end(step, train_state)``: after every compiled call of ``fit`` (every
   ``steps_per_execution`` steps); the return value is ignored.
 - ``on_train_end(train_state) -> TrainState | None``
