@@ -161,7 +161,10 @@ def test_constructor_errors(shard_dir):
     with pytest.raises(TypeError, match="`seed` must be an integer or None, got str"):
         ShardedArrays(shard_dir, batch_size=4, seed="0")
     with pytest.raises(ValueError, match="leaves no batch of the 50 examples"):
-        ShardedArrays(shard_dir, batch_size=64, drop_remainder=True)
+        ShardedArrays(shard_dir, batch_size=51, drop_remainder=True)
+    whole = ShardedArrays(shard_dir, batch_size=50, drop_remainder=True)  # one batch: allowed
+    (batch,) = list(whole)
+    np.testing.assert_array_equal(batch[0], _data()[0])
 
 
 def test_write_shards_errors(tmp_path):

@@ -150,14 +150,14 @@ def test_images_read_back_as_written(tmp_path):
         rgb = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
         return {"grey": grey, "rgb": rgb, "clipped": np.full((2, 2, 1), 7.0)}
 
-    ts, _ = _fit(TensorBoard(tmp_path, images=images, images_every=2), epochs=4)
+    ts, _ = _fit(TensorBoard(tmp_path, images=images, images_every=3), epochs=6)
     acc = event_accumulator.EventAccumulator(
         str(tmp_path), size_guidance={event_accumulator.IMAGES: 0}
     ).Reload()
-    assert seen == [6, 12]  # epochs 2 and 4 (3 steps each)
+    assert seen == [9, 18]  # epochs 3 and 6 (3 steps each)
     assert sorted(acc.Tags()["images"]) == ["clipped", "grey", "rgb"]
     grey = acc.Images("grey")
-    assert [e.step for e in grey] == [2, 4]
+    assert [e.step for e in grey] == [3, 6]
     w = np.asarray(ts.params["w"])[:, 0]
     want = np.round(np.abs(np.outer(w, w)) / np.abs(w).max() ** 2 * 255)
     np.testing.assert_allclose(_decoded(grey[-1]).reshape(3, 3, -1)[..., 0], want, atol=1)

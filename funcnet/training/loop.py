@@ -136,7 +136,7 @@ def _check_best_metric(manager, metrics: dict, validation: bool) -> None:
         )
 
 
-def _check_finite(acc: dict, epoch: int, skipping: bool = False) -> None:
+def _check_finite(acc: dict, epoch: int, skipping: bool) -> None:
     bad_step = int(acc["nonfinite_step"])
     if bad_step >= 0 and not skipping:
         raise FloatingPointError(
