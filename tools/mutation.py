@@ -8,6 +8,7 @@ that touches these modules::
     python tools/mutation.py --minutes 60     # stop after an hour (the rest waits for next time)
     python tools/mutation.py --files funcnet/augment.py --jobs 1 --reuse-coverage
     python tools/mutation.py --reuse-coverage --add-coverage tests/test_mutants.py  # a new test
+    python tools/mutation.py --reuse-coverage --survivors  # did the new tests kill them?
 
 Results persist in ``tools/mutation_results.json`` (committed): a mutant once
 killed is not run again while its line is unchanged (lines added or removed
@@ -533,6 +534,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=0, help="stop starting mutants after")
     parser.add_argument("--reuse-coverage", action="store_true", help="skip step 1")
     parser.add_argument(
+        "--survivors", action="store_true", help="run only the survivors of earlier runs"
+    )
+    parser.add_argument(
         "--add-coverage", nargs="*", default=[], metavar="TEST",
         help="with --reuse-coverage: run step 1 for these tests only (e.g. a new test file) and "
         "add them to the saved coverage",
@@ -551,6 +555,8 @@ def main() -> None:
     random.Random(0).shuffle(mutants)  # stopped early, the mutants run are a random sample
     # last run's survivors first (new tests may kill them), in their random order
     mutants.sort(key=lambda m: m.id not in results)
+    if args.survivors:
+        mutants = [m for m in mutants if m.id in results]
     print(f"{len(mutants)} mutants to run in {len(files)} files", flush=True)
 
     if args.reuse_coverage and COVERAGE.exists():
