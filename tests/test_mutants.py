@@ -1130,16 +1130,18 @@ def test_a_nan_loss_at_the_first_step_is_reported():
         fn.fit(fn.Dense(1), optax.sgd(0.1), nan_loss, (x, y), epochs=1, batch_size=4, verbose=0)
 
 
-def test_stacked_early_stopping_min_delta_as_fits():
-    """``_Tracker.update``: ``values < best - min_delta``: an epoch improves only by more than
-    ``min_delta``, as fit's ``EarlyStopping``: each stacked model stops when its fit run
-    stops, and keeps the same parameters."""
+@pytest.mark.parametrize("monitor, min_delta", [("loss", 0.02), ("accuracy", 0.1)])
+def test_stacked_early_stopping_min_delta_as_fits(monitor, min_delta):
+    """``_Tracker.update``: ``values < best - min_delta`` (a loss) and ``values > best +
+    min_delta`` (an accuracy): an epoch improves only by more than ``min_delta``, as with
+    fit's ``EarlyStopping``: each stacked model stops when its fit run stops, and keeps the
+    same parameters."""
     x, y = _stop_data()
-    lrs, stop = [0.05, 0.3], dict(monitor="loss", patience=0, min_delta=0.02)
+    lrs, stop = [0.05, 0.3], dict(monitor=monitor, patience=0, min_delta=min_delta)
     ts, history = fn.stacked_fit(
         fn.Dense(2), optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
         "sparse_categorical_cross_entropy", (x, y), keys=[0, 0], epochs=6, batch_size=8,
-        hparams={"learning_rate": lrs}, early_stopping=stop,
+        hparams={"learning_rate": lrs}, early_stopping=stop, metrics=["accuracy"],
     )  # fmt: skip
     stopped = []
     for i, lr in enumerate(lrs):
@@ -1147,6 +1149,7 @@ def test_stacked_early_stopping_min_delta_as_fits():
         ref, ref_history = fn.fit(
             fn.Dense(2), optax.sgd(lr), "sparse_categorical_cross_entropy", (x, y), epochs=6,
             batch_size=8, key=jax.random.key(0), verbose=0, callbacks=[callback],
+            metrics=["accuracy"],
         )  # fmt: skip
         stopped.append(-1 if callback.stopped_epoch is None else callback.stopped_epoch)
         epochs = len(ref_history["loss"])
@@ -1186,3 +1189,64 @@ def test_stacked_fit_resumed_with_another_batch_size_continues_as_fit(tmp_path):
     assert int(ts.step[0]) == int(ref.step) == 4 + 2 + 3
     for a, b in zip(jax.tree.leaves(fn.model_at(ts.params, 0)), jax.tree.leaves(ref.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_clean_integer_features_report_zero_fills():
+    """``clean``: ``np.zeros(...) if fill_value is None``: integer features hold no NaN, so
+    an imputing strategy fills nothing and reports zeros of their dtype as the fill values."""
+    x = np.array([[1, 2], [3, 4], [5, 6]], np.int32)
+    out, _, report = data.clean(x, strategy="mean")
+    np.testing.assert_array_equal(out, x)
+    assert report.fill_values.dtype == np.int32
+    np.testing.assert_array_equal(report.fill_values, [0, 0])
+    assert report.rows_imputed == report.values_imputed == 0
+
+
+def test_stacked_evaluate_of_a_stack_of_one_model():
+    """``stacked_evaluate``'s ``for name in logs[0]``: a stack of one model (N = 1) gives its
+    logs with a models axis of 1, as ``evaluate`` of that model."""
+    x = np.random.default_rng(4).normal(size=(6, 3)).astype(np.float32)
+    y = (np.arange(6) % 2).astype(np.int32)
+    ts = stacked.stack_init(fn.Dense(2), optax.sgd(0.1), 1, jnp.zeros((1, 3)))
+    loss = "sparse_categorical_cross_entropy"
+    got = stacked.stacked_evaluate(fn.Dense(2), ts.params, ts.state, (x, y), loss=loss)
+    params, state = fn.model_at(ts.params, 0), fn.model_at(ts.state, 0)
+    want = fn.evaluate(fn.Dense(2), params, state, (x, y), loss=loss)
+    assert got["loss"].shape == (1,)
+    np.testing.assert_allclose(got["loss"][0], want["loss"], rtol=1e-6)
+
+
+class _ForEpochOnly:
+    """Batches by ``for_epoch(epoch)``, without the ``start`` argument, and a ``len``."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def for_epoch(self, epoch):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def test_fit_resumed_after_one_step_over_batches_skips_that_step():
+    """A run resumed at step 1 over an iterable (``step > 0`` in ``_Run._epochs``: its steps
+    are counted to find where to restart) skips the first batch, also for an object whose
+    ``for_epoch`` takes no ``start`` (``iterate``: ``if start and ...``: it is read and the
+    batch dropped): the same parameters as one uninterrupted epoch."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(16, 3)).astype(np.float32)
+    y = (np.arange(16) % 2).astype(np.int32)
+    batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 16, 4)]
+    run = lambda batches, **kw: fn.fit(
+        fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", batches, epochs=1,
+        verbose=0, **kw,
+    )[0]  # fmt: skip
+    want = run(batches)
+    one_step = run(batches[:1])
+    assert int(one_step.step) == 1
+    for resumed in (_ForEpochOnly(batches), lambda: iter(batches)):
+        got = run(resumed, initial_state=one_step)
+        assert int(got.step) == 4
+        for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

@@ -36,7 +36,8 @@ def test_bar_on_a_terminal(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stderr", terminal)
     _fit()
     assert "epoch 1/3" in terminal.getvalue() and "step" in terminal.getvalue()
-    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert "\n" not in terminal.getvalue()  # leave=False: each bar is cleared at its epoch's end
+    assert len(capsys.readouterr().out.splitlines()) == 3  # and the epoch's line stays
 
 
 @pytest.mark.parametrize("verbose", [0, 2])
