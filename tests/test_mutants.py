@@ -1035,6 +1035,22 @@ def test_describe_counts_classes_of_float_labels_with_integer_values():
     assert d.classes is None and d.columns == ("0", "1", "y")
 
 
+def test_describe_counts_a_column_of_binary_labels_as_classes():
+    """``_classes``: a ``(N, 1)`` column of 0/1 labels (binary targets) is counted as the
+    labels it holds, not read as one-hot rows (``y.shape[1] > 1``), whose argmax would put
+    every row in class 0."""
+    x = np.arange(10.0).reshape(5, 2)
+    labels = np.array([1, 0, 1, 1, 0])
+    for y in (labels[:, None], labels[:, None].astype(np.float32)):
+        d = data.describe(x, y)
+        np.testing.assert_array_equal(d.classes, [0, 1])
+        np.testing.assert_array_equal(d.class_counts, [2, 3])
+    one_hot = np.eye(2)[labels]  # (5, 2) one-hot rows: the same classes
+    np.testing.assert_array_equal(data.describe(x, one_hot).class_counts, [2, 3])
+    d = data.describe(x, np.array([[0.5], [1.0], [2.0], [3.0], [4.0]]))  # continuous
+    assert d.classes is None and d.columns == ("0", "1", "y")
+
+
 def test_quantile_clipper_takes_a_high_quantile_of_one():
     """``_quantile_pair``: ``pair[1] <= 1.0``: ``threshold=(0.25, 1.0)`` clips below at numpy's
     0.25 quantile and above at the maximum (nothing)."""
@@ -1130,12 +1146,12 @@ def test_a_nan_loss_at_the_first_step_is_reported():
         fn.fit(fn.Dense(1), optax.sgd(0.1), nan_loss, (x, y), epochs=1, batch_size=4, verbose=0)
 
 
-@pytest.mark.parametrize("monitor, min_delta", [("loss", 0.02), ("accuracy", 0.1)])
+@pytest.mark.parametrize("monitor, min_delta", [("loss", 0.02), ("accuracy", 0.1), ("accuracy", 0)])
 def test_stacked_early_stopping_min_delta_as_fits(monitor, min_delta):
     """``_Tracker.update``: ``values < best - min_delta`` (a loss) and ``values > best +
-    min_delta`` (an accuracy): an epoch improves only by more than ``min_delta``, as with
-    fit's ``EarlyStopping``: each stacked model stops when its fit run stops, and keeps the
-    same parameters."""
+    min_delta`` (an accuracy): an epoch improves only by more than ``min_delta`` (an equal
+    accuracy is no improvement), as with fit's ``EarlyStopping``: each stacked model stops
+    when its fit run stops, and keeps the same parameters."""
     x, y = _stop_data()
     lrs, stop = [0.05, 0.3], dict(monitor=monitor, patience=0, min_delta=min_delta)
     ts, history = fn.stacked_fit(
@@ -1250,3 +1266,20 @@ def test_fit_resumed_after_one_step_over_batches_skips_that_step():
         assert int(got.step) == 4
         for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_stacked_runner_takes_an_order_of_one_batch():
+    """``_check_order``: ``shape(order)[-1] < batch_size``: an order of exactly one batch is
+    allowed (each step trains on every row), as two steps of the step on the whole data."""
+    x = np.random.default_rng(12).normal(size=(8, 2)).astype(np.float32)
+    y = x.sum(1, keepdims=True)
+    opt = optax.sgd(0.1)
+    step = stacked.stacked_train_step(fn.Dense(1), "mse", opt)
+    ts0 = stacked.stack_init(fn.Dense(1), opt, 2, jnp.zeros((1, 2)))
+    run = fn.stacked_runner(step, batch_size=8)
+    ts, losses = run(jax.tree.map(jnp.copy, ts0), (x, y), jnp.arange(8), 0, 2)  # donated
+    want = ts0
+    for i in range(2):
+        want, logs = jax.jit(step)(want, (x, y))
+        np.testing.assert_allclose(losses[i], logs["loss"], rtol=1e-6)
+    np.testing.assert_allclose(ts.params["w"], want.params["w"], rtol=1e-6)

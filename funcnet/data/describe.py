@@ -98,8 +98,11 @@ def _column_stats(a: np.ndarray, k: float) -> list[np.ndarray]:
 
 
 def _classes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Classes and counts of labels, one-hot rows, or ``None`` for a continuous target."""
-    if y.ndim == 2 and y.shape[1] > 1 and np.isin(y, (0, 1)).all():
+    """Classes and counts of labels (a column of them too), one-hot rows, or ``None`` for a
+    continuous target."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # (N, 1) labels, as binary targets often come
+    elif y.ndim == 2 and y.shape[1] > 1 and np.isin(y, (0, 1)).all():
         y = y.argmax(axis=1)  # one-hot rows
     if y.ndim != 1:
         return None
@@ -124,7 +127,8 @@ def describe(
     outliers by Tukey's fences (the IQR rule of :class:`OutlierClipper`), and
     gives the minimum, maximum, mean and standard deviation of the finite
     values; counts duplicate rows; and, when ``y`` holds class labels
-    (integers, strings, bools, integer-valued floats or one-hot rows), the
+    (integers, strings, bools, integer-valued floats, one column of these,
+    or one-hot rows), the
     rows per class, to spot imbalance. A continuous ``y`` is summarised as
     one more column, ``"y"``. Runs on the host (numpy).
 
