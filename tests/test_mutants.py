@@ -1245,27 +1245,35 @@ class _ForEpochOnly:
         return len(self.batches)
 
 
-def test_fit_resumed_after_one_step_over_batches_skips_that_step():
-    """A run resumed at step 1 over an iterable (``step > 0`` in ``_Run._epochs``: its steps
-    are counted to find where to restart) skips the first batch, also for an object whose
-    ``for_epoch`` takes no ``start`` (``iterate``: ``if start and ...``: it is read and the
-    batch dropped): the same parameters as one uninterrupted epoch."""
+def test_fit_resumed_over_batches_skips_the_steps_done():
+    """A run resumed over an iterable (``step > 0`` in ``_Run._epochs``) counts an epoch's
+    batches (``count_steps``: read once when the iterable has no ``len``) to find where to
+    restart: at step 1 it skips the first batch, also for an object whose ``for_epoch``
+    takes no ``start`` (``iterate``: ``if start and ...``: it is read and the batch dropped);
+    at step 5 of 4-batch epochs it goes on in the second epoch, from its second batch. The
+    same parameters as the uninterrupted runs."""
     rng = np.random.default_rng(9)
     x = rng.normal(size=(16, 3)).astype(np.float32)
     y = (np.arange(16) % 2).astype(np.int32)
     batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 16, 4)]
-    run = lambda batches, **kw: fn.fit(
-        fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", batches, epochs=1,
-        verbose=0, **kw,
+    run = lambda batches, epochs=1, **kw: fn.fit(
+        fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", batches,
+        epochs=epochs, verbose=0, **kw,
     )[0]  # fmt: skip
-    want = run(batches)
+
+    def same(got, want):
+        assert int(got.step) == int(want.step)
+        for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+    one_epoch, two_epochs = run(batches), run(batches, epochs=2)
     one_step = run(batches[:1])
     assert int(one_step.step) == 1
     for resumed in (_ForEpochOnly(batches), lambda: iter(batches)):
-        got = run(resumed, initial_state=one_step)
-        assert int(got.step) == 4
-        for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+        same(run(resumed, initial_state=one_step), one_epoch)
+    five_steps = run(batches[:1], epochs=5, initial_state=one_epoch)  # epochs 0-3 done
+    assert int(five_steps.step) == 5
+    same(run(lambda: iter(batches), epochs=2, initial_state=five_steps), two_epochs)
 
 
 def test_stacked_runner_takes_an_order_of_one_batch():
