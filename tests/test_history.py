@@ -37,3 +37,12 @@ def test_plot_x_axis_starts_at_epoch_one(tmp_path, monkeypatch):
         ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
         assert all(float(t).is_integer() for t in ticks)
     assert h.epoch == [0, 1, 2]  # the attribute keeps Keras' 0-based indices
+
+
+def test_plot_of_one_epoch(tmp_path):
+    """One epoch of logs plots (each quantity's first value says whether it is a scalar)."""
+    pytest.importorskip("matplotlib")
+    h = History()
+    h.append(0, {"loss": 1.0, "val_loss": 1.2})
+    with open(h.plot(str(tmp_path / "one.png")), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -1291,3 +1291,36 @@ def test_stacked_runner_takes_an_order_of_one_batch():
         want, logs = jax.jit(step)(want, (x, y))
         np.testing.assert_allclose(losses[i], logs["loss"], rtol=1e-6)
     np.testing.assert_allclose(ts.params["w"], want.params["w"], rtol=1e-6)
+
+
+def test_the_label_check_is_for_integer_labels_of_a_sparse_loss():
+    """``batch_check``: ``not sparse or not _is_array(y) or not integer``: only integer labels
+    of a sparse loss are range-checked against the class count. Integer 0/1 targets of a
+    one-output model with a binary loss are not labels of a 1-class model, and float labels
+    of a sparse loss get the loss's error, not a range error."""
+    x = np.ones((4, 3), np.float32)
+    params, state = fn.Dense(1).init(jax.random.key(0), x)
+    y = np.array([[0], [1], [1], [0]], np.int32)
+    logs = fn.evaluate(fn.Dense(1), params, state, (x, y), loss="binary_cross_entropy")
+    assert np.isfinite(logs["loss"])
+    params, state = fn.Dense(2).init(jax.random.key(0), x)
+    with pytest.raises(TypeError, match="float"):
+        fn.evaluate(
+            fn.Dense(2), params, state, (x, np.array([0.0, 5.0, 1.0, 0.0], np.float32)),
+            loss="sparse_categorical_cross_entropy",
+        )  # fmt: skip
+
+
+def test_evaluate_pads_per_timestep_weights():
+    """``_masked_weights``: ``(1,) * (w.ndim - mask.ndim)``: weights with an axis beyond the
+    rows (per position) are zeroed on the padded rows of the last batch; the weighted mean
+    over 5 rows in batches of 2 is numpy's."""
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(5, 3, 2)).astype(np.float32)
+    y = rng.normal(size=(5, 3, 1)).astype(np.float32)
+    w = rng.uniform(size=(5, 3)).astype(np.float32)
+    params, state = fn.Dense(1).init(jax.random.key(0), x)
+    out = np.asarray(fn.Dense(1).apply(params, state, x)[0])
+    got = fn.evaluate(fn.Dense(1), params, state, (x, y, w), loss="mse", batch_size=2)
+    want = np.sum(w * ((out - y) ** 2)[..., 0]) / np.sum(w)
+    np.testing.assert_allclose(got["loss"], want, rtol=1e-5)

@@ -47,3 +47,16 @@ def test_no_bar_without_verbose_1(capsys, monkeypatch, verbose):
     _fit(verbose)
     assert terminal.getvalue() == ""
     assert len(capsys.readouterr().out.splitlines()) == (3 if verbose else 0)
+
+
+def test_a_notebook_bar_is_live_without_a_terminal():
+    """``_live_bar``: a tqdm notebook widget draws in a notebook, whose stderr is no terminal;
+    another bar class needs a terminal."""
+    from funcnet.training.loop import _live_bar
+
+    class Widget:
+        pass
+
+    Widget.__module__ = "tqdm.notebook"
+    assert _live_bar(Widget)
+    assert not _live_bar(type("Text", (), {}))  # pytest's captured stderr is no terminal
