@@ -1324,3 +1324,32 @@ def test_evaluate_pads_per_timestep_weights():
     got = fn.evaluate(fn.Dense(1), params, state, (x, y, w), loss="mse", batch_size=2)
     want = np.sum(w * ((out - y) ** 2)[..., 0]) / np.sum(w)
     np.testing.assert_allclose(got["loss"], want, rtol=1e-5)
+
+
+def test_translation_default_fill_is_zero(key):
+    """``random_translation(..., fill_value=0.0)``: pixels shifted in from outside are 0 by
+    default, as with an explicit ``fill_value=0.0``."""
+    x = jnp.ones((8, 5, 5, 1))
+    y = np.asarray(jax.jit(augment.random_translation(2))(key, x))
+    explicit = np.asarray(jax.jit(augment.random_translation(2, fill_value=0.0))(key, x))
+    np.testing.assert_array_equal(y, explicit)
+    assert set(np.unique(y)) == {0.0, 1.0}  # some images moved: zeros came in
+
+
+def test_evaluate_takes_the_rules_example_from_the_inputs():
+    """``make_evaluator``: ``one_batch_spec(chunk[0], ...)``: the params are placed by rules
+    for the model's input (a chunk's ``x``), not its targets: a CNN with integer labels
+    evaluates on a mesh with rules as without a mesh."""
+    from funcnet.distributed.rules import Rules
+
+    model = fn.serial(fn.Conv(2, 3), fn.Flatten(), fn.Dense(2))
+    x = np.random.default_rng(15).normal(size=(4, 5, 5, 1)).astype(np.float32)
+    y = np.array([0, 1, 1, 0], np.int32)
+    params, state = model.init(jax.random.key(0), x)
+    loss = "sparse_categorical_cross_entropy"
+    want = fn.evaluate(model, params, state, (x, y), loss=loss)
+    got = fn.evaluate(
+        model, params, state, (x, y), loss=loss, mesh=jax.make_mesh((1,), ("data",)),
+        param_sharding=Rules({"mlp": "data"}),
+    )  # fmt: skip
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)

@@ -143,6 +143,16 @@ def test_corrupt_index_names_the_file(shard_dir):
         ShardedArrays(shard_dir, batch_size=4)
 
 
+def test_an_index_of_a_newer_version_is_refused(shard_dir):
+    """The index records its layout's version (1); a reader refuses a newer one by name."""
+    path = shard_dir / "index.json"
+    index = json.loads(path.read_text())
+    assert index["version"] == 1
+    path.write_text(json.dumps({**index, "version": 2}))
+    with pytest.raises(ValueError, match=r"index.json' has version 2, newer than this funcnet"):
+        ShardedArrays(shard_dir, batch_size=4)
+
+
 def test_missing_or_corrupt_shard_names_the_file(shard_dir):
     (shard_dir / "x_00001.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"shard file .*x_00001\.npy' .* is missing"):
@@ -173,6 +183,8 @@ def test_write_shards_errors(tmp_path):
         write_shards(tmp_path, [x, y], 10)
     with pytest.raises(TypeError, match="`y` must be an array with a leading row axis"):
         write_shards(tmp_path, (x, 3), 10)
+    with pytest.raises(TypeError, match="`y` must be an array with a leading row axis"):
+        write_shards(tmp_path, (x, np.float32(3)), 10)  # a shape, but no row axis
     with pytest.raises(ValueError, match="different numbers of rows"):
         write_shards(tmp_path, (x, y[:10]), 10)
     with pytest.raises(ValueError, match="0 rows"):

@@ -25,6 +25,7 @@ __all__ = ["ShardedArrays", "write_shards"]
 
 INDEX = "index.json"
 _FORMAT = "funcnet.shards"
+_VERSION = 1  # of the index layout; a reader refuses a newer one
 _NAMES = ("x", "y", "weights")
 
 
@@ -99,7 +100,7 @@ def write_shards(directory: str | os.PathLike, arrays: tuple, rows_per_shard: in
         shards.append({"rows": stop - start, "files": files})
     index = {
         "format": _FORMAT,
-        "version": 1,
+        "version": _VERSION,
         "names": list(names),
         "rows": n,
         "dtypes": {name: np.dtype(a.dtype).str for name, a in zip(names, arrays)},
@@ -141,6 +142,11 @@ def _read_index(directory: Path) -> dict:
             f"ShardedArrays: the index file {str(path)!r} is not a funcnet shard index "
             f"(expected a JSON object with format {_FORMAT!r} and keys {list(keys)}); "
             "write the shards again with `funcnet.data.write_shards`."
+        )
+    if index.get("version", _VERSION) > _VERSION:
+        raise ValueError(
+            f"ShardedArrays: the index file {str(path)!r} has version {index['version']}, newer "
+            f"than this funcnet reads ({_VERSION}); upgrade funcnet, or write the shards again."
         )
     return index
 
