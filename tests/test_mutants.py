@@ -1353,3 +1353,86 @@ def test_evaluate_takes_the_rules_example_from_the_inputs():
         param_sharding=Rules({"mlp": "data"}),
     )  # fmt: skip
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
+
+
+def test_description_prints_twenty_columns_without_a_more_line():
+    """``Description.__str__``: ``len(columns) > _SHOWN``: 20 columns are all printed; the
+    21st makes the "... 1 more columns" line."""
+    text = str(data.describe(np.zeros((2, 20))))
+    assert "more columns" not in text and "\n19 " in text
+    text = str(data.describe(np.zeros((2, 21))))
+    assert text.splitlines()[-1] == "... 1 more columns" and "\n20 " not in text
+
+
+def test_bootstrap_orders_draw_every_row():
+    """``model_orders(..., bootstrap=True)``: rows drawn with replacement from all of
+    ``[0, num_rows)``: over 40 models of 10 rows every row is drawn (the chance that one
+    never is: 10 * 0.9**400, below 1e-17), about as often as the others."""
+    orders = np.asarray(stacked.model_orders(jax.random.key(1), 40, 10, bootstrap=True))
+    counts = np.bincount(orders.ravel(), minlength=10)
+    assert orders.min() == 0 and orders.max() == 9 and len(counts) == 10
+    assert counts.min() > 15  # 40 expected each; a binomial(400, 0.1) is above 15 but for 1e-8
+
+
+def test_train_step_places_by_rules_from_the_inputs():
+    """``_on_mesh``'s ``shardings(train_state, unpack_batch(batch)[0])``: the rules place the
+    state by the model's input ``x``, not the targets: a CNN with integer labels trains on a
+    (one-device) mesh with rules as without a mesh."""
+    from funcnet.distributed.rules import Rules
+
+    model = fn.serial(fn.Conv(2, 3), fn.Flatten(), fn.Dense(2))
+    x = np.random.default_rng(16).normal(size=(4, 5, 5, 1)).astype(np.float32)
+    y = np.array([0, 1, 1, 0], np.int32)
+    opt, loss = optax.sgd(0.1), "sparse_categorical_cross_entropy"
+    ts = fn.TrainState.create(model, opt, jax.random.key(0), x)
+    mesh = fn.distributed.make_mesh()  # Auto axes, as train_step needs
+    rules = Rules({"mlp": "data"})
+    a, _ = jax.jit(fn.train_step(model, loss, opt))(ts, (x, y))
+    b, _ = jax.jit(fn.train_step(model, loss, opt, mesh=mesh, param_sharding=rules))(ts, (x, y))
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+
+
+def test_dynamic_loss_scale_steps_as_pytorchs_grad_scaler():
+    """``dynamic_loss_scale``'s defaults follow PyTorch's ``GradScaler`` (the rule it
+    names): ``growth_interval=2000`` finite steps, a factor of 2 up and down."""
+    torch = pytest.importorskip("torch")
+    scaler = torch.amp.GradScaler("cpu")
+    defaults = inspect.signature(fn.training.dynamic_loss_scale).parameters
+    assert defaults["growth_interval"].default == scaler.get_growth_interval() == 2000
+    assert defaults["factor"].default == scaler.get_growth_factor()
+    assert defaults["factor"].default == 1 / scaler.get_backoff_factor()
+
+
+def test_stacked_fit_saves_the_mean_metrics_by_name(tmp_path):
+    """``_Loop._save``: ``k[: -len("_mean")]``: each checkpoint carries the epoch's mean over
+    the models under the metric's own name (``loss``, ``accuracy``), which a manager's
+    ``best_metric`` reads."""
+    x = np.random.default_rng(17).normal(size=(8, 3)).astype(np.float32)
+    y = (np.arange(8) % 2).astype(np.int32)
+    _, history = fn.stacked_fit(
+        fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", (x, y), keys=[0, 1],
+        epochs=2, batch_size=4, metrics=["accuracy"], checkpoint=str(tmp_path),
+    )  # fmt: skip
+    manager = fn.CheckpointManager(str(tmp_path))
+    saved = manager.metrics(manager.latest_step())
+    assert sorted(saved) == ["accuracy", "loss"]
+    np.testing.assert_allclose(saved["loss"], np.mean(history["loss"][-1]), rtol=1e-6)
+
+
+def test_evaluate_leaves_out_a_batch_of_zero_weights_whatever_its_outputs():
+    """Rows of weight 0 never reach the mean, even when the model's outputs on them are
+    infinite, whether they fill a whole batch (``logs_add`` counts it 0 times) or share one
+    with weighted rows (the loss's weighted mean leaves them out): numpy's mean of the
+    weighted rows."""
+    model = fn.serial(fn.Dense(1), lambda z: 1.0 / z)
+    x = np.array([[1.0], [2.0], [0.0], [0.0]], np.float32)  # 1 / 0: infinite outputs
+    y = np.ones((4, 1), np.float32)
+    params, state = model.init(jax.random.key(0), x)
+    params = ({"w": jnp.ones((1, 1)), "b": jnp.zeros(1)}, *params[1:])
+    out = 1.0 / x[:2, 0]
+    for w in ([1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]):  # a whole batch, or in each
+        x_w = x if w[1] else x[[0, 2, 1, 3]]
+        logs = fn.evaluate(model, params, state, (x_w, y, np.array(w, np.float32)), loss="mse",
+                           batch_size=2)  # fmt: skip
+        np.testing.assert_allclose(logs["loss"], np.mean((out - 1.0) ** 2), rtol=1e-6)
