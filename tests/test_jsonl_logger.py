@@ -133,7 +133,8 @@ def test_fit_error_reaches_every_on_exception_and_flushes_the_log(tmp_path, monk
             epochs=3,
             batch_size=8,
             verbose=0,
-            callbacks=[JSONLLogger(path), poison, _FailingCleanup(), recorder],
+            # object(): a callback without hooks (they are optional) before the recorder
+            callbacks=[JSONLLogger(path), poison, _FailingCleanup(), object(), recorder],
         )
     assert recorder.errors == [info.value] and not recorder.ended
     assert any("_FailingCleanup.on_exception failed" in n for n in info.value.__notes__)

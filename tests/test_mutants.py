@@ -1436,3 +1436,92 @@ def test_evaluate_leaves_out_a_batch_of_zero_weights_whatever_its_outputs():
         logs = fn.evaluate(model, params, state, (x_w, y, np.array(w, np.float32)), loss="mse",
                            batch_size=2)  # fmt: skip
         np.testing.assert_allclose(logs["loss"], np.mean((out - 1.0) ** 2), rtol=1e-6)
+
+
+def test_from_grain_defaults_to_no_prefetch():
+    """``from_grain(..., prefetch=0)``: by default the batches come as the pipeline gives them
+    (host arrays, no device prefetch thread)."""
+    pairs = [(np.full((2, 1), float(i)), np.arange(2)) for i in range(3)]
+    got = list(iter(data.from_grain(lambda epoch: pairs)))
+    assert all(g[0] is p[0] and g[1] is p[1] for g, p in zip(got, pairs))
+
+
+def test_fit_runs_one_epoch_over_a_one_shot_iterator():
+    """One epoch over a generator (read once) trains on every batch, as over the list: the
+    batch fit reads first for the input shapes goes back in front, and a new run (step 0,
+    ``step > 0`` in ``_Run._epochs``) does not read the batches to count them."""
+    rng = np.random.default_rng(18)
+    batches = [(rng.normal(size=(4, 3)).astype(np.float32), np.arange(4) % 2) for _ in range(3)]
+    run = lambda data: fn.fit(
+        fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", data, epochs=1,
+        verbose=0,
+    )[0]  # fmt: skip
+    want, got = run(batches), run(b for b in batches)
+    assert int(got.step) == int(want.step) == 3
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+class _SaveRecorder:
+    """A checkpoint manager that records ``save`` calls (fit takes any object with ``save``)."""
+
+    best_metric = None
+
+    def __init__(self):
+        self.saves = []
+
+    def restore_latest(self, like=None):
+        return None
+
+    def save(self, step, tree, metrics=None):
+        self.saves.append((step, metrics is not None))
+
+
+def test_checkpoint_every_at_an_epoch_end_saves_once_with_the_logs():
+    """``BatchEpochs.epoch``'s ``last`` (``i + 1 == self.steps``): over a list of batches, a
+    ``checkpoint_every`` step that ends an epoch is saved once, by the epoch-end save with the
+    logs; the others mid-epoch without. 4 batches an epoch, every 2 steps, 2 epochs."""
+    rng = np.random.default_rng(19)
+    batches = [(rng.normal(size=(4, 3)).astype(np.float32), np.arange(4) % 2) for _ in range(4)]
+    manager = _SaveRecorder()
+    fn.fit(
+        fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", batches, epochs=2,
+        verbose=0, checkpoint=manager, checkpoint_every=2,
+    )  # fmt: skip
+    assert manager.saves == [(2, False), (4, True), (6, False), (8, True)]
+
+
+def test_stratified_split_of_three_examples_into_three_parts():
+    """``_controlled_round``'s ``remainder[c, p] == 0`` (an exact share needs no rounding up):
+    2 + 1 examples into parts of 1, 1 and 1 take one each."""
+    labels = np.array([0, 0, 1])
+    split = data.train_val_test_split(
+        np.arange(3), val_size=1, test_size=1, stratify=labels, shuffle=False
+    )
+    parts = [np.asarray(p).tolist() for p in split]
+    assert [len(p) for p in parts] == [1, 1, 1]
+    assert sorted(p for part in parts for p in part) == [0, 1, 2]
+
+
+def test_duplicates_of_tiny_values_and_signed_zeros():
+    """``_row_keys``: ``a + 0`` makes -0.0 and 0.0 one value (a duplicate row) and changes no
+    other value: rows of 1e-20 and 2e-20 stay distinct."""
+    x = np.array([[1e-20], [2e-20], [0.0], [-0.0]])
+    assert data.describe(x).duplicates == 1
+    kept, _, dropped = data.drop_duplicates(x)
+    assert dropped == 1 and kept[:, 0].tolist() == [1e-20, 2e-20, 0.0]
+
+
+def test_stacked_fit_of_zero_epochs_returns_the_initial_stack():
+    """``_check_args``: ``epochs`` may be 0 (``allow_zero=True``), as in ``fit``: nothing is
+    trained and the history is empty."""
+    x = np.ones((4, 3), np.float32)
+    y = np.zeros(4, np.int32)
+    ts, history = fn.stacked_fit(
+        fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", (x, y), keys=[0, 1],
+        epochs=0, batch_size=4,
+    )  # fmt: skip
+    assert ts.step.tolist() == [0, 0] and history.epoch == []
+    one, _ = fn.fit(fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", (x, y),
+                    epochs=0, batch_size=4, key=jax.random.key(0), verbose=0)  # fmt: skip
+    np.testing.assert_array_equal(fn.model_at(ts.params, 0)["w"], one.params["w"])

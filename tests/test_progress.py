@@ -15,11 +15,12 @@ class _Terminal(io.StringIO):
         return True
 
 
-def _fit(verbose=1):
+def _fit(verbose=None):  # None: fit's default (1)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 3)).astype(np.float32)
     y = x.sum(1, keepdims=True)
-    fn.fit(fn.Dense(1), optax.sgd(1e-2), "mse", (x, y), epochs=3, batch_size=8, verbose=verbose)
+    options = {} if verbose is None else {"verbose": verbose}
+    fn.fit(fn.Dense(1), optax.sgd(1e-2), "mse", (x, y), epochs=3, batch_size=8, **options)
 
 
 def test_no_bar_when_stderr_is_not_a_terminal(capsys):
@@ -36,6 +37,7 @@ def test_bar_on_a_terminal(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stderr", terminal)
     _fit()
     assert "epoch 1/3" in terminal.getvalue() and "step" in terminal.getvalue()
+    assert "loss " in terminal.getvalue()  # the running loss, from the first call on
     assert "\n" not in terminal.getvalue()  # leave=False: each bar is cleared at its epoch's end
     assert len(capsys.readouterr().out.splitlines()) == 3  # and the epoch's line stays
 

@@ -148,14 +148,16 @@ def test_images_read_back_as_written(tmp_path):
         w = np.asarray(ts.params["w"])[:, 0]
         grey = np.clip(np.abs(np.outer(w, w)) / np.abs(w).max() ** 2, 0, 1)  # (3, 3) in [0, 1]
         rgb = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
-        return {"grey": grey, "rgb": rgb, "clipped": np.full((2, 2, 1), 7.0)}
+        rgba = np.full((3, 2, 4), 200, np.uint8)  # (H, W, 4): one image with alpha
+        return {"grey": grey, "rgb": rgb, "clipped": np.full((2, 2, 1), 7.0), "rgba": rgba}
 
     ts, _ = _fit(TensorBoard(tmp_path, images=images, images_every=3), epochs=6)
     acc = event_accumulator.EventAccumulator(
         str(tmp_path), size_guidance={event_accumulator.IMAGES: 0}
     ).Reload()
     assert seen == [9, 18]  # epochs 3 and 6 (3 steps each)
-    assert sorted(acc.Tags()["images"]) == ["clipped", "grey", "rgb"]
+    assert sorted(acc.Tags()["images"]) == ["clipped", "grey", "rgb", "rgba"]
+    np.testing.assert_array_equal(_decoded(acc.Images("rgba")[0]), np.full((3, 2, 4), 200))
     grey = acc.Images("grey")
     assert [e.step for e in grey] == [3, 6]
     w = np.asarray(ts.params["w"])[:, 0]

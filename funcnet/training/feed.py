@@ -540,10 +540,17 @@ class BatchEpochs:
     """fit's epochs over an iterable of batches: one compiled step per batch."""
 
     def __init__(self, data, placement: Placement, check):
-        first = next(iterate(data, "fit"), None)
+        batches = iterate(data, "fit")
+        first = next(batches, None)
         if first is None:
             raise ValueError("fit: `train_data` yielded no batches.")
-        self.data, self.placement, self.steps, self.check = data, placement, None, check
+        if batches is data:  # a one-shot iterator: the batch read for its shapes goes back
+            data = itertools.chain([first], batches)
+        # the batches an epoch has, when known without reading them (a list): for the
+        # progress bar's total, and so that a checkpoint_every step ending an epoch is
+        # saved once, by the epoch-end save
+        steps = len(data) if isinstance(data, list) else None
+        self.data, self.placement, self.steps, self.check = data, placement, steps, check
         self.example = spec_of(first[0])
         warn_uint8_inputs(self.example, "fit")
 
