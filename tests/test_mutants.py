@@ -1525,3 +1525,24 @@ def test_stacked_fit_of_zero_epochs_returns_the_initial_stack():
     one, _ = fn.fit(fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", (x, y),
                     epochs=0, batch_size=4, key=jax.random.key(0), verbose=0)  # fmt: skip
     np.testing.assert_array_equal(fn.model_at(ts.params, 0)["w"], one.params["w"])
+
+
+def test_evaluate_weights_summing_below_one():
+    """``logs_compute``: the loss is the weighted total over the total weight (``max(count,
+    1e-30)`` only guards a total of 0): weights of 0.1 each (0.4 in all) give numpy's
+    weighted mean."""
+    x = np.arange(8.0, dtype=np.float32).reshape(4, 2)
+    y = np.zeros((4, 1), np.float32)
+    w = np.array([0.1, 0.1, 0.1, 0.1], np.float32)
+    params, state = fn.Dense(1).init(jax.random.key(0), x)
+    out = x @ np.asarray(params["w"]) + np.asarray(params["b"])
+    logs = fn.evaluate(fn.Dense(1), params, state, (x, y, w), loss="mse")
+    np.testing.assert_allclose(logs["loss"], np.average(out[:, 0] ** 2, weights=w), rtol=1e-5)
+
+
+def test_description_of_one_labelled_row_is_all_one_class():
+    """``Description.__str__``: ``max(total, 1)`` only guards no rows: one labelled row is
+    100% of its class."""
+    assert (
+        str(data.describe(np.ones((1, 2)), np.array([3]))).splitlines()[-1].endswith("1 (100.0%)")
+    )
