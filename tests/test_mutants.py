@@ -1477,16 +1477,20 @@ class _SaveRecorder:
         self.saves.append((step, metrics is not None))
 
 
-def test_checkpoint_every_at_an_epoch_end_saves_once_with_the_logs():
-    """``BatchEpochs.epoch``'s ``last`` (``i + 1 == self.steps``): over a list of batches, a
-    ``checkpoint_every`` step that ends an epoch is saved once, by the epoch-end save with the
-    logs; the others mid-epoch without. 4 batches an epoch, every 2 steps, 2 epochs."""
+@pytest.mark.parametrize("as_batches", [False, True])
+def test_checkpoint_every_at_an_epoch_end_saves_once_with_the_logs(as_batches):
+    """The ``last`` step of an epoch (``begin + k == self.steps`` over arrays, ``i + 1 ==
+    self.steps`` over a list of batches): a ``checkpoint_every`` step that ends an epoch is
+    saved once, by the epoch-end save with the logs; the others mid-epoch without. 4 steps an
+    epoch, every 2 steps, 2 epochs."""
     rng = np.random.default_rng(19)
-    batches = [(rng.normal(size=(4, 3)).astype(np.float32), np.arange(4) % 2) for _ in range(4)]
+    x = rng.normal(size=(16, 3)).astype(np.float32)
+    y = np.arange(16) % 2
+    train = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 16, 4)] if as_batches else (x, y)
     manager = _SaveRecorder()
     fn.fit(
-        fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", batches, epochs=2,
-        verbose=0, checkpoint=manager, checkpoint_every=2,
+        fn.Dense(2), optax.sgd(0.1), "sparse_categorical_cross_entropy", train, epochs=2,
+        batch_size=4, verbose=0, checkpoint=manager, checkpoint_every=2,
     )  # fmt: skip
     assert manager.saves == [(2, False), (4, True), (6, False), (8, True)]
 
