@@ -1,7 +1,8 @@
 """Mutation testing for the training wing, data, callbacks and augmentation.
 
-Too slow for CI (about an hour on two cores); run it before resolving work
-that touches these modules::
+Too slow for CI (every mutant from scratch: about four hours on two cores; later runs
+only the mutants of changed lines and the survivors); run it before resolving work that
+touches these modules::
 
     pip install -e '.[test]' pytest-cov
     python tools/mutation.py                  # every mutant not yet killed; tools/MUTATION.md
