@@ -1146,14 +1146,23 @@ def test_a_nan_loss_at_the_first_step_is_reported():
         fn.fit(fn.Dense(1), optax.sgd(0.1), nan_loss, (x, y), epochs=1, batch_size=4, verbose=0)
 
 
-@pytest.mark.parametrize("monitor, min_delta", [("loss", 0.02), ("accuracy", 0.1), ("accuracy", 0)])
-def test_stacked_early_stopping_min_delta_as_fits(monitor, min_delta):
+@pytest.mark.parametrize(
+    "monitor, mode, min_delta, lrs",
+    [
+        ("loss", "auto", 0.02, [0.05, 0.3]),
+        ("accuracy", "auto", 0.1, [0.05, 0.3]),
+        ("accuracy", "auto", 0, [0.05, 0.3]),
+        # learning rate 0: the same accuracy every epoch, an exact tie in either mode
+        ("accuracy", "min", 0, [0.0, 0.3]),
+    ],
+)
+def test_stacked_early_stopping_min_delta_as_fits(monitor, mode, min_delta, lrs):
     """``_Tracker.update``: ``values < best - min_delta`` (a loss) and ``values > best +
     min_delta`` (an accuracy): an epoch improves only by more than ``min_delta`` (an equal
-    accuracy is no improvement), as with fit's ``EarlyStopping``: each stacked model stops
+    value is no improvement), as with fit's ``EarlyStopping``: each stacked model stops
     when its fit run stops, and keeps the same parameters."""
     x, y = _stop_data()
-    lrs, stop = [0.05, 0.3], dict(monitor=monitor, patience=0, min_delta=min_delta)
+    stop = dict(monitor=monitor, mode=mode, patience=0, min_delta=min_delta)
     ts, history = fn.stacked_fit(
         fn.Dense(2), optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
         "sparse_categorical_cross_entropy", (x, y), keys=[0, 0], epochs=6, batch_size=8,
@@ -1550,3 +1559,20 @@ def test_description_of_one_labelled_row_is_all_one_class():
     assert (
         str(data.describe(np.ones((1, 2)), np.array([3]))).splitlines()[-1].endswith("1 (100.0%)")
     )
+
+
+def test_predict_places_by_rules_from_one_batch():
+    """``predict``'s ``one_batch_spec(xb, True)``: with rules the params are placed for one
+    batch of the stacked inputs: a CNN predicts on a (one-device) mesh with rules as
+    without a mesh."""
+    from funcnet.distributed.rules import Rules
+
+    model = fn.serial(fn.Conv(2, 3), fn.Flatten(), fn.Dense(2))
+    x = np.random.default_rng(20).normal(size=(5, 5, 5, 1)).astype(np.float32)
+    params, state = model.init(jax.random.key(0), x)
+    want = fn.predict(model, params, state, x, batch_size=2)
+    got = fn.predict(
+        model, params, state, x, batch_size=2, mesh=fn.distributed.make_mesh(),
+        param_sharding=Rules({"mlp": "data"}),
+    )  # fmt: skip
+    np.testing.assert_allclose(got, want, rtol=1e-6)
