@@ -70,6 +70,11 @@ def test_append_and_reuse(tmp_path):
         log.on_epoch_end(0, {"loss": float(run)}, None)
         log.on_train_end(None)
     assert _read(path) == [{"epoch": -1}, {"epoch": 0, "loss": 0.0}, {"epoch": 0, "loss": 1.0}]
+    log = JSONLLogger(path)  # the default rewrites the file
+    log.on_train_begin(None)
+    log.on_epoch_end(0, {"loss": 2.0}, None)
+    log.on_train_end(None)
+    assert _read(path) == [{"epoch": 0, "loss": 2.0}]
 
 
 def test_write_error_is_raised_in_training_thread(tmp_path, monkeypatch):

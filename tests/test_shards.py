@@ -70,6 +70,9 @@ def test_shuffle_per_epoch_within_shards(shard_dir):
     assert (np.diff(shard_of) != 0).sum() == 3  # each shard visited in one run
     got = np.concatenate([b[1] for b in data.for_epoch(1)])
     np.testing.assert_array_equal(got, y[o1])
+    default = data.batch_list()  # epoch 0's batches
+    np.testing.assert_array_equal(np.concatenate(default), o0)
+    assert not np.array_equal(np.concatenate(data.batch_list(1)), o0)
 
 
 def test_fit_on_shards_equals_fit_on_in_memory_batches(shard_dir):

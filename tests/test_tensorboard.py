@@ -185,6 +185,9 @@ def test_bad_images_say_what_to_do(tmp_path, image, error, match):
 def test_images_must_be_a_function_returning_a_dict(tmp_path):
     with pytest.raises(TypeError, match="`images` must be a function"):
         TensorBoard(tmp_path, images=np.zeros((2, 2)))
+    for every in (0, 1.5):  # a count of epochs, at least 1
+        with pytest.raises(ValueError, match=r"`images_every` must be a number of epochs >= 1"):
+            TensorBoard(tmp_path, images=lambda ts: {}, images_every=every)
     with pytest.raises(TypeError, match="must return a dict"):
         _fit(TensorBoard(tmp_path, images=lambda ts: np.zeros((2, 2))), epochs=1)
 
