@@ -1404,13 +1404,23 @@ def test_train_step_places_by_rules_from_the_inputs():
 
 def test_dynamic_loss_scale_steps_as_pytorchs_grad_scaler():
     """``dynamic_loss_scale``'s defaults follow PyTorch's ``GradScaler`` (the rule it
-    names): ``growth_interval=2000`` finite steps, a factor of 2 up and down."""
+    names): the scale doubles after ``growth_interval=2000`` finite steps in a row (not
+    before), GradScaler's growth interval and factor."""
     torch = pytest.importorskip("torch")
     scaler = torch.amp.GradScaler("cpu")
-    defaults = inspect.signature(fn.training.dynamic_loss_scale).parameters
-    assert defaults["growth_interval"].default == scaler.get_growth_interval() == 2000
-    assert defaults["factor"].default == scaler.get_growth_factor()
-    assert defaults["factor"].default == 1 / scaler.get_backoff_factor()
+    assert scaler.get_growth_interval() == 2000
+    assert scaler.get_growth_factor() == 1 / scaler.get_backoff_factor() == 2.0
+    opt = fn.training.dynamic_loss_scale(optax.sgd(0.1))
+    params = jnp.zeros(2)
+    state = opt.init(params)
+
+    def one(state, _):
+        _, state = opt.update(jnp.ones(2), state, params)
+        return state, fn.training.loss_scale_of(state)
+
+    _, scales = jax.lax.scan(one, state, None, length=2000)
+    first = float(fn.training.loss_scale_of(state))
+    assert [scales[1998] / first, scales[1999] / first] == [1.0, 2.0]
 
 
 def test_stacked_fit_saves_the_mean_metrics_by_name(tmp_path):
