@@ -309,9 +309,10 @@ def coverage_map(workdir: Path, tests: list[str] | None = None) -> tuple[dict, d
     env = dict(os.environ, COVERAGE_FILE=str(cov_file))
     # without pytest-xdist (the project's addopts turn it on): with it loaded, even at `-n 0`,
     # pytest-cov records no test contexts
+    tests = [t for t in tests or TESTS if (repo / t.split("::")[0]).exists()]  # files or ids
     cmd = [sys.executable, "-m", "pytest", "-q", *NO_XDIST, "-p", "no:cacheprovider",
            "-m", "not slow", "--cov=funcnet", "--cov-context=test", "--cov-report=",
-           f"--junitxml={junit}", *[t for t in tests or TESTS if (repo / t).exists()]]  # fmt: skip
+           f"--junitxml={junit}", *tests]  # fmt: skip
     print("coverage run:", " ".join(cmd[3:]), flush=True)
     subprocess.run(cmd, cwd=repo, env=env, check=False)
     import coverage
